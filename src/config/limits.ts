@@ -56,6 +56,8 @@ export interface CacheLimits {
   expireSweepKeysMax: number;
   /** Period of the active-expiry sweep, in milliseconds. */
   expireSweepIntervalMs: number;
+  /** Longest string APPEND/SETRANGE may build, in bytes (Redis: proto-max-bulk-len). Absent = 512 MiB. */
+  valueBytesMax?: number;
 }
 
 export const CACHE_LIMITS_DEFAULT: CacheLimits = {
@@ -63,6 +65,7 @@ export const CACHE_LIMITS_DEFAULT: CacheLimits = {
   bytesMax: 256 * 1024 * 1024,
   expireSweepKeysMax: 200,
   expireSweepIntervalMs: 100,
+  valueBytesMax: 512 * 1024 * 1024,
 };
 
 // ---------------------------------------------------------------------------------------------------------------
