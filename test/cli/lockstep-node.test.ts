@@ -1,0 +1,53 @@
+// The real CLI as a child process: `lockstep node` serves redis-cli and stops cleanly on SIGTERM and SIGINT.
+import t from 'tap';
+import { spawn, execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { join } from 'node:path';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import net from 'node:net';
+import { repoRoot } from '../support/repo-root.js';
+
+const run = promisify(execFile);
+const bin = join(repoRoot(), 'bin/lockstep.js');
+
+function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = net.createServer().listen(0, '127.0.0.1', () => {
+      const p = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(p));
+    });
+  });
+}
+
+for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+  t.test(`lockstep node serves redis-cli and exits 0 on ${signal}`, async (t) => {
+    const port = await freePort();
+    const dataDir = mkdtempSync(join(tmpdir(), 'lockstep-cli-'));
+    const child = spawn(process.execPath, [bin, 'node', '--port', String(port), '--data-dir', dataDir, '--log-format', 'json'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (out += d.toString()));
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    for (let i = 0; i < 100 && !out.includes('lockstep node ready'); i++) await new Promise((r) => setTimeout(r, 50));
+    t.match(out, /"msg":"lockstep node ready"/, 'logs JSON lines with pino');
+    const { stdout } = await run('redis-cli', ['-p', String(port), 'SET', 'k', 'v']);
+    t.equal(stdout, 'OK\n');
+    child.kill(signal);
+    t.equal(await exited, 0, 'exit code 0');
+    t.match(out, /"msg":"stopped"/);
+  });
+}
+
+t.test('lockstep node --help lists the options; a bad option exits 2 with a clear message', async (t) => {
+  const { stdout } = await run(process.execPath, [bin, 'node', '--help']);
+  t.match(stdout, /--port\s+RESP port/);
+  t.match(stdout, /env LOCKSTEP_MAX_CLIENTS/);
+  const bad = await run(process.execPath, [bin, 'node', '--port', 'x']).catch((e: { code: number; stderr: string }) => e);
+  t.equal((bad as { code: number }).code, 2);
+  t.match((bad as { stderr: string }).stderr, /lockstep: --port \(flag\): expected an integer, got "x"/);
+  const unknown = await run(process.execPath, [bin, 'frobnicate']).catch((e: { code: number; stderr: string }) => e);
+  t.equal((unknown as { code: number }).code, 2);
+});
