@@ -1,0 +1,419 @@
+/**
+ * RaftHost: the one module that does consensus I/O for the Raft groups hosted by one thread.
+ *
+ * It owns, for its thread: one `RaftCore` and one state machine per group, one write-ahead log shared by all of
+ * them (group commit), one snapshot store, and the peer transport. The cores are pure; everything with a clock,
+ * a socket or a disk is here.
+ *
+ * The loop (etcd-io/raft's RawNode contract, applied to many groups at once):
+ *
+ *   tick timer / message / proposal  ->  schedule()  ->  one "round" per event-loop turn:
+ *     1. collect Ready from every core that has one
+ *     2. append every group's entries + hard state to the WAL, save received snapshots   (no I/O yet)
+ *     3. ONE wal.sync() for all groups (one fdatasync: group commit)                      (durable)
+ *     4. send every group's messages through the transport (batched per peer per turn)
+ *     5. apply committed entries to each state machine, resolve the proposals and reads waiting on them
+ *     6. advance every core; if any has more, run another round
+ *
+ * While a round is waiting for its fdatasync, new proposals and messages accumulate in the cores; the next round
+ * takes them all, so the number of fsyncs per second stays bounded whatever the offered load.
+ *
+ * Invariants:
+ * - Nothing in a Ready is sent or applied before its entries and hard state are durable (step 3 before 4 and 5).
+ * - A proposal's promise resolves only after its entry is applied here, with the state machine's result; it is
+ *   rejected when another entry is applied at its index (leadership was lost and the log rewritten).
+ * - Entries are applied exactly once per process lifetime in index order; after a restart, the state machine is
+ *   rebuilt from the latest snapshot plus the committed entries after it (the WAL holds them).
+ */
+import type { Logger } from 'pino';
+import { RaftCore } from '../raft/core.js';
+import {
+  type ConfState,
+  type Entry,
+  EntryType,
+  type GroupId,
+  type Message,
+  type NodeId,
+  type RaftConfig,
+  type Ready,
+  Role,
+  type Snapshot,
+} from '../raft/types.js';
+import { createRng } from '../util/rng.js';
+import type { Wal } from '../storage/wal.js';
+import type { SnapshotStore } from '../storage/snapshot-store.js';
+import { loadBootState } from '../storage/boot.js';
+
+/** A deterministic state machine driven by committed entries. */
+export interface StateMachine {
+  /** Applies one committed Normal entry; the return value resolves the proposal's promise on this node. */
+  apply(entry: Entry): unknown;
+  /** Serializes the whole state (as of the last applied entry). */
+  snapshot(): Uint8Array;
+  /** Replaces the whole state with a snapshot's. */
+  restore(data: Uint8Array): void;
+}
+
+/** What the host needs from the peer transport (src/transport/peer-transport.ts implements it). */
+export interface RaftTransport {
+  send(msgs: Message[]): void;
+}
+
+export class HostError extends Error {
+  constructor(
+    readonly code: 'NOTLEADER' | 'TRYAGAIN' | 'STOPPED' | 'BUSY',
+    message: string,
+    readonly leader: NodeId = 0,
+  ) {
+    super(message);
+  }
+}
+
+interface Pending {
+  term: number;
+  resolve(v: unknown): void;
+  reject(e: Error): void;
+}
+
+interface PendingRead {
+  resolve(): void;
+  reject(e: Error): void;
+}
+
+interface Group {
+  id: GroupId;
+  core: RaftCore;
+  sm: StateMachine;
+  applied: number;
+  /** Applied entries since the last snapshot. */
+  sinceSnapshot: number;
+  proposals: Map<number, Pending>;
+  /** ReadIndex requests by ctx key, waiting for their read index. */
+  reads: Map<string, PendingRead>;
+  /** Read barriers whose index is known, waiting for `applied` to reach it (sorted by index as they arrive). */
+  readWaits: { index: number; resolve(): void }[];
+  snapshotting: boolean;
+  /** A durable snapshot whose log prefix the core may now drop (done between rounds, never mid-Ready). */
+  pendingCompact: Snapshot | null;
+}
+
+export interface RaftHostOptions {
+  nodeId: NodeId;
+  /** The groups this host serves and their initial membership (used only when a group has no state yet). */
+  groups: { id: GroupId; conf: ConfState; stateMachine: StateMachine }[];
+  raft: Omit<RaftConfig, 'id' | 'group'>;
+  tickMs: number;
+  wal: Wal;
+  snapshots: SnapshotStore;
+  transport: RaftTransport;
+  logger: Logger;
+  /** Take a snapshot of a group after this many applied entries (0 = never). */
+  snapshotEntries: number;
+  /** Seed for election-timeout randomness (defaults to a mix of node id and time). */
+  seed?: number;
+}
+
+export interface RaftHostStats {
+  rounds: number;
+  syncs: number;
+  entriesPersisted: number;
+  entriesApplied: number;
+  messagesSent: number;
+  snapshotsTaken: number;
+  snapshotsInstalled: number;
+}
+
+export class RaftHost {
+  readonly stats: RaftHostStats = {
+    rounds: 0,
+    syncs: 0,
+    entriesPersisted: 0,
+    entriesApplied: 0,
+    messagesSent: 0,
+    snapshotsTaken: 0,
+    snapshotsInstalled: 0,
+  };
+  private readonly groups = new Map<GroupId, Group>();
+  private ticker: NodeJS.Timeout | undefined;
+  private scheduled = false;
+  private running = false;
+  private again = false;
+  private stopped = false;
+  private readCounter = 0;
+
+  private constructor(private readonly opts: RaftHostOptions) {}
+
+  /** Recovers every group from the WAL and snapshots, then starts ticking. */
+  static async start(opts: RaftHostOptions): Promise<RaftHost> {
+    const host = new RaftHost(opts);
+    const seed = opts.seed ?? (opts.nodeId * 2654435761 + Date.now()) >>> 0;
+    for (const g of opts.groups) {
+      const boot = await loadBootState(opts.wal, opts.snapshots, g.id, g.conf);
+      if (boot.snapshot) {
+        g.stateMachine.restore(boot.snapshot.data);
+        boot.applied = boot.snapshot.meta.index;
+      } else {
+        boot.applied = 0;
+      }
+      const core = new RaftCore({ ...opts.raft, id: opts.nodeId, group: g.id }, boot, createRng(seed + g.id * 7919));
+      host.groups.set(g.id, {
+        id: g.id,
+        core,
+        sm: g.stateMachine,
+        applied: boot.applied,
+        sinceSnapshot: 0,
+        proposals: new Map(),
+        reads: new Map(),
+        readWaits: [],
+        snapshotting: false,
+        pendingCompact: null,
+      });
+    }
+    host.ticker = setInterval(() => host.tick(), opts.tickMs);
+    host.schedule();
+    return host;
+  }
+
+  get nodeId(): NodeId {
+    return this.opts.nodeId;
+  }
+
+  group(id: GroupId): RaftCore | undefined {
+    return this.groups.get(id)?.core;
+  }
+
+  groupIds(): GroupId[] {
+    return [...this.groups.keys()];
+  }
+
+  /** Messages from the transport. Messages for unknown groups are dropped (counted by the caller). */
+  receive(msgs: Message[]): void {
+    for (const m of msgs) {
+      const g = this.groups.get(m.group);
+      if (g && !this.stopped) g.core.step(m);
+    }
+    this.schedule();
+  }
+
+  /** Tells every group that a peer is unreachable (its links are down). */
+  peerDown(id: NodeId): void {
+    for (const g of this.groups.values()) g.core.reportUnreachable(id);
+  }
+
+  /**
+   * Proposes `data` to a group. Resolves with the state machine's apply result once the entry is committed and
+   * applied here; rejects with NOTLEADER (with the leader's id when known) or TRYAGAIN.
+   */
+  propose(groupId: GroupId, data: Uint8Array): Promise<unknown> {
+    const g = this.groups.get(groupId);
+    if (!g) return Promise.reject(new HostError('TRYAGAIN', `group ${groupId} is not hosted here`));
+    if (this.stopped) return Promise.reject(new HostError('STOPPED', 'node is stopping'));
+    const r = g.core.propose(data);
+    if (!r.ok) {
+      if (r.code === 'NOTLEADER') return Promise.reject(new HostError('NOTLEADER', 'not the leader', r.leader));
+      return Promise.reject(new HostError(r.code === 'BUSY' ? 'BUSY' : 'TRYAGAIN', `proposal refused: ${r.code}`));
+    }
+    this.schedule();
+    return new Promise((resolve, reject) => g.proposals.set(r.index, { term: r.term, resolve, reject }));
+  }
+
+  /** A linearizable read barrier: resolves once this node has applied everything committed before the call. */
+  readBarrier(groupId: GroupId): Promise<void> {
+    const g = this.groups.get(groupId);
+    if (!g) return Promise.reject(new HostError('TRYAGAIN', `group ${groupId} is not hosted here`));
+    const key = `${this.opts.nodeId}:${++this.readCounter}`;
+    const ctx = Buffer.from(key);
+    if (!g.core.readIndex(ctx)) {
+      return Promise.reject(new HostError('TRYAGAIN', 'no leader known', g.core.leader));
+    }
+    this.schedule();
+    return new Promise((resolve, reject) => g.reads.set(key, { resolve, reject }));
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.ticker) clearInterval(this.ticker);
+    while (this.running) await new Promise((r) => setTimeout(r, 1));
+    for (const g of this.groups.values()) {
+      for (const p of g.proposals.values()) p.reject(new HostError('STOPPED', 'node is stopping'));
+      for (const r of g.reads.values()) r.reject(new HostError('STOPPED', 'node is stopping'));
+      g.proposals.clear();
+      g.reads.clear();
+    }
+  }
+
+  private tick(): void {
+    if (this.stopped) return;
+    for (const g of this.groups.values()) g.core.tick();
+    this.schedule();
+  }
+
+  private schedule(): void {
+    if (this.running) {
+      this.again = true;
+      return;
+    }
+    if (this.scheduled || this.stopped) return;
+    this.scheduled = true;
+    setImmediate(() => {
+      this.scheduled = false;
+      void this.run();
+    });
+  }
+
+  private async run(): Promise<void> {
+    if (this.running || this.stopped) return;
+    this.running = true;
+    try {
+      do {
+        this.again = false;
+        await this.round();
+      } while (this.again && !this.stopped);
+    } catch (err) {
+      // A storage failure: we cannot promise durability any more. Stop loudly rather than carry on.
+      this.opts.logger.fatal({ err }, 'raft host failed; stopping');
+      this.stopped = true;
+      if (this.ticker) clearInterval(this.ticker);
+      throw err;
+    } finally {
+      this.running = false;
+    }
+  }
+
+  private async round(): Promise<void> {
+    let compacted = false;
+    for (const g of this.groups.values()) {
+      if (g.pendingCompact) {
+        g.core.compact(g.pendingCompact);
+        g.pendingCompact = null;
+        compacted = true;
+      }
+    }
+    if (compacted) void this.opts.wal.compact().catch((err: unknown) => this.opts.logger.error({ err }, 'WAL compaction failed'));
+    const readies: [Group, Ready][] = [];
+    for (const g of this.groups.values()) if (g.core.hasReady()) readies.push([g, g.core.ready()]);
+    if (readies.length === 0) return;
+    this.stats.rounds++;
+    const { wal, snapshots } = this.opts;
+
+    // 1-2. Persist: received snapshots first (their files must exist before the WAL points past them).
+    let needSync = false;
+    for (const [g, rd] of readies) {
+      if (rd.snapshot) {
+        await snapshots.save(g.id, rd.snapshot);
+        wal.markSnapshot(g.id, rd.snapshot.meta);
+        needSync = true;
+      }
+      if (rd.entries.length > 0 || rd.hardState) {
+        wal.append(g.id, rd.entries, rd.hardState);
+        this.stats.entriesPersisted += rd.entries.length;
+        needSync = true;
+      }
+    }
+    // 3. One fdatasync for every group of this thread.
+    if (needSync) {
+      await wal.sync();
+      this.stats.syncs++;
+    }
+    // 4. Send.
+    const out: Message[] = [];
+    for (const [, rd] of readies) for (const m of rd.messages) out.push(m);
+    if (out.length > 0) {
+      this.opts.transport.send(out);
+      this.stats.messagesSent += out.length;
+    }
+    // 5. Apply, then answer reads.
+    for (const [g, rd] of readies) {
+      if (rd.snapshot) this.installSnapshot(g, rd.snapshot);
+      for (const e of rd.committed) this.applyEntry(g, e);
+      for (const rs of rd.readStates) {
+        const key = Buffer.from(rs.ctx).toString();
+        const waiting = g.reads.get(key);
+        if (!waiting) continue;
+        g.reads.delete(key);
+        if (rs.index <= g.applied) waiting.resolve();
+        else g.readWaits.push({ index: rs.index, resolve: waiting.resolve });
+      }
+      this.releaseReads(g);
+      if (rd.softState && rd.softState.role !== Role.Leader) this.failReadsOnLeaderLoss(g);
+    }
+    // 6. Advance.
+    for (const [g, rd] of readies) g.core.advance(rd);
+    for (const [g] of readies) if (g.core.hasReady()) this.again = true;
+    for (const [g] of readies) this.maybeSnapshot(g);
+  }
+
+  private installSnapshot(g: Group, snap: Snapshot): void {
+    g.sm.restore(snap.data);
+    g.applied = snap.meta.index;
+    g.sinceSnapshot = 0;
+    this.stats.snapshotsInstalled++;
+    // Proposals at or below the snapshot can no longer be matched to an outcome here.
+    for (const [index, p] of g.proposals) {
+      if (index <= snap.meta.index) {
+        g.proposals.delete(index);
+        p.reject(new HostError('TRYAGAIN', 'outcome unknown: the log was replaced by a snapshot'));
+      }
+    }
+  }
+
+  private applyEntry(g: Group, e: Entry): void {
+    if (e.index <= g.applied) return; // already covered by a snapshot
+    if (e.index !== g.applied + 1) {
+      throw new Error(`group ${g.id}: applying entry ${e.index} after ${g.applied} would skip entries`);
+    }
+    let result: unknown = undefined;
+    if (e.type === EntryType.Normal && e.data.length > 0) result = g.sm.apply(e);
+    g.applied = e.index;
+    g.sinceSnapshot++;
+    this.stats.entriesApplied++;
+    const p = g.proposals.get(e.index);
+    if (p) {
+      g.proposals.delete(e.index);
+      if (p.term === e.term) p.resolve(result);
+      else p.reject(new HostError('NOTLEADER', 'leadership changed before the entry committed', g.core.leader));
+    }
+  }
+
+  private releaseReads(g: Group): void {
+    if (g.readWaits.length === 0) return;
+    const keep: Group['readWaits'] = [];
+    for (const w of g.readWaits) (w.index <= g.applied ? w.resolve() : keep.push(w));
+    g.readWaits = keep;
+  }
+
+  private failReadsOnLeaderLoss(g: Group): void {
+    // ReadIndex requests sent by a leader that stepped down may never be answered: fail them so callers retry.
+    if (g.core.role === Role.Leader) return;
+    for (const r of g.reads.values()) r.reject(new HostError('TRYAGAIN', 'leadership changed during a read', g.core.leader));
+    g.reads.clear();
+  }
+
+  private maybeSnapshot(g: Group): void {
+    const every = this.opts.snapshotEntries;
+    if (every <= 0 || g.sinceSnapshot < every || g.snapshotting) return;
+    g.snapshotting = true;
+    const index = g.applied;
+    const term = g.core.termAt(index);
+    if (term < 0) {
+      g.snapshotting = false;
+      return; // already compacted past it (a snapshot was installed meanwhile)
+    }
+    const snap: Snapshot = { meta: { index, term, conf: g.core.confAt(index) }, data: g.sm.snapshot() };
+    g.sinceSnapshot = 0;
+    void (async () => {
+      try {
+        await this.opts.snapshots.save(g.id, snap);
+        this.opts.wal.markSnapshot(g.id, snap.meta);
+        await this.opts.wal.sync();
+        g.pendingCompact = snap;
+        this.stats.snapshotsTaken++;
+        this.schedule();
+      } catch (err) {
+        this.opts.logger.error({ err, group: g.id }, 'snapshot failed');
+      } finally {
+        g.snapshotting = false;
+      }
+    })();
+  }
+}
