@@ -92,8 +92,9 @@ interface ConfPoint {
   conf: ConfState;
 }
 
-/** A snapshot being received in chunks. */
+/** A snapshot being received in chunks (from the leader of `term`). */
 interface SnapshotReceipt {
+  term: number;
   meta: SnapshotMeta;
   chunks: Uint8Array[];
   bytes: number;
@@ -361,7 +362,10 @@ export class RaftCore {
     if (this._role !== Role.Leader) return;
     const pr = this.prs.get(id);
     if (pr === undefined || id === this.id) return;
-    if (pr.state !== ProgressState.Probe) pr.becomeProbe();
+    // Only a pipelining follower goes back to probing (etcd's rule). A snapshot transfer must not restart from
+    // byte 0 on every lost frame (it would never finish on a lossy link): its own stall timer resends from the
+    // last acknowledged offset. A probing follower already has at most one append in flight.
+    if (pr.state === ProgressState.Replicate) pr.becomeProbe();
   }
 
   /**
@@ -550,6 +554,7 @@ export class RaftCore {
       if (term < this._term) throw new RaftInvariantError(`term going backwards ${this._term} -> ${term}`);
       this._term = term;
       this.vote = NO_NODE;
+      this.receipt = null; // a partial snapshot from an older term's leader can never be completed
     }
     this.lead = NO_NODE;
     this.electionElapsed = 0;
@@ -629,6 +634,13 @@ export class RaftCore {
     if (this.electionElapsed >= this.randomizedElectionTimeout) {
       this.electionElapsed = 0;
       if (this.isVoter(this.id)) this.hup(false);
+      else {
+        // A non-voter (in its own view, which may be stale: it may have missed its promotion) does not campaign,
+        // but it has not heard from its leader for a whole election timeout: forget it, so the leader lease in
+        // step() no longer drops vote requests. Otherwise a node that missed its promotion would ignore every
+        // candidate forever, and a configuration that needs its vote could never elect a leader.
+        this.lead = NO_NODE;
+      }
     }
   }
 
@@ -900,45 +912,71 @@ export class RaftCore {
     this.send<HeartbeatRespMessage>({ type: MessageType.HeartbeatResp, to: m.from, term: this._term, ctx: m.ctx });
   }
 
+  /**
+   * Follower: one InstallSnapshot chunk. The receipt is keyed by (leader term, snapshot index, snapshot term), so
+   * chunks of different transfers never mix, and it only grows: every answer carries the number of bytes we
+   * actually hold (the offset we need next), whatever chunk it answers. Stale, duplicated or reordered chunks
+   * are therefore harmless: a chunk we already hold (offset 0 included) is re-acknowledged with our real offset,
+   * a chunk beyond it is rejected with our real offset, and the leader resumes from there (handleSnapshotResp).
+   */
   private handleSnapshotChunk(m: SnapshotMessage): void {
     const reply = (offset: number, index: number, reject: boolean): void => {
       this.send<SnapshotRespMessage>({ type: MessageType.SnapshotResp, to: m.from, term: this._term, offset, index, reject });
     };
-    let r = this.receipt;
-    if (m.offset === 0) {
-      // A new transfer (or a restarted one): drop any partial state.
-      r = this.receipt = { meta: m.meta, chunks: [], bytes: 0 };
-    } else if (r === null || r.meta.index !== m.meta.index || r.meta.term !== m.meta.term) {
-      reply(0, 0, true);
-      return;
-    } else if (m.offset < r.bytes) {
-      reply(r.bytes, 0, false); // duplicate
-      return;
-    } else if (m.offset > r.bytes) {
-      reply(r.bytes, 0, true); // gap: a chunk was lost
+    const meta = m.meta;
+    if (meta.index <= this.log.committed) {
+      // We already hold (and committed) everything it covers: a late chunk of a snapshot we installed, or one
+      // the leader sent before learning how far we are. Our committed prefix matches the leader's log.
+      if (this.receipt !== null && this.receipt.meta.index <= this.log.committed) this.receipt = null;
+      reply(0, this.log.committed, false);
       return;
     }
-    if (m.data.byteLength > 0) {
-      r.chunks.push(m.data);
-      r.bytes += m.data.byteLength;
+    let r = this.receipt;
+    const same = r !== null && r.term === m.term && r.meta.index === meta.index && r.meta.term === meta.term;
+    if (!same && r !== null && r.term === m.term && r.meta.index > meta.index) {
+      // A leader streams ever newer snapshots within its term: this chunk is a late one of an earlier transfer.
+      // Dropping it (as if lost) keeps it from replacing the transfer in progress or confusing the leader.
+      return;
+    }
+    if (!same) {
+      if (m.offset !== 0) {
+        reply(0, 0, true); // a transfer we do not have (restarted, or its first chunk is late or lost)
+        return;
+      }
+      r = this.receipt = { term: m.term, meta, chunks: [], bytes: 0 };
+    }
+    const rc = r as SnapshotReceipt;
+    const end = m.offset + m.data.byteLength;
+    if (m.offset > rc.bytes) {
+      reply(rc.bytes, 0, true); // gap: a chunk before it was lost or is late
+      return;
+    }
+    if (end < rc.bytes || (end === rc.bytes && !m.done)) {
+      reply(rc.bytes, 0, false); // duplicate (or stale): we hold all of it already
+      return;
+    }
+    // New bytes from rc.bytes to end (chunks from one leader are aligned, but do not rely on it).
+    if (end > rc.bytes) {
+      rc.chunks.push(m.offset === rc.bytes ? m.data : m.data.subarray(rc.bytes - m.offset));
+      rc.bytes = end;
     }
     if (!m.done) {
-      reply(r.bytes, 0, false);
+      reply(rc.bytes, 0, false);
       return;
     }
     this.receipt = null;
     let data: Uint8Array;
-    if (r.chunks.length === 1) data = r.chunks[0] as Uint8Array;
+    if (rc.chunks.length === 1) data = rc.chunks[0] as Uint8Array;
     else {
-      data = new Uint8Array(r.bytes);
+      data = new Uint8Array(rc.bytes);
       let o = 0;
-      for (const c of r.chunks) {
+      for (const c of rc.chunks) {
         data.set(c, o);
         o += c.byteLength;
       }
     }
-    const index = this.installSnapshot({ meta: r.meta, data });
-    reply(r.bytes, index, false);
+    const index = this.installSnapshot({ meta: rc.meta, data });
+    reply(rc.bytes, index, false);
   }
 
   /** Installs a snapshot from the leader (if it is news); returns the index the follower now matches. */
@@ -1117,7 +1155,7 @@ export class RaftCore {
     if (!updated && !(pr.state === ProgressState.Probe && pr.match === m.index)) return; // stale
     if (pr.state === ProgressState.Probe) pr.becomeReplicate();
     else if (pr.state === ProgressState.Snapshot) {
-      if (pr.match >= pr.snapIndex) {
+      if (pr.match >= pr.snapIndex || pr.match >= this.log.snapIndex) {
         pr.becomeProbe();
         pr.becomeReplicate();
       }
@@ -1142,11 +1180,8 @@ export class RaftCore {
       if (pr.snapSent > pr.snapAcked || pr.snapDoneSent) {
         pr.snapStall++;
         if (pr.snapStall >= SNAPSHOT_STALL_HEARTBEATS) {
-          // Chunks (or the answer to the last one) were lost: resend from the last acknowledged offset.
-          pr.snapStall = 0;
-          pr.snapRewind = -1;
-          pr.snapSent = pr.snapAcked;
-          pr.snapDoneSent = false;
+          // Chunks (or the answers) were lost, or a stale acknowledgement put us beyond what the follower holds.
+          pr.snapStalled();
           this.sendSnapshotChunks(pr);
         }
       }
@@ -1167,6 +1202,21 @@ export class RaftCore {
     }
   }
 
+  /**
+   * Leader: an answer about a snapshot transfer. `offset` is how many bytes the follower held when it answered
+   * (the next offset it needs). The follower's count only grows within one transfer, except when it restarts
+   * (back to 0), so:
+   *   - an acknowledgement above `snapAcked` is news whatever we sent since: move both marks up to it (a
+   *     rewound leader thus skips what the follower already has);
+   *   - a rejection at or above `snapAcked` (a gap: chunks were lost) or at 0 (the follower lost its partial
+   *     snapshot, or never got the first chunk) resends from that offset, once per offset (the other chunks of
+   *     the window are rejected with the same offset and must not restart the stream again and again);
+   *   - a rejection strictly between 0 and `snapAcked` is stale (reordered), unless the follower restarted and
+   *     a stale acknowledgement lifted `snapAcked` above what it holds now: kept as `snapLowReject`; if a stall
+   *     resend from `snapAcked` does not move either, the next one resends from there (Progress.snapStalled).
+   * Nothing here can wedge the stream: whatever the leader sends next, the follower's answer carries its real
+   * offset, and the stall timer resends when answers stop.
+   */
   private handleSnapshotResp(m: SnapshotRespMessage): void {
     const pr = this.prs.get(m.from);
     if (pr === undefined) return;
@@ -1176,29 +1226,44 @@ export class RaftCore {
       if (m.index > this.log.lastIndex()) {
         throw new RaftInvariantError(`node ${m.from} reports snapshot ${m.index} beyond leader's last ${this.log.lastIndex()}`);
       }
+      const updated = pr.maybeUpdate(m.index);
       if (pr.state === ProgressState.Snapshot) {
-        pr.maybeUpdate(m.index);
-        pr.becomeProbe();
-        this.sendAppend(pr, true);
-      } else if (pr.maybeUpdate(m.index)) {
-        if (!pr.learner) this.maybeCommit();
+        // Appends can resume once the follower holds the snapshot being sent or anything we still have entries
+        // after (a late answer of an earlier transfer may say less; the current transfer then goes on).
+        if (pr.match >= pr.snapIndex || pr.match >= this.log.snapIndex) {
+          pr.becomeProbe();
+          this.sendAppend(pr, true);
+        }
+      } else if (updated && !pr.learner) {
+        this.maybeCommit();
       }
       return;
     }
-    if (pr.state !== ProgressState.Snapshot) return;
-    pr.snapStall = 0;
-    if (m.reject) {
-      // Go back to the offset the follower expects, once: every chunk sent after a lost one is rejected with the
-      // same offset, and those echoes must not restart the stream again and again.
-      if (m.offset <= pr.snapSent && m.offset !== pr.snapRewind) {
-        pr.snapRewind = m.offset;
-        pr.snapSent = m.offset;
-        pr.snapAcked = Math.min(pr.snapAcked, m.offset);
+    const snap = pr.snap;
+    if (pr.state !== ProgressState.Snapshot || snap === null) return;
+    const o = m.offset;
+    // Answers carry no transfer id: one beyond this snapshot's size is about an earlier (larger) one.
+    if (o > snap.data.byteLength) return;
+    if (!m.reject) {
+      if (o > pr.snapAcked) {
+        pr.snapAcked = o;
+        if (pr.snapSent < o) pr.snapSent = o;
+        pr.snapshotProgressed();
+      }
+    } else if (o >= pr.snapAcked || o === 0) {
+      if (o > pr.snapAcked) {
+        pr.snapAcked = o; // the follower holds o bytes
+        pr.snapshotProgressed();
+      }
+      if (o !== pr.snapRewind) {
+        pr.snapStall = 0;
+        pr.snapRewind = o;
+        pr.snapSent = o;
+        if (pr.snapAcked > o) pr.snapAcked = o;
         pr.snapDoneSent = false;
       }
-    } else if (m.offset > pr.snapAcked && m.offset <= pr.snapSent) {
-      pr.snapAcked = m.offset;
-      if (m.offset > pr.snapRewind) pr.snapRewind = -1;
+    } else if (o < pr.snapLowReject) {
+      pr.snapLowReject = o;
     }
     this.sendSnapshotChunks(pr);
   }

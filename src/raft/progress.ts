@@ -101,6 +101,14 @@ export class Progress {
   snapStall = 0;
   /** Offset of the last go-back after a rejection; further rejections asking for the same offset are echoes. */
   snapRewind = -1;
+  /**
+   * Lowest offset a rejection asked for below `snapAcked` since the last progress (Infinity = none). Such a
+   * rejection is normally a stale one, but if the follower restarted it is the truth: the stall timer resumes
+   * from here.
+   */
+  snapLowReject = Infinity;
+  /** Stall resends since the last progress (the first resends from `snapAcked`, later ones honour snapLowReject). */
+  snapStallResends = 0;
 
   constructor(
     readonly id: NodeId,
@@ -123,6 +131,34 @@ export class Progress {
     this.snapDoneSent = false;
     this.snapStall = 0;
     this.snapRewind = -1;
+    this.snapLowReject = Infinity;
+    this.snapStallResends = 0;
+  }
+
+  /** The follower confirmed more bytes of the snapshot: the stream is moving. */
+  snapshotProgressed(): void {
+    this.snapStall = 0;
+    this.snapLowReject = Infinity;
+    this.snapStallResends = 0;
+    if (this.snapAcked > this.snapRewind) this.snapRewind = -1;
+  }
+
+  /**
+   * No progress for a while: resend from the last acknowledged offset (chunks or answers were lost). If that did
+   * not help either, a rejection below it was not stale after all (the follower restarted after a late
+   * acknowledgement lifted `snapAcked`): resend from the lowest such offset. Going back too far costs only
+   * duplicates, which the follower answers with the offset it really holds.
+   */
+  snapStalled(): void {
+    let from = this.snapAcked;
+    if (this.snapStallResends > 0 && this.snapLowReject < from) from = this.snapLowReject;
+    this.snapStallResends++;
+    this.snapStall = 0;
+    this.snapRewind = -1;
+    this.snapLowReject = Infinity;
+    this.snapAcked = from;
+    this.snapSent = from;
+    this.snapDoneSent = false;
   }
 
   /** Back to probing from match + 1 (a completed snapshot has raised match to the snapshot index first). */

@@ -74,3 +74,31 @@ t.test('the snapshot state pauses appends and returns to probe after match', asy
   t.equal(pr.next, 51);
   t.equal(pr.snap, null);
 });
+
+t.test('a stalled snapshot stream resends from the acknowledged offset, then from a lower rejected one', async (t) => {
+  const pr = new Progress(2, 1, 4, false);
+  pr.becomeSnapshot({ meta: { index: 9, term: 1, conf: { voters: [1, 2], learners: [] } }, data: new Uint8Array(80) });
+  pr.snapSent = 64;
+  pr.snapAcked = 48;
+  pr.snapRewind = 40;
+  pr.snapshotProgressed();
+  t.equal(pr.snapRewind, -1, 'progress past the rewind point forgets it');
+  pr.snapLowReject = 8; // a rejection below what was acknowledged (looks stale)
+  pr.snapStalled();
+  t.equal(pr.snapAcked, 48, 'first stall: resend from the acknowledged offset');
+  t.equal(pr.snapSent, 48);
+  t.equal(pr.snapLowReject, Infinity);
+  pr.snapSent = 80;
+  pr.snapDoneSent = true;
+  pr.snapLowReject = 8; // still rejected below: the follower really holds 8 bytes (it restarted)
+  pr.snapStalled();
+  t.equal(pr.snapAcked, 8, 'second stall without progress: resend from the rejected offset');
+  t.equal(pr.snapSent, 8);
+  t.notOk(pr.snapDoneSent);
+  pr.snapAcked = 16;
+  pr.snapshotProgressed();
+  t.equal(pr.snapStallResends, 0, 'progress resets the stall count');
+  pr.snapLowReject = 8;
+  pr.snapStalled();
+  t.equal(pr.snapAcked, 16, 'after progress the first stall trusts the acknowledgement again');
+});

@@ -21,6 +21,8 @@
  *   stabilize [quiet] [ID...] | partition 1 | 2 3 | heal | propose ID DATA [count=N] | conf-change ID
  *   add-learner|promote|remove NODE | compact ID INDEX | transfer-leader ID TO | read-index ID CTX
  *   report-unreachable ID PEER | restart ID | status ID | log ID | raft-state | queue
+ *   hold FROM->TO [count=N] (takes queued messages aside: delayed) | release [FROM->TO] [count=N] (puts held
+ *   messages back at the end of the queue: reordered) | duplicate FROM->TO [count=N] (queues a second copy)
  */
 import { readFileSync, readdirSync, existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -155,6 +157,8 @@ const enc = new TextEncoder();
 export class Harness {
   nodes = new Map<NodeId, TestNode>();
   queue: Message[] = [];
+  /** Messages taken aside by `hold`, queued again (after everything else) by `release`. */
+  held: Message[] = [];
   partitionOf: Map<NodeId, number> | null = null;
   /** term -> leader, for Election Safety. */
   leaders = new Map<number, NodeId>();
@@ -229,6 +233,36 @@ export class Harness {
         return this.deliver(args[0], true, kv.has('count') ? num(kv.get('count'), 'count') : Infinity);
       case 'drop':
         return this.drop(args[0] ?? '*->*', kv.has('count') ? num(kv.get('count'), 'count') : Infinity);
+      case 'hold':
+      case 'duplicate': {
+        const count = kv.has('count') ? num(kv.get('count'), 'count') : Infinity;
+        const lines: string[] = [];
+        const keep: Message[] = [];
+        const copies: Message[] = [];
+        for (const m of this.queue) {
+          if (lines.length < count && this.matches(m, args[0])) {
+            lines.push(`${cmd === 'hold' ? 'held' : 'duplicated'}: ${describeMessage(m)}`);
+            if (cmd === 'hold') this.held.push(m);
+            else {
+              keep.push(m);
+              copies.push({ ...m });
+            }
+          } else keep.push(m);
+        }
+        this.queue = keep.concat(copies);
+        return lines.join('\n');
+      }
+      case 'release': {
+        const count = kv.has('count') ? num(kv.get('count'), 'count') : Infinity;
+        const lines: string[] = [];
+        this.held = this.held.filter((m) => {
+          if (lines.length >= count || !this.matches(m, args[0])) return true;
+          lines.push(`released: ${describeMessage(m)}`);
+          this.queue.push(m);
+          return false;
+        });
+        return lines.join('\n');
+      }
       case 'stabilize': {
         const quiet = args[0] === 'quiet';
         return this.stabilize(quiet);
