@@ -29,6 +29,12 @@
  *
  * Expiry rule (as Redis' keyIsExpired): an entry with expireAt != 0 is expired once clock() > expireAt.
  *
+ * Expiry modes (`options.expiry`): 'delete' (default) removes an expired entry as soon as a lookup notices it.
+ * 'hide' (for replicated keyspaces, where only the log may change state) makes an expired entry invisible to every
+ * lookup, scan and random pick but leaves it in place; it is physically removed only by sweepExpired(),
+ * removeExpired(), an overwrite or delete of its key (set/append/delete), or clear(). So in 'hide' mode no read
+ * changes the entries held, and `contentBytes` is a function of the writes alone.
+ *
  * Memory: keys are not kept as Buffers (the map's latin1 string is the key; `entry.key` materializes a Buffer on
  * access). Values are copied on insert, since callers pass views into network buffers: values shorter than
  * SMALL_VALUE_BYTES are bump-allocated from store-owned 4 KiB slabs (a separate ArrayBuffer per tiny value costs
@@ -90,9 +96,14 @@ export interface CacheStoreHooks {
   onExpire?(e: CacheEntry): void;
 }
 
+/** What a lookup does with an expired entry: remove it ('delete') or only treat it as absent ('hide'). */
+export type ExpiryMode = 'delete' | 'hide';
+
 export interface CacheStoreOptions extends CacheStoreHooks {
   /** Randomness for randomEntry(); default: a generator seeded with a constant (replayable). */
   rng?: Rng;
+  /** Default 'delete'. 'hide': lookups never remove an expired entry (see the guide comment). */
+  expiry?: ExpiryMode;
 }
 
 export interface SetOptions {
@@ -171,9 +182,12 @@ export class CacheStore {
   private orderHoles = 0;
   private nextSeq = 1;
   private usedBytes = 0;
+  /** Sum of entryBytes(key, value) over all entries: `usedBytes` without APPEND's spare room. */
+  private usedContentBytes = 0;
   private slab: Buffer = EMPTY;
   private slabUsed = 0;
   private readonly rng: Rng;
+  private readonly hideExpired: boolean;
   private readonly onEvict: ((e: CacheEntry) => void) | undefined;
   private readonly onExpire: ((e: CacheEntry) => void) | undefined;
   private readonly counters: CacheStats = { hits: 0, misses: 0, evictions: 0, expirations: 0, activeExpirations: 0 };
@@ -184,6 +198,7 @@ export class CacheStore {
     options: CacheStoreOptions = {},
   ) {
     this.rng = options.rng ?? createRng(0x5eed);
+    this.hideExpired = options.expiry === 'hide';
     this.onEvict = options.onEvict;
     this.onExpire = options.onExpire;
   }
@@ -214,6 +229,20 @@ export class CacheStore {
   /** Accounted bytes of all entries. */
   get bytes(): number {
     return this.usedBytes;
+  }
+
+  /**
+   * Key bytes + value bytes + ENTRY_OVERHEAD_BYTES per entry, without APPEND's spare room (which `bytes` counts):
+   * a function of the entries' contents alone, so it is the same wherever the same entries are held (a replica
+   * rebuilt from a snapshot included). Counts expired entries not yet removed.
+   */
+  get contentBytes(): number {
+    return this.usedContentBytes;
+  }
+
+  /** 'delete' or 'hide' (see CacheStoreOptions.expiry). */
+  get expiryMode(): ExpiryMode {
+    return this.hideExpired ? 'hide' : 'delete';
   }
 
   /** Number of entries with a TTL (INFO keyspace "expires"). */
@@ -266,17 +295,19 @@ export class CacheStore {
     const bytesMax = this.limits.bytesMax;
     if (bytesMax > 0 && bytes > bytesMax) throw new CacheEntryTooLargeError(bytes, bytesMax);
     const stored = opts?.copy === false ? value : this.copyValue(value);
-    let e = this.lookup(ks);
+    let e = this.lookupForWrite(ks);
     if (e === undefined) {
       const expireAt = opts?.expireAt ?? 0;
       e = new Entry(ks, stored, expireAt, opts?.state ?? 0, bytes, this.nextSeq++);
       this.map.set(ks, e);
       this.usedBytes += bytes;
+      this.usedContentBytes += bytes;
       this.lruPushHead(e);
       if (expireAt !== 0) this.ttlAdd(e);
       this.orderAppend(e);
     } else {
       const expireAt = opts?.expireAt !== undefined ? opts.expireAt : opts?.keepTtl === true ? e.expireAt : 0;
+      this.usedContentBytes += value.length - e.value.length;
       e.value = stored;
       e.appendCap = 0;
       this.usedBytes += bytes - e.bytes;
@@ -296,7 +327,7 @@ export class CacheStore {
    */
   append(key: Buffer, suffix: Buffer): CacheEntry {
     const ks = key.toString('latin1');
-    const e = this.lookup(ks);
+    const e = this.lookupForWrite(ks);
     if (e === undefined) return this.set(key, suffix);
     const oldLen = e.value.length;
     const newLen = oldLen + suffix.length;
@@ -310,6 +341,7 @@ export class CacheStore {
       const full = Buffer.from(e.value.buffer, e.value.byteOffset, e.appendCap);
       suffix.copy(full, oldLen);
       e.value = full.subarray(0, newLen);
+      this.usedContentBytes += suffix.length;
       this.touch(e);
       return e;
     }
@@ -324,6 +356,7 @@ export class CacheStore {
     e.value.copy(full, 0);
     suffix.copy(full, oldLen);
     e.value = full.subarray(0, newLen);
+    this.usedContentBytes += suffix.length;
     e.appendCap = cap;
     this.usedBytes += bytes - e.bytes;
     e.bytes = bytes;
@@ -332,9 +365,9 @@ export class CacheStore {
     return e;
   }
 
-  /** Removes key. False if it was absent (or had already expired). */
+  /** Removes key. False if it was absent (or had already expired: an expired entry is removed all the same). */
   delete(key: Buffer): boolean {
-    const e = this.lookup(key.toString('latin1'));
+    const e = this.lookupForWrite(key.toString('latin1'));
     if (e === undefined) return false;
     this.removeEntry(e);
     return true;
@@ -364,6 +397,7 @@ export class CacheStore {
     this.orderSeq = [];
     this.orderHoles = 0;
     this.usedBytes = 0;
+    this.usedContentBytes = 0;
     this.slab = EMPTY;
     this.slabUsed = 0;
   }
@@ -396,6 +430,42 @@ export class CacheStore {
       }
     }
     return expired;
+  }
+
+  /**
+   * The planning half of a replicated sweep: examines up to maxKeys entries of the TTL ring from the sweep cursor
+   * (advancing it, as sweepExpired() does) and returns the keys of those expired at clock(), removing nothing. It
+   * stops early once the keys found total keyBytesMax bytes or more (so one huge key still fits).
+   * A replicated keyspace's leader names these keys in a log entry; every replica then calls removeExpired() on
+   * each, so what a sweep removes never depends on the (unreplicated) ring order or cursor.
+   */
+  findExpired(maxKeys: number, keyBytesMax = Number.POSITIVE_INFINITY): Buffer[] {
+    const now = this.clock();
+    const budget = Math.min(maxKeys, this.ttlCount);
+    const keys: Buffer[] = [];
+    let keyBytes = 0;
+    for (let examined = 0; examined < budget && keyBytes < keyBytesMax; examined++) {
+      const e = this.ttlCursor ?? this.ttlHead;
+      if (e === null) break;
+      this.ttlCursor = e.ttlNext;
+      if (now > e.expireAt) {
+        keys.push(Buffer.from(e.keyLatin1, 'latin1'));
+        keyBytes += e.keyLatin1.length;
+      }
+    }
+    return keys;
+  }
+
+  /**
+   * Removes key if it is held and expired at clock() (counted as an active expiration; onExpire fires). False if it
+   * is absent or still live.
+   */
+  removeExpired(key: Buffer): boolean {
+    const e = this.map.get(key.toString('latin1'));
+    if (e === undefined || e.expireAt === 0 || !(this.clock() > e.expireAt)) return false;
+    this.counters.activeExpirations++;
+    this.expireEntry(e);
+    return true;
   }
 
   // -------------------------------------------------------------------------------------------------------------
@@ -433,8 +503,16 @@ export class CacheStore {
       keys.push(Buffer.from(e.keyLatin1, 'latin1'));
     }
     const next = i < n ? (this.orderSeq[i] ?? 0) : 0;
-    if (stale !== undefined) for (const e of stale) this.expireEntry(e);
+    if (stale !== undefined && !this.hideExpired) for (const e of stale) this.expireEntry(e);
     return [next, keys];
+  }
+
+  /**
+   * Every entry held, expired ones not yet removed included, in insertion order (the order of SCAN and of the
+   * map). No side effects. Do not change the store while iterating.
+   */
+  entries(): IterableIterator<CacheEntry> {
+    return this.map.values();
   }
 
   /** Keys of live entries (no touch, no expiry, no stats), in no particular order. */
@@ -454,14 +532,20 @@ export class CacheStore {
     for (let tries = 0; tries < 100 && this.map.size > 0; tries++) {
       const n = this.order.length;
       let e = this.order[Math.floor(this.rng.next() * n)];
+      // 'hide' mode: an expired entry counts as a hole.
+      if (e !== undefined && this.hideExpired && e.expireAt !== 0 && this.clock() > e.expireAt) e = undefined;
       if (e === undefined && tries >= 16) {
-        // Unlucky with holes: take the next live slot.
+        // Unlucky with holes: take the next live slot (in 'hide' mode, the next one not expired).
         const start = Math.floor(this.rng.next() * n);
-        for (let k = 0; k < n && e === undefined; k++) e = this.order[(start + k) % n];
+        const now = this.clock();
+        for (let k = 0; k < n && e === undefined; k++) {
+          e = this.order[(start + k) % n];
+          if (e !== undefined && this.hideExpired && e.expireAt !== 0 && now > e.expireAt) e = undefined;
+        }
       }
       if (e === undefined) continue;
       if (e.expireAt !== 0 && this.clock() > e.expireAt) {
-        this.expireEntry(e);
+        if (!this.hideExpired) this.expireEntry(e);
         continue;
       }
       return e;
@@ -473,7 +557,19 @@ export class CacheStore {
   // Internals
   // -------------------------------------------------------------------------------------------------------------
 
+  /** The live entry for ks; an expired one is removed ('delete' mode) or only hidden ('hide' mode). */
   private lookup(ks: string): Entry | undefined {
+    const e = this.map.get(ks);
+    if (e === undefined) return undefined;
+    if (e.expireAt !== 0 && this.clock() > e.expireAt) {
+      if (!this.hideExpired) this.expireEntry(e);
+      return undefined;
+    }
+    return e;
+  }
+
+  /** lookup() for a write that replaces or deletes the entry: an expired entry is removed in both modes. */
+  private lookupForWrite(ks: string): Entry | undefined {
     const e = this.map.get(ks);
     if (e === undefined) return undefined;
     if (e.expireAt !== 0 && this.clock() > e.expireAt) {
@@ -528,6 +624,7 @@ export class CacheStore {
   private removeEntry(e: Entry): void {
     this.map.delete(e.keyLatin1);
     this.usedBytes -= e.bytes;
+    this.usedContentBytes -= entryBytes(e.keyLatin1.length, e.value.length);
     this.lruUnlink(e);
     if (e.expireAt !== 0) this.ttlRemove(e);
     this.orderRemove(e);
@@ -635,6 +732,7 @@ export class CacheStore {
     };
     let n = 0;
     let bytes = 0;
+    let contentBytes = 0;
     for (let e = this.lruHead, prev: Entry | null = null; e !== null; prev = e, e = e.lruNext) {
       if (e.lruPrev !== prev) fail('LRU back link');
       if (this.map.get(e.keyLatin1) !== e) fail('LRU entry not in map');
@@ -642,10 +740,12 @@ export class CacheStore {
       if (e.bytes < entryBytes(e.keyLatin1.length, e.value.length)) fail('entry bytes too small');
       n++;
       bytes += e.bytes;
+      contentBytes += entryBytes(e.keyLatin1.length, e.value.length);
       if (e.lruNext === null && this.lruTail !== e) fail('LRU tail');
     }
     if (n !== this.map.size) fail(`LRU length ${n} != map size ${this.map.size}`);
     if (bytes !== this.usedBytes) fail(`bytes ${bytes} != accounted ${this.usedBytes}`);
+    if (contentBytes !== this.usedContentBytes) fail(`content bytes ${contentBytes} != ${this.usedContentBytes}`);
     let t = 0;
     let cursorSeen = this.ttlCursor === null;
     for (let e = this.ttlHead, prev: Entry | null = null; e !== null; prev = e, e = e.ttlNext) {
