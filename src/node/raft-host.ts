@@ -10,7 +10,8 @@
  *   tick timer / message / proposal  ->  schedule()  ->  one "round" per event-loop turn:
  *     1. collect Ready from every core that has one
  *     2. append every group's entries + hard state to the WAL, save received snapshots   (no I/O yet)
- *     3. ONE wal.sync() for all groups (one fdatasync: group commit)                      (durable)
+ *     3. ONE wal.sync() for all groups (one fdatasync: group commit), skipped when the round  (durable)
+ *        holds no entries and no new term or vote (a commit-index-only change need not be durable)
  *     4. send every group's messages through the transport (batched per peer per turn)
  *     5. apply committed entries to each state machine, resolve the proposals and reads waiting on them
  *     6. advance every core; if any has more, run another round
@@ -95,6 +96,9 @@ interface Group {
   snapshotting: boolean;
   /** A durable snapshot whose log prefix the core may now drop (done between rounds, never mid-Ready). */
   pendingCompact: Snapshot | null;
+  /** Term and vote of the last hard state handed to the WAL (they force an fdatasync when they change). */
+  syncedTerm: number;
+  syncedVote: NodeId;
 }
 
 export interface RaftHostOptions {
@@ -167,6 +171,8 @@ export class RaftHost {
         readWaits: [],
         snapshotting: false,
         pendingCompact: null,
+        syncedTerm: boot.hardState.term,
+        syncedVote: boot.hardState.vote,
       });
     }
     host.ticker = setInterval(() => host.tick(), opts.tickMs);
@@ -307,7 +313,15 @@ export class RaftHost {
       if (rd.entries.length > 0 || rd.hardState) {
         wal.append(g.id, rd.entries, rd.hardState);
         this.stats.entriesPersisted += rd.entries.length;
-        needSync = true;
+        // As in etcd's MustSync: new entries, a new term or a new vote must be durable before anything depending
+        // on them leaves; a hard state that only advances the commit index need not be (a lost commit index is
+        // learned again from the leader), so it rides along with the next fdatasync instead of forcing one.
+        const hs = rd.hardState;
+        if (rd.entries.length > 0 || (hs && (hs.term !== g.syncedTerm || hs.vote !== g.syncedVote))) needSync = true;
+        if (hs) {
+          g.syncedTerm = hs.term;
+          g.syncedVote = hs.vote;
+        }
       }
     }
     // 3. One fdatasync for every group of this thread.

@@ -100,6 +100,7 @@ t.test('kill -9 of the leader loses no acknowledged increment and applies none t
       attempted.add(id);
       for (let tries = 0; !stopClients && tries < 200; tries++) {
         const target = tries === 0 ? leaderHint : ((leaderHint + tries) % 3) + 1;
+        const sentAt = Date.now();
         try {
           await Promise.race([
             conn(target).call('INCR', id),
@@ -109,7 +110,8 @@ t.test('kill -9 of the leader loses no acknowledged increment and applies none t
           ]);
           acked.add(id);
           leaderHint = target;
-          if (killedAt && !firstAckAfterKill) firstAckAfterKill = Date.now();
+          // Count only requests sent after the kill: a reply already on its way from the old leader says nothing.
+          if (killedAt && sentAt > killedAt && !firstAckAfterKill) firstAckAfterKill = Date.now();
           break;
         } catch (err) {
           const m = /NOTLEADER (\d+)/.exec(String((err as Error).message));
