@@ -53,11 +53,11 @@ export type KeyspaceEntry =
   | { kind: KeyspaceEntryKind.Sweep; stampMs: number; keys: Buffer[] }
   | { kind: KeyspaceEntryKind.Config; stampMs: number; keyspaceBytesMax: number };
 
-function varintBytes(n: number): number {
+export function varintBytes(n: number): number {
   return n < 0x80 ? 1 : n < 0x4000 ? 2 : n < 0x200000 ? 3 : n < 0x10000000 ? 4 : 5;
 }
 
-function writeVarint(buf: Buffer, pos: number, n: number): number {
+export function writeVarint(buf: Buffer, pos: number, n: number): number {
   while (n >= 0x80) {
     buf[pos++] = (n & 0x7f) | 0x80;
     n = Math.floor(n / 128);

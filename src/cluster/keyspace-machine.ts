@@ -39,6 +39,8 @@ import {
   decodeEntry,
   encodeSweep,
   readVarint,
+  varintBytes,
+  writeVarint,
 } from './keyspace-codec.js';
 import { ReplyRecorder } from './keyspace-reply.js';
 
@@ -479,15 +481,3 @@ function snapshotCorrupt(what: string): never {
   throw new KeyspaceEntryError('KEYSPACE_CORRUPT', `corrupt keyspace snapshot: ${what}`);
 }
 
-function varintBytes(n: number): number {
-  return n < 0x80 ? 1 : n < 0x4000 ? 2 : n < 0x200000 ? 3 : n < 0x10000000 ? 4 : 5;
-}
-
-function writeVarint(buf: Buffer, pos: number, n: number): number {
-  while (n >= 0x80) {
-    buf[pos++] = (n & 0x7f) | 0x80;
-    n = Math.floor(n / 128);
-  }
-  buf[pos++] = n;
-  return pos;
-}

@@ -4,6 +4,7 @@
  */
 import type { ReplyWriter } from '../../../protocol/resp/writer.js';
 import type { CommandContext, CommandSpec } from '../command.js';
+import { replyHelp } from './help.js';
 import type { ClientConnection, RespServer } from '../resp-server.js';
 import { REDIS_COMPAT_VERSION } from '../version.js';
 
@@ -247,9 +248,7 @@ export function connectionCommands(server: RespServer): CommandSpec[] {
             '    Kill connections.',
             'HELP', '    Print this help.',
           ];
-          r.arrayHeader(lines.length);
-          for (const l of lines) r.simple(l);
-          return;
+          return replyHelp(r, lines);
         }
         default:
           return r.error(`ERR unknown subcommand '${args[1]!.toString('utf8')}'. Try CLIENT HELP.`);

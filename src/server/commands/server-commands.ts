@@ -6,6 +6,7 @@
 import os from 'node:os';
 import { globMatch } from '../../cache/glob.js';
 import type { CommandContext, CommandSpec } from '../command.js';
+import { replyHelp } from './help.js';
 import type { RespServer } from '../resp-server.js';
 import { LOCKSTEP_VERSION, REDIS_COMPAT_VERSION } from '../version.js';
 import { parseBytes } from '../../config/options.js';
@@ -254,9 +255,7 @@ export function serverCommands(deps: ServerCommandDeps): CommandSpec[] {
           'GETKEYS <full-command>', '    Return the keys from a full command.',
           'HELP', '    Print this help.',
         ];
-        r.arrayHeader(lines.length);
-        for (const l of lines) r.simple(l);
-        return;
+        return replyHelp(r, lines);
       }
       default:
         return r.error(`ERR unknown subcommand '${args[1]!.toString('utf8')}'. Try COMMAND HELP.`);
@@ -321,9 +320,7 @@ export function serverCommands(deps: ServerCommandDeps): CommandSpec[] {
         'RESETSTAT', '    Reset statistics reported by the INFO command.',
         'HELP', '    Print this help.',
       ];
-      r.arrayHeader(lines.length);
-      for (const l of lines) r.simple(l);
-      return;
+      return replyHelp(r, lines);
     }
     r.error(`ERR unknown subcommand '${args[1]!.toString('utf8')}'. Try CONFIG HELP.`);
   }
