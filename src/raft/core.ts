@@ -440,6 +440,11 @@ export class RaftCore {
         });
       } else if (m.type === MessageType.PreVote) {
         this.send<VoteRespMessage>({ type: MessageType.PreVoteResp, to: m.from, term: this._term, reject: true });
+      } else if (m.type === MessageType.Vote) {
+        // Paper 5.1: a stale RequestVote is rejected with our term, so the candidate catches up. Ignoring it (as
+        // etcd does) can livelock without PreVote: a node that keeps campaigning one term ahead (e.g. under an
+        // uncommitted configuration that leaves out the other candidate) is never overtaken (simulator seed 48186).
+        this.send<VoteRespMessage>({ type: MessageType.VoteResp, to: m.from, term: this._term, reject: true });
       }
       return;
     }
