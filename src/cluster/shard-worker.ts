@@ -1,0 +1,575 @@
+/**
+ * ShardWorker: the shard side of the cluster runtime; runs inside one worker thread (entry: workers/shard-worker.ts).
+ *
+ * What it owns, for its thread: one RaftHost serving every shard this node replicates with `shard % W == i`
+ * (Raft group id = shard id), one KeyspaceMachine per shard, one WAL and one SnapshotStore under
+ * `<dataDir>/worker-<i>/`, and one PeerTransport to worker i of every other node. Its only other input is the
+ * edge's messages (worker-protocol.ts).
+ *
+ * A request's life:
+ *
+ *   arrive (batch) --not hosted--> NOSHARD
+ *        |  bad command/arity --> ERR (never proposed: an entry every replica refuses would stop them all)
+ *        v
+ *   route: leader here? --yes--> write: encodeWrite(args, now) -> host.propose -> applied -> record
+ *        |                       read:  host.readBarrier -> machine.read(args, now) -> record
+ *        |--leader elsewhere--> NOTLEADER(leader)
+ *        '--no leader known---> parked; re-routed when a leader appears; after leaderWaitMs: NOQUORUM if
+ *                               a majority of the shard's voters is unreachable from here, else TRYAGAIN
+ *        (a leader that cannot reach a majority parks requests the same way instead of proposing)
+ *   any state --requestTimeoutMs--> TRYAGAIN (outcome of a write unknown)
+ *   any state --stop--> STOPPED
+ *
+ * Invariants:
+ * - Every request is answered exactly once (`Req.done` guards late settlements after a timeout or a stop).
+ * - Only writes that every replica will accept are proposed: the command is a replicated write of the keyspace
+ *   with a valid arity (KeyspaceMachine.apply throws on anything else, which would stop every replica).
+ * - A write that failed with "leadership changed before the entry committed" was overwritten in the log, so it
+ *   can never commit: re-routing it (parking, or NOTLEADER) is safe. An unknown outcome is answered TRYAGAIN.
+ * - All replies settled during one event-loop turn leave as one postMessage with one transferred ArrayBuffer.
+ */
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import { STRING_COMMANDS } from '../cache/string-commands.js';
+import { HostError, RaftHost } from '../node/raft-host.js';
+import { Role, type NodeId } from '../raft/types.js';
+import type { CommandSpec } from '../server/command.js';
+import { SnapshotStore } from '../storage/snapshot-store.js';
+import { Wal } from '../storage/wal.js';
+import { PeerTransport } from '../transport/peer-transport.js';
+import { createLogger } from '../util/logger.js';
+import { PEER_LIMITS_DEFAULT, WAL_LIMITS_DEFAULT } from '../config/limits.js';
+import { encodeWrite } from './keyspace-codec.js';
+import { isReplicatedWrite, KeyspaceMachine } from './keyspace-machine.js';
+import { ReplyRecorder } from './keyspace-reply.js';
+import {
+  BatchWriter,
+  readRequests,
+  RequestKind,
+  ROLE_NAMES,
+  ShardErrorIndex,
+  writeReplyError,
+  writeReplyOk,
+  type DecodedRequest,
+  type EdgeToWorker,
+  type InitMessage,
+  type RequestBatchMessage,
+  type ShardStatus,
+  type WorkerStats,
+  type WorkerToEdge,
+} from './worker-protocol.js';
+
+/** How often parked requests look for a leader, in milliseconds. */
+const LEADER_POLL_MS = 10;
+/** Reply batches are posted early once this many bytes are pending (bounds one message's size). */
+const REPLY_BATCH_BYTES_MAX = 4 * 1024 * 1024;
+
+const WRITES = new Map<string, CommandSpec>();
+const READS = new Map<string, CommandSpec>();
+for (const spec of STRING_COMMANDS) (isReplicatedWrite(spec) ? WRITES : READS).set(spec.name, spec);
+
+function lookup(table: Map<string, CommandSpec>, name: Buffer | undefined): CommandSpec | undefined {
+  if (name === undefined || name.length > 32) return undefined;
+  const s = name.toString('latin1');
+  return table.get(s) ?? table.get(s.toLowerCase());
+}
+
+function arityOk(spec: CommandSpec, argc: number): boolean {
+  return spec.arity > 0 ? argc === spec.arity : argc >= -spec.arity;
+}
+
+interface Shard {
+  id: number;
+  preferredLeader: NodeId;
+  /** The voters from init (membership is fixed until conf changes are wired in). */
+  voters: NodeId[];
+  machine: KeyspaceMachine;
+  parked: Req[];
+  sweeping: boolean;
+}
+
+interface Req {
+  reqId: number;
+  shard: Shard;
+  kind: RequestKind;
+  args: Buffer[];
+  /** The entry to propose (writes), encoded once at arrival. */
+  data: Uint8Array | null;
+  /** Give up waiting for a leader at this time (performance.now ms). */
+  leaderDeadline: number;
+  /** Give up entirely at this time. */
+  deadline: number;
+  done: boolean;
+}
+
+export type PostToEdge = (msg: WorkerToEdge, transfer?: ArrayBuffer[]) => void;
+
+export class ShardWorker {
+  readonly stats: WorkerStats = { requests: 0, batches: 0, writes: 0, reads: 0, errors: 0, fsyncs: 0, raftRounds: 0 };
+  private readonly shards = new Map<number, Shard>();
+  /** Requests not yet answered, in arrival order (for the timeout scan). */
+  private readonly inflight = new Map<number, Req>();
+  /** Peers whose outbound link is up (kept by the transport's up/down events). */
+  private readonly upPeers = new Set<NodeId>();
+  private readonly out = new BatchWriter();
+  private readonly recorder = new ReplyRecorder();
+  private flushScheduled = false;
+  private parkedCount = 0;
+  private leaderPoll: NodeJS.Timeout | null = null;
+  private timeoutScan: NodeJS.Timeout | null = null;
+  private sweepTimer: NodeJS.Timeout | null = null;
+  private balanceTimer: NodeJS.Timeout | null = null;
+  private stopping = false;
+  private host!: RaftHost;
+  private transport!: PeerTransport;
+  private wal!: Wal;
+
+  private constructor(
+    private readonly init: InitMessage,
+    private readonly post: PostToEdge,
+    private readonly log: Logger,
+  ) {}
+
+  /** Opens storage, recovers every shard, starts the peer transport and the Raft host. */
+  static async start(init: InitMessage, post: PostToEdge, logger?: Logger): Promise<ShardWorker> {
+    const log = (logger ?? createLogger({ level: init.logLevel, format: 'json', name: `lockstep` })).child({
+      node: init.nodeId,
+      worker: init.workerIndex,
+    });
+    const w = new ShardWorker(init, post, log);
+    await w.open();
+    return w;
+  }
+
+  private async open(): Promise<void> {
+    const init = this.init;
+    mkdirSync(init.dataDir, { recursive: true });
+    this.wal = await Wal.open(join(init.dataDir, 'wal'), { limits: WAL_LIMITS_DEFAULT, fsync: init.fsync, logger: this.log });
+    const snapshots = await SnapshotStore.open(join(init.dataDir, 'snapshots'), { fsync: init.fsync, logger: this.log });
+    const groups = init.shards.map((s) => {
+      const machine = new KeyspaceMachine({ keyspaceBytesMax: init.tuning.keyspaceBytesMax });
+      this.shards.set(s.shard, { id: s.shard, preferredLeader: s.preferredLeader, voters: [...s.voters], machine, parked: [], sweeping: false });
+      return { id: s.shard, conf: { voters: [...s.voters].sort((a, b) => a - b), learners: [] }, stateMachine: machine };
+    });
+    let host: RaftHost | undefined;
+    const transport = new PeerTransport({
+      nodeId: init.nodeId,
+      workerIndex: init.workerIndex,
+      clusterId: init.clusterId,
+      ...(init.secret !== undefined ? { secret: init.secret } : {}),
+      topologyDigest: init.topologyDigest,
+      listen: init.listen,
+      peers: new Map(init.peers),
+      limits: PEER_LIMITS_DEFAULT,
+      logger: this.log,
+      onRaftMessages: (msgs) => host?.receive(msgs),
+    });
+    transport.onPeerDown((peer) => {
+      this.upPeers.delete(peer);
+      host?.peerDown(peer);
+    });
+    transport.onPeerUp((peer) => this.upPeers.add(peer));
+    this.transport = transport;
+    const r = init.raft;
+    try {
+      host = await RaftHost.start({
+        nodeId: init.nodeId,
+        groups,
+        raft: {
+          heartbeatTicks: r.heartbeatTicks,
+          electionTicksMin: r.electionTicksMin,
+          preVote: true,
+          checkQuorum: true,
+          readMode: init.readMode,
+          inflightMsgsMax: r.inflightMsgsMax,
+          appendEntriesMax: r.appendEntriesMax,
+          appendBytesMax: r.appendBytesMax,
+          uncommittedBytesMax: r.uncommittedBytesMax,
+          snapshotChunkBytes: r.snapshotChunkBytes,
+        },
+        tickMs: r.tickMs,
+        wal: this.wal,
+        snapshots,
+        transport,
+        logger: this.log,
+        snapshotEntries: init.tuning.snapshotEntries,
+      });
+      this.host = host;
+      await transport.start();
+    } catch (err) {
+      await host?.stop();
+      await transport.stop();
+      await this.wal.close().catch(() => undefined);
+      throw err;
+    }
+    const t = init.tuning;
+    this.timeoutScan = setInterval(() => this.scanTimeouts(), Math.max(10, Math.min(250, t.requestTimeoutMs / 4)));
+    if (t.sweepIntervalMs > 0) this.sweepTimer = setInterval(() => this.sweep(), t.sweepIntervalMs);
+    if (t.leaderBalanceMs > 0) this.balanceTimer = setInterval(() => this.balanceLeaders(), t.leaderBalanceMs);
+  }
+
+  /** Handles one message from the edge (init is handled by the entry point). */
+  onMessage(msg: EdgeToWorker): void {
+    switch (msg.t) {
+      case 'req':
+        this.onRequests(msg);
+        return;
+      case 'status':
+        this.post({ t: 'status', id: msg.id, shards: this.shardStatus(), stats: this.currentStats() });
+        return;
+      case 'stop':
+        void this.stop().then(
+          () => this.post({ t: 'stopped' }),
+          (err: unknown) => {
+            this.log.error({ err }, 'shard worker stop failed');
+            this.post({ t: 'stopped' });
+          },
+        );
+        return;
+      case 'init':
+        this.log.warn('second init message ignored');
+        return;
+    }
+  }
+
+  onRequests(msg: RequestBatchMessage): void {
+    this.stats.batches++;
+    const now = Date.now();
+    const t0 = performance.now();
+    readRequests(msg, (r) => this.accept(r, now, t0));
+  }
+
+  private accept(r: DecodedRequest, now: number, t0: number): void {
+    this.stats.requests++;
+    const shard = this.shards.get(r.shard);
+    if (shard === undefined) {
+      this.replyErrorNow(r.reqId, ShardErrorIndex.NoShard, 0, `node ${this.init.nodeId} hosts no replica of shard ${r.shard}`);
+      return;
+    }
+    if (this.stopping) {
+      this.replyErrorNow(r.reqId, ShardErrorIndex.Stopped, 0, 'node is stopping');
+      return;
+    }
+    let data: Uint8Array | null = null;
+    if (r.kind === RequestKind.Write) {
+      const spec = lookup(WRITES, r.args[0]);
+      if (spec === undefined || !arityOk(spec, r.args.length)) {
+        this.replyErrorNow(r.reqId, ShardErrorIndex.Err, 0, `not a keyspace write with a valid arity: ${r.args[0]?.toString('latin1').slice(0, 40) ?? '(none)'}`);
+        return;
+      }
+      data = encodeWrite(r.args, now);
+    } else if (lookup(READS, r.args[0]) === undefined) {
+      this.replyErrorNow(r.reqId, ShardErrorIndex.Err, 0, `not a keyspace read: ${r.args[0]?.toString('latin1').slice(0, 40) ?? '(none)'}`);
+      return;
+    }
+    const t = this.init.tuning;
+    const req: Req = {
+      reqId: r.reqId,
+      shard,
+      kind: r.kind,
+      args: r.args,
+      data,
+      leaderDeadline: t0 + t.leaderWaitMs,
+      deadline: t0 + t.requestTimeoutMs,
+      done: false,
+    };
+    this.inflight.set(req.reqId, req);
+    this.route(req);
+  }
+
+  /** Sends the request to Raft if this node leads its shard; otherwise answers NOTLEADER or parks it. */
+  private route(req: Req): void {
+    const core = this.host.group(req.shard.id);
+    if (core === undefined) {
+      this.fail(req, ShardErrorIndex.NoShard, 0, `shard ${req.shard.id} is not hosted here`);
+      return;
+    }
+    if (core.role === Role.Leader && !this.quorumReachable(req.shard)) {
+      // Proposing now would only wait for CheckQuorum to depose us: wait (bounded) for the links to come back.
+      this.park(req);
+      return;
+    }
+    if (core.role !== Role.Leader || core.transferee !== 0) {
+      // (A leader handing over refuses proposals: wait for the new one like for an election.)
+      const leader = core.role === Role.Leader ? 0 : core.leader;
+      if (leader !== 0 && leader !== this.init.nodeId) this.fail(req, ShardErrorIndex.NotLeader, leader, `shard ${req.shard.id} is led by node ${leader}`);
+      else this.park(req);
+      return;
+    }
+    if (req.kind === RequestKind.Write) {
+      this.stats.writes++;
+      this.host.propose(req.shard.id, req.data!).then(
+        (result) => this.succeed(req, result instanceof Uint8Array ? result : new Uint8Array(0)),
+        (err: unknown) => this.onError(req, err),
+      );
+    } else {
+      this.stats.reads++;
+      this.host.readBarrier(req.shard.id).then(
+        () => this.serveRead(req),
+        (err: unknown) => this.onError(req, err),
+      );
+    }
+  }
+
+  private serveRead(req: Req): void {
+    if (req.done) return;
+    try {
+      req.shard.machine.read(req.args, Date.now(), this.recorder);
+    } catch (err) {
+      this.recorder.take();
+      this.fail(req, ShardErrorIndex.Err, 0, (err as Error).message);
+      return;
+    }
+    this.succeed(req, this.recorder.take());
+  }
+
+  private onError(req: Req, err: unknown): void {
+    if (req.done) return;
+    if (!(err instanceof HostError)) {
+      this.log.error({ err, shard: req.shard.id }, 'request failed');
+      this.fail(req, ShardErrorIndex.Err, 0, err instanceof Error ? err.message : String(err));
+      return;
+    }
+    switch (err.code) {
+      case 'NOTLEADER': {
+        // Refused by the core, or overwritten before it committed: never applied, so it may be routed again.
+        const leader = err.leader !== 0 ? err.leader : (this.host.group(req.shard.id)?.leader ?? 0);
+        if (leader !== 0 && leader !== this.init.nodeId) this.fail(req, ShardErrorIndex.NotLeader, leader, `shard ${req.shard.id} is led by node ${leader}`);
+        else this.park(req);
+        return;
+      }
+      case 'TRYAGAIN': {
+        // A read that lost its leader is simply routed again; a write's outcome is unknown: the caller decides.
+        if (req.kind === RequestKind.Read) {
+          const leader = this.host.group(req.shard.id)?.leader ?? 0;
+          if (leader !== 0 && leader !== this.init.nodeId) this.fail(req, ShardErrorIndex.NotLeader, leader, `shard ${req.shard.id} is led by node ${leader}`);
+          else this.park(req);
+          return;
+        }
+        this.fail(req, ShardErrorIndex.TryAgain, err.leader, err.message);
+        return;
+      }
+      case 'BUSY':
+        this.fail(req, ShardErrorIndex.Busy, 0, err.message);
+        return;
+      case 'STOPPED':
+        this.fail(req, ShardErrorIndex.Stopped, 0, err.message);
+        return;
+    }
+  }
+
+  /** True if this node has an up link to enough of the shard's voters to form a majority with itself. */
+  private quorumReachable(shard: Shard): boolean {
+    return this.reachableVoters(shard) > shard.voters.length / 2;
+  }
+
+  private reachableVoters(shard: Shard): number {
+    let n = 0;
+    for (const v of shard.voters) if (v === this.init.nodeId || this.upPeers.has(v)) n++;
+    return n;
+  }
+
+  /** The answer to a request that waited leaderWaitMs in vain: NOQUORUM if a majority is unreachable from here. */
+  private failNoLeader(req: Req): void {
+    const shard = req.shard;
+    if (!this.quorumReachable(shard)) {
+      const msg = `shard ${shard.id}: only ${this.reachableVoters(shard)} of ${shard.voters.length} replicas reachable from node ${this.init.nodeId}`;
+      this.fail(req, ShardErrorIndex.NoQuorum, 0, msg);
+      return;
+    }
+    this.fail(req, ShardErrorIndex.TryAgain, 0, `no leader for shard ${shard.id} within ${this.init.tuning.leaderWaitMs} ms`);
+  }
+
+  private park(req: Req): void {
+    if (performance.now() >= req.leaderDeadline) {
+      this.failNoLeader(req);
+      return;
+    }
+    req.shard.parked.push(req);
+    this.parkedCount++;
+    if (this.leaderPoll === null) this.leaderPoll = setInterval(() => this.pollLeaders(), LEADER_POLL_MS);
+  }
+
+  private pollLeaders(): void {
+    const now = performance.now();
+    for (const shard of this.shards.values()) {
+      if (shard.parked.length === 0) continue;
+      const core = this.host.group(shard.id);
+      const leaderKnown =
+        core !== undefined &&
+        (core.role === Role.Leader ? core.transferee === 0 : core.leader !== 0 && core.leader !== this.init.nodeId);
+      const parked = shard.parked;
+      shard.parked = [];
+      this.parkedCount -= parked.length;
+      for (const req of parked) {
+        if (req.done) continue;
+        if (leaderKnown) this.route(req);
+        else if (now >= req.leaderDeadline) this.failNoLeader(req);
+        else {
+          shard.parked.push(req);
+          this.parkedCount++;
+        }
+      }
+    }
+    if (this.parkedCount === 0 && this.leaderPoll !== null) {
+      clearInterval(this.leaderPoll);
+      this.leaderPoll = null;
+    }
+  }
+
+  private scanTimeouts(): void {
+    const now = performance.now();
+    // inflight is in arrival order and every request has the same timeout: stop at the first one still in time.
+    for (const req of this.inflight.values()) {
+      if (req.deadline > now) break;
+      this.fail(req, ShardErrorIndex.TryAgain, 0, `no answer within ${this.init.tuning.requestTimeoutMs} ms; outcome unknown`);
+    }
+  }
+
+  /** Leader side of active expiry: one sweep entry in flight per shard at most. */
+  private sweep(): void {
+    if (this.stopping) return;
+    const now = Date.now();
+    for (const shard of this.shards.values()) {
+      if (shard.sweeping || this.host.group(shard.id)?.role !== Role.Leader) continue;
+      const plan = shard.machine.planSweep(now, this.init.tuning.sweepKeysMax);
+      if (plan === null) continue;
+      shard.sweeping = true;
+      this.host.propose(shard.id, plan.entry).then(
+        () => {
+          shard.sweeping = false;
+        },
+        () => {
+          shard.sweeping = false;
+        },
+      );
+    }
+  }
+
+  /**
+   * Moves leadership back to each shard's preferred leader (so every node leads about S/N shards) once that node
+   * is reachable and has every entry: a leader not preferred starts a transfer (Raft thesis 3.10, TimeoutNow).
+   */
+  private balanceLeaders(): void {
+    if (this.stopping) return;
+    let started = false;
+    for (const shard of this.shards.values()) {
+      const to = shard.preferredLeader;
+      const core = this.host.group(shard.id);
+      if (core === undefined || core.role !== Role.Leader || to === this.init.nodeId || to === 0 || core.transferee !== 0) continue;
+      if (!this.transport.isUp(to)) continue;
+      const st = core.status();
+      if (st.progress[to]?.match !== st.lastIndex) continue;
+      core.transferLeader(to);
+      started = true;
+    }
+    // The core queued a message; an empty receive() makes the host run a round to send it.
+    if (started) this.host.receive([]);
+  }
+
+  private succeed(req: Req, record: Uint8Array): void {
+    if (req.done) return;
+    req.done = true;
+    this.inflight.delete(req.reqId);
+    writeReplyOk(this.out, req.reqId, record);
+    this.scheduleFlush();
+  }
+
+  private fail(req: Req, code: ShardErrorIndex, leader: NodeId, message: string): void {
+    if (req.done) return;
+    req.done = true;
+    this.inflight.delete(req.reqId);
+    this.replyErrorNow(req.reqId, code, leader, message);
+  }
+
+  private replyErrorNow(reqId: number, code: ShardErrorIndex, leader: NodeId, message: string): void {
+    this.stats.errors++;
+    writeReplyError(this.out, reqId, code, leader, message);
+    this.scheduleFlush();
+  }
+
+  private scheduleFlush(): void {
+    if (this.out.bytes >= REPLY_BATCH_BYTES_MAX) {
+      this.flush();
+      return;
+    }
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    setImmediate(() => this.flush());
+  }
+
+  private flush(): void {
+    this.flushScheduled = false;
+    if (this.out.count === 0) return;
+    const count = this.out.count;
+    const buf = this.out.finish();
+    this.post({ t: 'rep', count, buf }, [buf]);
+  }
+
+  shardStatus(): ShardStatus[] {
+    const out: ShardStatus[] = [];
+    for (const shard of this.shards.values()) {
+      const core = this.host.group(shard.id);
+      if (core === undefined) continue;
+      out.push({
+        shard: shard.id,
+        worker: this.init.workerIndex,
+        role: ROLE_NAMES[core.role] ?? 'follower',
+        leader: core.leader,
+        term: core.term,
+        commit: core.commit,
+        applied: core.applied,
+        lastIndex: core.lastIndex,
+        keys: shard.machine.store.size,
+      });
+    }
+    return out;
+  }
+
+  private currentStats(): WorkerStats {
+    return { ...this.stats, fsyncs: this.wal.stats.syncs, raftRounds: this.host.stats.rounds };
+  }
+
+  /** Answers every request (STOPPED), stops Raft, the transport and the WAL. */
+  async stop(): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    for (const t of [this.leaderPoll, this.timeoutScan, this.sweepTimer, this.balanceTimer]) if (t !== null) clearInterval(t);
+    this.leaderPoll = this.timeoutScan = this.sweepTimer = this.balanceTimer = null;
+    await this.host.stop();
+    // The host rejected its proposals and reads; those rejections run as microtasks before this continues.
+    await Promise.resolve();
+    for (const req of this.inflight.values()) this.fail(req, ShardErrorIndex.Stopped, 0, 'node is stopping');
+    for (const shard of this.shards.values()) shard.parked = [];
+    this.parkedCount = 0;
+    this.flush();
+    await this.transport.stop();
+    await this.wal.close();
+  }
+}
+
+/** The worker thread's main loop: the first message must be `init`; answers `ready` or `fatal`. */
+export function runShardWorker(port: { on(ev: 'message', cb: (m: EdgeToWorker) => void): void; postMessage(m: WorkerToEdge, transfer?: ArrayBuffer[]): void }): void {
+  let worker: ShardWorker | null = null;
+  const early: EdgeToWorker[] = [];
+  const post: PostToEdge = (m, transfer) => port.postMessage(m, transfer);
+  port.on('message', (msg) => {
+    if (worker !== null) {
+      worker.onMessage(msg);
+      return;
+    }
+    if (msg.t !== 'init') {
+      early.push(msg);
+      return;
+    }
+    ShardWorker.start(msg, post).then(
+      (w) => {
+        worker = w;
+        post({ t: 'ready', workerIndex: msg.workerIndex });
+        for (const m of early.splice(0)) w.onMessage(m);
+      },
+      (err: unknown) => post({ t: 'fatal', message: err instanceof Error ? `${err.name}: ${err.message}` : String(err) }),
+    );
+  });
+}
