@@ -453,7 +453,6 @@ export class ShardWorker {
    */
   private balanceLeaders(): void {
     if (this.stopping) return;
-    let started = false;
     for (const shard of this.shards.values()) {
       const to = shard.preferredLeader;
       const core = this.host.group(shard.id);
@@ -461,11 +460,8 @@ export class ShardWorker {
       if (!this.transport.isUp(to)) continue;
       const st = core.status();
       if (st.progress[to]?.match !== st.lastIndex) continue;
-      core.transferLeader(to);
-      started = true;
+      this.host.transferLeader(shard.id, to);
     }
-    // The core queued a message; an empty receive() makes the host run a round to send it.
-    if (started) this.host.receive([]);
   }
 
   private succeed(req: Req, record: Uint8Array): void {

@@ -223,6 +223,14 @@ export class RaftHost {
     return new Promise((resolve, reject) => g.proposals.set(r.index, { term: r.term, resolve, reject }));
   }
 
+  /** Starts a leadership transfer of a group this node leads (Raft thesis 3.10); a no-op elsewhere. */
+  transferLeader(groupId: GroupId, to: NodeId): void {
+    const g = this.groups.get(groupId);
+    if (!g || this.stopped) return;
+    g.core.transferLeader(to);
+    this.schedule();
+  }
+
   /** A linearizable read barrier: resolves once this node has applied everything committed before the call. */
   readBarrier(groupId: GroupId): Promise<void> {
     const g = this.groups.get(groupId);
@@ -239,7 +247,9 @@ export class RaftHost {
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.ticker) clearInterval(this.ticker);
-    while (this.running) await new Promise((r) => setTimeout(r, 1));
+    // Let the round and any snapshot in flight finish: the caller closes the WAL next.
+    const busy = () => this.running || [...this.groups.values()].some((g) => g.snapshotting);
+    while (busy()) await new Promise((r) => setTimeout(r, 1));
     for (const g of this.groups.values()) {
       for (const p of g.proposals.values()) p.reject(new HostError('STOPPED', 'node is stopping'));
       for (const r of g.reads.values()) r.reject(new HostError('STOPPED', 'node is stopping'));
