@@ -53,6 +53,16 @@ export class SimDisk {
     this.unsynced = [];
   }
 
+  /**
+   * A lying disk (tests of the checkers only; outside the faults we claim to survive): every durable entry after
+   * the snapshot is lost while the hard state (term, vote) survives.
+   */
+  loseDurableEntries(): void {
+    this.entries = [];
+    const snapIndex = this.snapshot !== null ? this.snapshot.meta.index : 0;
+    if (this.hardState.commit > snapIndex) this.hardState = { ...this.hardState, commit: snapIndex };
+  }
+
   /** The host compacted its log at snapshot.meta.index: written atomically (temp file, fsync, rename). */
   saveSnapshot(snap: Snapshot): void {
     if (this.snapshot !== null && snap.meta.index <= this.snapshot.meta.index) return;

@@ -105,3 +105,21 @@ t.test('the simulator catches reads served without ReadIndex', async (t) => {
   t.ok(r, 'some seed fails');
   t.equal(r?.failure?.invariant, 'linearizability');
 });
+
+t.test('the simulator catches a disk that loses synced entries, through Leader Completeness among others', async (t) => {
+  // Outside the faults Raft survives: a crash also drops durable entries while the vote survives, so a node can
+  // elect a leader that lacks committed entries. Most schedules trip a core assertion first; some reach the
+  // Leader Completeness check, which must then fire (it binds leaders of later terms only).
+  let completeness: SimResult | undefined;
+  let failures = 0;
+  for (let seed = 1; seed <= 60 && completeness === undefined; seed++) {
+    const r = runSimulation({ seed, ticks: TICKS, bug: 'lose-synced-entries' });
+    if (r.ok) continue;
+    failures++;
+    t.match(r.failure?.invariant, /core-assertion|leader-completeness|committed-conflict|log-matching|state-machine-safety|linearizability|convergence/, `seed ${seed}: a safety check fired`);
+    if (r.failure?.invariant === 'leader-completeness') completeness = r;
+  }
+  t.ok(failures > 0, 'lost entries are caught');
+  t.ok(completeness, 'Leader Completeness fires on some seed');
+  if (completeness) t.match(completeness.failure?.detail, /leads term \d+ but holds/);
+});

@@ -57,6 +57,8 @@ export type InjectedBug =
   | 'apply-twice'
   /** The state machine forgets its session table: a retried INCR applies again. */
   | 'no-dedup'
+  /** The disk loses synced entries on a crash (fsync lied): committed entries can vanish from a majority. */
+  | 'lose-synced-entries'
   /** Reads are served from the local state machine without ReadIndex. */
   | 'stale-read';
 
@@ -561,6 +563,7 @@ class Simulation {
     this.stats.crashes++;
     for (const gh of node.groups) {
       gh.disk.crash(this.rng, this.bug !== 'send-before-fsync');
+      if (this.bug === 'lose-synced-entries') gh.disk.loseDurableEntries();
       gh.core = null;
       gh.writeWaiters.clear();
       gh.reads.clear();
