@@ -73,9 +73,10 @@ export class Dispatcher {
   }
 
   /** Runs one command; returns the handler's promise for `async` commands (it never rejects). */
-  dispatch(ctx: CommandContext, args: Buffer[], spec: CommandSpec | undefined = this.lookup(args[0]!)): Promise<void> | undefined {
+  dispatch(ctx: CommandContext, args: Buffer[], looked?: CommandSpec): Promise<void> | undefined {
     const first = args[0];
     if (first === undefined) return;
+    const spec = looked ?? this.lookup(first);
     const reply = ctx.reply;
     if (spec === undefined) {
       this.stats.rejected++;

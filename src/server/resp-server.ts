@@ -247,9 +247,7 @@ export class RespServer {
     else
       void p.then(() => {
         slot.done = true;
-        if (client.closed) return;
-        this.moveDoneSlots(client);
-        this.flush(client);
+        if (!client.closed) this.flush(client); // flush moves the finished head slots into the writer first
       });
   }
 
