@@ -1,7 +1,8 @@
 /**
  * ShardRuntime: the edge-thread side of the cluster runtime. It spawns the node's W shard workers
  * (worker_threads, workers/shard-worker.js), tells each which shards it hosts, and carries requests to them and
- * replies back. Forwarding to a shard's leader on another node is the caller's job (a NOTLEADER reply names it).
+ * replies back. Any shard may be asked: a worker forwards a request for a shard led (or only hosted) elsewhere to
+ * that node's worker over its peer links and relays the answer.
  *
  * Placement: `placeShards(node ids, S, rf)`; shard s lives on worker `s % W` of each of its replica nodes. Worker
  * i of every node listens for peers on `peerBasePort + i` of its node and links to worker i of every other node.
@@ -176,6 +177,8 @@ export class ShardRuntime {
         dataDir: join(o.dataDir, `worker-${i}`),
         fsync: o.fsync,
         shards: this.placement.filter((p) => p.shard % o.workers === i && this.hosted[p.shard]).map((p) => ({ shard: p.shard, voters: [...p.replicas], preferredLeader: p.preferredLeader })),
+        remoteShards: this.placement.filter((p) => p.shard % o.workers === i && !this.hosted[p.shard]).map((p) => ({ shard: p.shard, voters: [...p.replicas], preferredLeader: p.preferredLeader })),
+        shardCount: o.shards,
         listen: { host: o.listenHost ?? self.host, port: self.peerBasePort + i },
         peers: [...o.nodes].filter(([id]) => id !== o.nodeId).map(([id, n]) => [id, { host: n.host, port: n.peerBasePort + i }]),
         raft,
@@ -284,11 +287,6 @@ export class ShardRuntime {
   submit(shard: number, kind: RequestKindName, args: readonly Uint8Array[], cb: ReplyCallback): void {
     if (!Number.isInteger(shard) || shard < 0 || shard >= this.opts.shards) {
       queueMicrotask(() => cb({ ok: false, code: 'NOSHARD', leader: 0, message: `no shard ${shard}` }));
-      return;
-    }
-    if (!this.hosted[shard]) {
-      const p = this.placement[shard]!;
-      queueMicrotask(() => cb({ ok: false, code: 'NOSHARD', leader: 0, message: `node ${this.opts.nodeId} hosts no replica of shard ${shard} (replicas ${p.replicas.join(',')})` }));
       return;
     }
     const h = this.handles[shard % this.opts.workers];

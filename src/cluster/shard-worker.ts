@@ -37,12 +37,13 @@ import { Role, type NodeId } from '../raft/types.js';
 import type { CommandSpec } from '../server/command.js';
 import { SnapshotStore } from '../storage/snapshot-store.js';
 import { Wal } from '../storage/wal.js';
-import { PeerTransport } from '../transport/peer-transport.js';
+import { PeerRequestError, PeerTransport } from '../transport/peer-transport.js';
 import { createLogger } from '../util/logger.js';
 import { PEER_LIMITS_DEFAULT, WAL_LIMITS_DEFAULT } from '../config/limits.js';
 import { encodeWrite } from './keyspace-codec.js';
 import { isReplicatedWrite, KeyspaceMachine } from './keyspace-machine.js';
 import { ReplyRecorder } from './keyspace-reply.js';
+import { forwardRequest, parseForwardRequest, parseForwardResults, type ForwardItem, type ForwardResult } from './forward-protocol.js';
 import {
   BatchWriter,
   readRequests,
@@ -62,6 +63,10 @@ import {
 
 /** How often parked requests look for a leader, in milliseconds. */
 const LEADER_POLL_MS = 10;
+/** A request is forwarded at most this many times (leader hints can be stale); then it waits like in an election. */
+const FORWARD_HOPS_MAX = 3;
+/** Forward batches are sent early once this many bytes of arguments are pending for one peer. */
+const FORWARD_BATCH_BYTES_MAX = 1024 * 1024;
 /** Reply batches are posted early once this many bytes are pending (bounds one message's size). */
 const REPLY_BATCH_BYTES_MAX = 4 * 1024 * 1024;
 
@@ -79,19 +84,38 @@ function arityOk(spec: CommandSpec, argc: number): boolean {
   return spec.arity > 0 ? argc === spec.arity : argc >= -spec.arity;
 }
 
+/** A batch of requests a peer forwarded here; answered in one reply once every request in it is settled. */
+interface ForwardedBatch {
+  results: ForwardResult[];
+  remaining: number;
+  resolve: (results: ForwardResult[]) => void;
+}
+
 interface Shard {
   id: number;
+  /** False for a shard this node holds no replica of: requests for it are always forwarded. */
+  hosted: boolean;
+  /** Where to forward when the local Raft core knows no leader (or the shard is not hosted here). */
+  leaderHint: NodeId;
   preferredLeader: NodeId;
   /** The voters from init (membership is fixed until conf changes are wired in). */
   voters: NodeId[];
-  machine: KeyspaceMachine;
+  /** Null for a shard not hosted here. */
+  machine: KeyspaceMachine | null;
   parked: Req[];
   sweeping: boolean;
 }
 
 interface Req {
+  /** Edge request id (>= 0), or a negative id for a request a peer forwarded here. */
   reqId: number;
   shard: Shard;
+  /** Set when a peer forwarded this request: its answer goes back in that peer's batch, never to the edge. */
+  fwd: ForwardedBatch | null;
+  /** Index in `fwd.results`. */
+  fwdIndex: number;
+  /** Times this request was forwarded to another node (bounded by FORWARD_HOPS_MAX). */
+  hops: number;
   kind: RequestKind;
   args: Buffer[];
   /** The entry to propose (writes), encoded once at arrival. */
@@ -106,7 +130,7 @@ interface Req {
 export type PostToEdge = (msg: WorkerToEdge, transfer?: ArrayBuffer[]) => void;
 
 export class ShardWorker {
-  readonly stats: WorkerStats = { requests: 0, batches: 0, writes: 0, reads: 0, errors: 0, fsyncs: 0, raftRounds: 0 };
+  readonly stats: WorkerStats = { requests: 0, batches: 0, writes: 0, reads: 0, errors: 0, forwarded: 0, forwardedIn: 0, fsyncs: 0, raftRounds: 0 };
   private readonly shards = new Map<number, Shard>();
   /** Requests not yet answered, in arrival order (for the timeout scan). */
   private readonly inflight = new Map<number, Req>();
@@ -114,6 +138,10 @@ export class ShardWorker {
   private readonly upPeers = new Set<NodeId>();
   private readonly out = new BatchWriter();
   private readonly recorder = new ReplyRecorder();
+  /** Requests to forward, per destination node, sent once per turn. */
+  private readonly forwardQueue = new Map<NodeId, { reqs: Req[]; bytes: number }>();
+  private forwardScheduled = false;
+  private nextForwardedId = -1;
   private flushScheduled = false;
   private parkedCount = 0;
   private leaderPoll: NodeJS.Timeout | null = null;
@@ -149,9 +177,12 @@ export class ShardWorker {
     const snapshots = await SnapshotStore.open(join(init.dataDir, 'snapshots'), { fsync: init.fsync, logger: this.log });
     const groups = init.shards.map((s) => {
       const machine = new KeyspaceMachine({ keyspaceBytesMax: init.tuning.keyspaceBytesMax });
-      this.shards.set(s.shard, { id: s.shard, preferredLeader: s.preferredLeader, voters: [...s.voters], machine, parked: [], sweeping: false });
+      this.shards.set(s.shard, { id: s.shard, hosted: true, leaderHint: s.preferredLeader, preferredLeader: s.preferredLeader, voters: [...s.voters], machine, parked: [], sweeping: false });
       return { id: s.shard, conf: { voters: [...s.voters].sort((a, b) => a - b), learners: [] }, stateMachine: machine };
     });
+    for (const s of init.remoteShards) {
+      this.shards.set(s.shard, { id: s.shard, hosted: false, leaderHint: s.preferredLeader, preferredLeader: s.preferredLeader, voters: [...s.voters], machine: null, parked: [], sweeping: false });
+    }
     let host: RaftHost | undefined;
     const transport = new PeerTransport({
       nodeId: init.nodeId,
@@ -164,6 +195,7 @@ export class ShardWorker {
       limits: PEER_LIMITS_DEFAULT,
       logger: this.log,
       onRaftMessages: (msgs) => host?.receive(msgs),
+      onRequest: (from, payload) => this.serveForwarded(from, payload),
     });
     transport.onPeerDown((peer) => {
       this.upPeers.delete(peer);
@@ -251,22 +283,20 @@ export class ShardWorker {
       this.replyErrorNow(r.reqId, ShardErrorIndex.Stopped, 0, 'node is stopping');
       return;
     }
-    let data: Uint8Array | null = null;
-    if (r.kind === RequestKind.Write) {
-      const spec = lookup(WRITES, r.args[0]);
-      if (spec === undefined || !arityOk(spec, r.args.length)) {
-        this.replyErrorNow(r.reqId, ShardErrorIndex.Err, 0, `not a keyspace write with a valid arity: ${r.args[0]?.toString('latin1').slice(0, 40) ?? '(none)'}`);
-        return;
-      }
-      data = encodeWrite(r.args, now);
-    } else if (lookup(READS, r.args[0]) === undefined) {
-      this.replyErrorNow(r.reqId, ShardErrorIndex.Err, 0, `not a keyspace read: ${r.args[0]?.toString('latin1').slice(0, 40) ?? '(none)'}`);
+    const bad = this.checkCommand(r.kind, r.args);
+    if (bad !== null) {
+      this.replyErrorNow(r.reqId, ShardErrorIndex.Err, 0, bad);
       return;
     }
+    // Writes are stamped and encoded here, once, even when forwarded: the leader proposes these exact bytes.
+    const data = r.kind === RequestKind.Write ? encodeWrite(r.args, now) : null;
     const t = this.init.tuning;
     const req: Req = {
       reqId: r.reqId,
       shard,
+      fwd: null,
+      fwdIndex: 0,
+      hops: 0,
       kind: r.kind,
       args: r.args,
       data,
@@ -278,14 +308,37 @@ export class ShardWorker {
     this.route(req);
   }
 
-  /** Sends the request to Raft if this node leads its shard; otherwise answers NOTLEADER or parks it. */
+  /** Null if the request is a keyspace command of its kind with a valid arity; otherwise why not. */
+  private checkCommand(kind: RequestKind, args: Buffer[]): string | null {
+    if (kind === RequestKind.Write) {
+      const spec = lookup(WRITES, args[0]);
+      if (spec === undefined || !arityOk(spec, args.length)) return `not a keyspace write with a valid arity: ${args[0]?.toString('latin1').slice(0, 40) ?? '(none)'}`;
+      return null;
+    }
+    if (lookup(READS, args[0]) === undefined) return `not a keyspace read: ${args[0]?.toString('latin1').slice(0, 40) ?? '(none)'}`;
+    return null;
+  }
+
+  /** True if a link to some voter of the shard is up (a forward can be tried). */
+  private voterUp(shard: Shard): boolean {
+    for (const v of shard.voters) if (v !== this.init.nodeId && this.upPeers.has(v)) return true;
+    return false;
+  }
+
+  /**
+   * Sends the request to Raft if this node leads its shard, forwards it to the leader if another node leads it,
+   * and parks it while no leader is known. A request a peer forwarded here is never forwarded again: if this node
+   * does not lead the shard, the origin gets NOTLEADER with the leader it should try.
+   */
   private route(req: Req): void {
-    const core = this.host.group(req.shard.id);
+    const shard = req.shard;
+    const core = shard.hosted ? this.host.group(shard.id) : undefined;
     if (core === undefined) {
-      this.fail(req, ShardErrorIndex.NoShard, 0, `shard ${req.shard.id} is not hosted here`);
+      if (shard.hosted) this.fail(req, ShardErrorIndex.NoShard, 0, `shard ${shard.id} is not hosted here`);
+      else this.forwardOrPark(req, shard.leaderHint);
       return;
     }
-    if (core.role === Role.Leader && !this.quorumReachable(req.shard)) {
+    if (core.role === Role.Leader && !this.quorumReachable(shard)) {
       // Proposing now would only wait for CheckQuorum to depose us: wait (bounded) for the links to come back.
       this.park(req);
       return;
@@ -293,29 +346,174 @@ export class ShardWorker {
     if (core.role !== Role.Leader || core.transferee !== 0) {
       // (A leader handing over refuses proposals: wait for the new one like for an election.)
       const leader = core.role === Role.Leader ? 0 : core.leader;
-      if (leader !== 0 && leader !== this.init.nodeId) this.fail(req, ShardErrorIndex.NotLeader, leader, `shard ${req.shard.id} is led by node ${leader}`);
+      if (leader !== 0 && leader !== this.init.nodeId) this.forwardOrPark(req, leader);
       else this.park(req);
       return;
     }
     if (req.kind === RequestKind.Write) {
       this.stats.writes++;
-      this.host.propose(req.shard.id, req.data!).then(
+      this.host.propose(shard.id, req.data!).then(
         (result) => this.succeed(req, result instanceof Uint8Array ? result : new Uint8Array(0)),
         (err: unknown) => this.onError(req, err),
       );
     } else {
       this.stats.reads++;
-      this.host.readBarrier(req.shard.id).then(
+      this.host.readBarrier(shard.id).then(
         () => this.serveRead(req),
         (err: unknown) => this.onError(req, err),
       );
     }
   }
 
+  /** Forwards to `leader` if allowed and its link is up; a forwarded request answers NOTLEADER instead. */
+  private forwardOrPark(req: Req, leader: NodeId): void {
+    if (req.fwd !== null) {
+      if (leader !== 0 && leader !== this.init.nodeId) this.fail(req, ShardErrorIndex.NotLeader, leader, `shard ${req.shard.id} is led by node ${leader}`);
+      else this.park(req);
+      return;
+    }
+    if (leader === 0 || leader === this.init.nodeId || req.hops >= FORWARD_HOPS_MAX || !this.upPeers.has(leader)) {
+      this.park(req);
+      return;
+    }
+    req.hops++;
+    this.stats.forwarded++;
+    let q = this.forwardQueue.get(leader);
+    if (q === undefined) {
+      q = { reqs: [], bytes: 0 };
+      this.forwardQueue.set(leader, q);
+    }
+    q.reqs.push(req);
+    for (const a of req.args) q.bytes += a.length + 8;
+    if (q.bytes >= FORWARD_BATCH_BYTES_MAX) this.sendForwards(leader);
+    else if (!this.forwardScheduled) {
+      this.forwardScheduled = true;
+      setImmediate(() => {
+        this.forwardScheduled = false;
+        for (const to of [...this.forwardQueue.keys()]) this.sendForwards(to);
+      });
+    }
+  }
+
+  private sendForwards(to: NodeId): void {
+    const q = this.forwardQueue.get(to);
+    if (q === undefined) return;
+    this.forwardQueue.delete(to);
+    const reqs = q.reqs.filter((r) => !r.done);
+    if (reqs.length === 0) return;
+    if (!this.upPeers.has(to) || this.stopping) {
+      // Never sent: safe to route again (or wait).
+      for (const r of reqs) this.park(r);
+      return;
+    }
+    const items: ForwardItem[] = reqs.map((r) => [r.shard.id, r.kind, r.args]);
+    this.transport.request(to, forwardRequest(items), this.init.tuning.requestTimeoutMs).then(
+      (payload) => {
+        let results: ForwardResult[];
+        try {
+          results = parseForwardResults(payload, reqs.length);
+        } catch (err) {
+          this.log.error({ err, peer: to }, 'malformed answer to a forwarded batch');
+          for (const r of reqs) this.forwardFailed(r, `malformed answer from node ${to}`);
+          return;
+        }
+        for (let i = 0; i < reqs.length; i++) this.onForwardResult(reqs[i]!, to, results[i]!);
+      },
+      (err: unknown) => {
+        const code = err instanceof PeerRequestError ? err.code : 'PEER_REMOTE';
+        // These never left this node: routing again cannot apply anything twice.
+        const unsent = code === 'PEER_BUSY' || code === 'PEER_ENCODE' || code === 'PEER_UNKNOWN';
+        for (const r of reqs) {
+          if (unsent) this.park(r);
+          else this.forwardFailed(r, `forwarded to node ${to}: ${(err as Error).message}`);
+        }
+      },
+    );
+  }
+
+  /** The peer may or may not have run it: a read is routed again, a write's outcome is unknown. */
+  private forwardFailed(req: Req, why: string): void {
+    if (req.done) return;
+    if (req.kind === RequestKind.Read) this.park(req);
+    else this.fail(req, ShardErrorIndex.TryAgain, 0, `${why}; outcome unknown`);
+  }
+
+  private onForwardResult(req: Req, from: NodeId, r: ForwardResult): void {
+    if (req.done) return;
+    if (r[0] === 0) {
+      req.shard.leaderHint = from;
+      this.succeed(req, r[1]);
+      return;
+    }
+    const [, code, leader, message] = r;
+    switch (code as ShardErrorIndex) {
+      case ShardErrorIndex.NotLeader:
+        // Never proposed there: follow the peer's hint (or wait for ours to improve).
+        if (leader !== 0) req.shard.leaderHint = leader;
+        if (leader === this.init.nodeId) this.park(req);
+        else this.forwardOrPark(req, leader);
+        return;
+      case ShardErrorIndex.Stopped:
+        this.forwardFailed(req, `node ${from} is stopping`);
+        return;
+      default:
+        this.fail(req, code as ShardErrorIndex, leader, message);
+    }
+  }
+
+  /** Serves a batch a peer forwarded: each request is routed here (never forwarded again); one answer for all. */
+  private serveForwarded(from: NodeId, payload: unknown): Promise<ForwardResult[]> {
+    const items = parseForwardRequest(payload, this.init.shardCount);
+    this.stats.forwardedIn += items.length;
+    return new Promise((resolve) => {
+      const batch: ForwardedBatch = { results: new Array<ForwardResult>(items.length), remaining: items.length, resolve };
+      if (items.length === 0) {
+        resolve([]);
+        return;
+      }
+      const now = Date.now();
+      const t0 = performance.now();
+      const t = this.init.tuning;
+      for (let i = 0; i < items.length; i++) {
+        const it = items[i]!;
+        const id = this.nextForwardedId;
+        this.nextForwardedId = id <= -0x7fffffff ? -1 : id - 1;
+        const shard = this.shards.get(it.shard);
+        const err = shard === undefined || !shard.hosted ? `node ${this.init.nodeId} hosts no replica of shard ${it.shard}` : this.stopping ? 'node is stopping' : this.checkCommand(it.kind, it.args);
+        if (err !== null) {
+          const code = shard === undefined || !shard.hosted ? ShardErrorIndex.NoShard : this.stopping ? ShardErrorIndex.Stopped : ShardErrorIndex.Err;
+          this.settleForwarded(batch, i, [1, code, 0, err]);
+          continue;
+        }
+        const req: Req = {
+          reqId: id,
+          shard: shard!,
+          fwd: batch,
+          fwdIndex: i,
+          hops: 0,
+          kind: it.kind,
+          args: it.args,
+          data: it.kind === RequestKind.Write ? encodeWrite(it.args, now) : null,
+          leaderDeadline: t0 + t.leaderWaitMs,
+          deadline: t0 + t.requestTimeoutMs,
+          done: false,
+        };
+        this.inflight.set(id, req);
+        this.route(req);
+      }
+      void from;
+    });
+  }
+
+  private settleForwarded(batch: ForwardedBatch, index: number, result: ForwardResult): void {
+    batch.results[index] = result;
+    if (--batch.remaining === 0) batch.resolve(batch.results);
+  }
+
   private serveRead(req: Req): void {
     if (req.done) return;
     try {
-      req.shard.machine.read(req.args, Date.now(), this.recorder);
+      req.shard.machine!.read(req.args, Date.now(), this.recorder);
     } catch (err) {
       this.recorder.take();
       this.fail(req, ShardErrorIndex.Err, 0, (err as Error).message);
@@ -335,16 +533,13 @@ export class ShardWorker {
       case 'NOTLEADER': {
         // Refused by the core, or overwritten before it committed: never applied, so it may be routed again.
         const leader = err.leader !== 0 ? err.leader : (this.host.group(req.shard.id)?.leader ?? 0);
-        if (leader !== 0 && leader !== this.init.nodeId) this.fail(req, ShardErrorIndex.NotLeader, leader, `shard ${req.shard.id} is led by node ${leader}`);
-        else this.park(req);
+        this.forwardOrPark(req, leader);
         return;
       }
       case 'TRYAGAIN': {
         // A read that lost its leader is simply routed again; a write's outcome is unknown: the caller decides.
         if (req.kind === RequestKind.Read) {
-          const leader = this.host.group(req.shard.id)?.leader ?? 0;
-          if (leader !== 0 && leader !== this.init.nodeId) this.fail(req, ShardErrorIndex.NotLeader, leader, `shard ${req.shard.id} is led by node ${leader}`);
-          else this.park(req);
+          this.forwardOrPark(req, this.host.group(req.shard.id)?.leader ?? 0);
           return;
         }
         this.fail(req, ShardErrorIndex.TryAgain, err.leader, err.message);
@@ -395,10 +590,10 @@ export class ShardWorker {
     const now = performance.now();
     for (const shard of this.shards.values()) {
       if (shard.parked.length === 0) continue;
-      const core = this.host.group(shard.id);
-      const leaderKnown =
-        core !== undefined &&
-        (core.role === Role.Leader ? core.transferee === 0 : core.leader !== 0 && core.leader !== this.init.nodeId);
+      const core = shard.hosted ? this.host.group(shard.id) : undefined;
+      const leaderKnown = shard.hosted
+        ? core !== undefined && (core.role === Role.Leader ? core.transferee === 0 : core.leader !== 0 && core.leader !== this.init.nodeId && this.upPeers.has(core.leader))
+        : this.upPeers.has(shard.leaderHint) || this.voterUp(shard);
       const parked = shard.parked;
       shard.parked = [];
       this.parkedCount -= parked.length;
@@ -432,7 +627,7 @@ export class ShardWorker {
     if (this.stopping) return;
     const now = Date.now();
     for (const shard of this.shards.values()) {
-      if (shard.sweeping || this.host.group(shard.id)?.role !== Role.Leader) continue;
+      if (shard.machine === null || shard.sweeping || this.host.group(shard.id)?.role !== Role.Leader) continue;
       const plan = shard.machine.planSweep(now, this.init.tuning.sweepKeysMax);
       if (plan === null) continue;
       shard.sweeping = true;
@@ -455,7 +650,7 @@ export class ShardWorker {
     if (this.stopping) return;
     for (const shard of this.shards.values()) {
       const to = shard.preferredLeader;
-      const core = this.host.group(shard.id);
+      const core = shard.hosted ? this.host.group(shard.id) : undefined;
       if (core === undefined || core.role !== Role.Leader || to === this.init.nodeId || to === 0 || core.transferee !== 0) continue;
       if (!this.transport.isUp(to)) continue;
       const st = core.status();
@@ -468,6 +663,10 @@ export class ShardWorker {
     if (req.done) return;
     req.done = true;
     this.inflight.delete(req.reqId);
+    if (req.fwd !== null) {
+      this.settleForwarded(req.fwd, req.fwdIndex, [0, Buffer.from(record)]);
+      return;
+    }
     writeReplyOk(this.out, req.reqId, record);
     this.scheduleFlush();
   }
@@ -476,6 +675,11 @@ export class ShardWorker {
     if (req.done) return;
     req.done = true;
     this.inflight.delete(req.reqId);
+    if (req.fwd !== null) {
+      this.stats.errors++;
+      this.settleForwarded(req.fwd, req.fwdIndex, [1, code, leader, message]);
+      return;
+    }
     this.replyErrorNow(req.reqId, code, leader, message);
   }
 
@@ -506,8 +710,11 @@ export class ShardWorker {
   shardStatus(): ShardStatus[] {
     const out: ShardStatus[] = [];
     for (const shard of this.shards.values()) {
-      const core = this.host.group(shard.id);
-      if (core === undefined) continue;
+      const core = shard.hosted ? this.host.group(shard.id) : undefined;
+      if (core === undefined || shard.machine === null) {
+        out.push({ shard: shard.id, worker: this.init.workerIndex, role: 'remote', leader: shard.leaderHint, term: 0, commit: 0, applied: 0, lastIndex: 0, keys: 0 });
+        continue;
+      }
       out.push({
         shard: shard.id,
         worker: this.init.workerIndex,

@@ -111,6 +111,10 @@ export interface InitMessage {
   dataDir: string;
   fsync: FsyncMode;
   shards: WorkerShardInit[];
+  /** Shards of this worker index that this node holds no replica of: their requests are forwarded. */
+  remoteShards: WorkerShardInit[];
+  /** The cluster's shard count S. */
+  shardCount: number;
   /** Where this worker's peer transport listens. */
   listen: PeerAddr;
   /** Worker `workerIndex` on every other node. */
@@ -141,7 +145,8 @@ export type EdgeToWorker = InitMessage | RequestBatchMessage | StatusQueryMessag
 export interface ShardStatus {
   shard: number;
   worker: number;
-  role: 'follower' | 'precandidate' | 'candidate' | 'leader';
+  /** 'remote': this node holds no replica; `leader` is then the last leader a forward reached (a hint). */
+  role: 'follower' | 'precandidate' | 'candidate' | 'leader' | 'remote';
   leader: NodeId;
   term: number;
   commit: number;
@@ -157,6 +162,10 @@ export interface WorkerStats {
   writes: number;
   reads: number;
   errors: number;
+  /** Requests this worker forwarded to the leader on another node (each hop counts). */
+  forwarded: number;
+  /** Requests other nodes forwarded to this worker. */
+  forwardedIn: number;
   fsyncs: number;
   raftRounds: number;
 }

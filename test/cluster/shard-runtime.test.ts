@@ -219,14 +219,21 @@ t.test('three nodes replicate the keyspace, survive a node stop and catch it up 
   countKeys(200);
   t.ok(await waitFor('followers to apply every write', 15_000, converged), 'every replica holds every key');
 
-  // A non-leader names the leader, for writes and reads.
+  // A non-leader forwards writes and reads to the leader and relays the answer.
   const shard0 = shardOf('key:0');
   const lead0 = leaderOf.get(shard0)!;
   const other = NODES.find((n) => n !== lead0)!;
-  const nl = await rt(other).execute(shard0, 'write', [b('SET'), b('key:0'), b('nope')]);
-  t.match(nl, { ok: false, code: 'NOTLEADER', leader: lead0 }, 'a write on a follower answers NOTLEADER with the leader id');
+  const fwdBefore = (await rt(other).workerStats())[rt(other).workerOf(shard0)]!.forwarded;
+  const servedBefore = (await rt(lead0).workerStats())[rt(lead0).workerOf(shard0)]!.forwardedIn;
+  const nl = await rt(other).execute(shard0, 'write', [b('SET'), b('key:0'), b('via-follower')]);
+  t.ok(nl.ok && Buffer.from(nl.record).equals(OK), 'a write sent to a follower is forwarded to the leader and answers +OK');
   const nlr = await rt(other).execute(shard0, 'read', [b('GET'), b('key:0')]);
-  t.match(nlr, { ok: false, code: 'NOTLEADER', leader: lead0 }, 'a read on a follower answers NOTLEADER with the leader id');
+  t.ok(nlr.ok && Buffer.from(nlr.record).equals(record((rec) => rec.bulk('via-follower'))), 'a read on a follower is served by the leader (sees the write)');
+  const fwdAfter = (await rt(other).workerStats())[rt(other).workerOf(shard0)]!.forwarded;
+  const servedAfter = (await rt(lead0).workerStats())[rt(lead0).workerOf(shard0)]!.forwardedIn;
+  t.equal(fwdAfter - fwdBefore, 2, 'the follower forwarded both requests');
+  t.equal(servedAfter - servedBefore, 2, 'the leader served both forwarded requests');
+  t.equal(await writeKeys(0, 1, 1), 1, 'key:0 restored');
   const bad = await rt(lead0).execute(shard0, 'write', [b('GET'), b('key:0')]);
   t.match(bad, { ok: false, code: 'ERR' }, 'a read command sent as a write is refused before it is proposed');
 
@@ -283,24 +290,39 @@ t.test('a lone node of three answers NOQUORUM after the leader wait, and STOPPED
   t.match(await rt.execute(2, 'write', [b('SET'), b('k'), b('v')]), { ok: false, code: 'STOPPED' }, 'a request after stop answers STOPPED');
 });
 
-t.test('a node answers NOSHARD for shards it does not replicate and ERR for commands it must not run', async (t) => {
+t.test('with RF 1 a node forwards requests for shards only another node holds, and refuses what it must not run', async (t) => {
   const base = await freeBase();
-  const nodes = new Map<number, RuntimeNode>(NODES.map((n) => [n, { host: '127.0.0.1', peerBasePort: base + n * 10 }]));
-  const dir = mkdtempSync(join(tmpdir(), 'lockstep-rt-rf1-'));
-  const rt = await ShardRuntime.start({ nodeId: 1, nodes, workers: W, shards: S, rf: 1, dataDir: dir, fsync: 'never', logLevel: 'silent' });
+  const pair = [1, 2];
+  const nodes = new Map<number, RuntimeNode>(pair.map((n) => [n, { host: '127.0.0.1', peerBasePort: base + n * 10 }]));
+  const dirs = pair.map((n) => mkdtempSync(join(tmpdir(), `lockstep-rt-rf1-${n}-`)));
+  const rts = await Promise.all(
+    pair.map((n) => ShardRuntime.start({ nodeId: n, nodes, workers: W, shards: S, rf: 1, dataDir: dirs[n - 1]!, fsync: 'never', logLevel: 'silent', tuning: { leaderWaitMs: 500 } })),
+  );
+  const rt = rts[0]!;
+  let peerUp = true;
   t.teardown(async () => {
     await rt.stop();
-    rmSync(dir, { recursive: true, force: true });
+    if (peerUp) await rts[1]!.stop();
+    for (const d of dirs) rmSync(d, { recursive: true, force: true });
   });
   const mine = rt.placement.filter((p) => rt.hosts(p.shard)).map((p) => p.shard);
   const other = rt.placement.find((p) => !rt.hosts(p.shard))!;
   t.ok(mine.length > 0 && other !== undefined, `with RF 1 node 1 hosts some shards (${mine.join(',')}), not all`);
   const shard = mine[0]!;
-  await waitFor('node 1 to lead its shards', 10_000, async () => ((await rt.status()).every((s) => s.role === 'leader') ? true : undefined));
+  await waitFor('every shard to have its leader', 10_000, async () => {
+    const all = [...(await rt.status()), ...(await rts[1]!.status())];
+    return all.filter((s) => s.role === 'leader').length === S ? true : undefined;
+  });
   t.match(await rt.execute(shard, 'write', [b('SET'), b('a'), b('1')]), { ok: true }, 'a single-replica shard takes writes');
   const got = await rt.execute(shard, 'read', [b('GET'), b('a')]);
   t.ok(got.ok && Buffer.from(got.record).equals(record((r) => r.bulk('1'))), 'and reads them back');
-  t.match(await rt.execute(other.shard, 'write', [b('SET'), b('a'), b('1')]), { ok: false, code: 'NOSHARD' }, 'a shard replicated elsewhere');
+  const fw = await rt.execute(other.shard, 'write', [b('SET'), b('b'), b('2')]);
+  t.ok(fw.ok && Buffer.from(fw.record).equals(OK), 'a write for a shard only node 2 holds is forwarded there');
+  const fr = await rt.execute(other.shard, 'read', [b('GET'), b('b')]);
+  t.ok(fr.ok && Buffer.from(fr.record).equals(record((r) => r.bulk('2'))), 'and so is the read');
+  const onTwo = (await rts[1]!.status()).find((s) => s.shard === other.shard)!;
+  t.equal(onTwo.keys, 1, 'the key lives on node 2');
+  t.match((await rt.status()).find((s) => s.shard === other.shard), { role: 'remote', leader: 2 }, 'node 1 reports the shard as remote, led by node 2');
   t.match(await rt.execute(S, 'read', [b('GET'), b('a')]), { ok: false, code: 'NOSHARD' }, 'a shard that does not exist');
   t.match(await rt.execute(shard, 'write', [b('PING')]), { ok: false, code: 'ERR' }, 'a non-keyspace write is refused');
   t.match(await rt.execute(shard, 'write', [b('SET'), b('a')]), { ok: false, code: 'ERR' }, 'a write with a bad arity is refused');
@@ -308,5 +330,13 @@ t.test('a node answers NOSHARD for shards it does not replicate and ERR for comm
   const after = await rt.execute(shard, 'read', [b('GET'), b('a')]);
   t.ok(after.ok && Buffer.from(after.record).equals(record((r) => r.bulk('1'))), 'refused requests changed nothing');
   const st = await rt.workerStats();
-  t.match(st[rt.workerOf(shard)], { requests: 6, errors: 3, writes: 1, reads: 2 }, 'the worker saw 6 requests (NOSHARD is answered on the edge) and refused 3');
+  const sameWorker = rt.workerOf(other.shard) === rt.workerOf(shard) ? 2 : 0;
+  t.match(st[rt.workerOf(shard)], { requests: 6 + sameWorker, errors: 3, writes: 1, reads: 2 }, 'the worker saw its requests (NOSHARD is answered on the edge) and refused 3');
+
+  // With node 2 gone, its shard has no reachable replica: NOQUORUM after the leader wait.
+  await rts[1]!.stop();
+  peerUp = false;
+  const t0 = Date.now();
+  t.match(await rt.execute(other.shard, 'write', [b('SET'), b('b'), b('3')]), { ok: false, code: 'NOQUORUM' }, 'no reachable replica: NOQUORUM');
+  t.ok(Date.now() - t0 >= 400, 'after waiting for one');
 });
