@@ -8,7 +8,7 @@
  * Options come from flags, LOCKSTEP_* environment variables or a .env file; `lockstep node --help` lists them.
  */
 import { OptionError, NODE_OPTIONS, formatHelp, loadNodeOptions } from '../config/options.js';
-import { startLocalNode } from '../node/local-node.js';
+import { startClusterNode } from '../node/cluster-node.js';
 import { createLogger } from '../util/logger.js';
 import { LOCKSTEP_VERSION } from '../server/version.js';
 
@@ -29,7 +29,7 @@ async function runNode(argv: string[], title: string): Promise<void> {
   }
   if (positionals.length > 0) throw new OptionError(`unexpected argument "${positionals[0]}" (see --help)`);
   const logger = createLogger({ level: options.logLevel, format: options.logFormat, name: 'lockstep' });
-  const node = await startLocalNode(options, logger);
+  const node = await startClusterNode(options, logger);
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;

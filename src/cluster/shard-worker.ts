@@ -130,7 +130,7 @@ interface Req {
 export type PostToEdge = (msg: WorkerToEdge, transfer?: ArrayBuffer[]) => void;
 
 export class ShardWorker {
-  readonly stats: WorkerStats = { requests: 0, batches: 0, writes: 0, reads: 0, errors: 0, forwarded: 0, forwardedIn: 0, fsyncs: 0, raftRounds: 0 };
+  readonly stats: WorkerStats = { requests: 0, batches: 0, writes: 0, reads: 0, errors: 0, forwarded: 0, forwardedIn: 0, fsyncs: 0, raftRounds: 0, peersUp: [] };
   private readonly shards = new Map<number, Shard>();
   /** Requests not yet answered, in arrival order (for the timeout scan). */
   private readonly inflight = new Map<number, Req>();
@@ -712,7 +712,7 @@ export class ShardWorker {
     for (const shard of this.shards.values()) {
       const core = shard.hosted ? this.host.group(shard.id) : undefined;
       if (core === undefined || shard.machine === null) {
-        out.push({ shard: shard.id, worker: this.init.workerIndex, role: 'remote', leader: shard.leaderHint, term: 0, commit: 0, applied: 0, lastIndex: 0, keys: 0 });
+        out.push({ shard: shard.id, worker: this.init.workerIndex, role: 'remote', leader: shard.leaderHint, term: 0, commit: 0, applied: 0, lastIndex: 0, keys: 0, lag: 0 });
         continue;
       }
       out.push({
@@ -725,13 +725,23 @@ export class ShardWorker {
         applied: core.applied,
         lastIndex: core.lastIndex,
         keys: shard.machine.store.size,
+        lag: core.role === Role.Leader ? this.followerLag(core.status()) : 0,
       });
     }
     return out;
   }
 
+  private followerLag(st: { lastIndex: number; progress: Record<number, { match: number } | undefined> }): number {
+    let lag = 0;
+    for (const [id, p] of Object.entries(st.progress)) {
+      if (Number(id) === this.init.nodeId || p === undefined) continue;
+      lag = Math.max(lag, st.lastIndex - p.match);
+    }
+    return lag;
+  }
+
   private currentStats(): WorkerStats {
-    return { ...this.stats, fsyncs: this.wal.stats.syncs, raftRounds: this.host.stats.rounds };
+    return { ...this.stats, fsyncs: this.wal.stats.syncs, raftRounds: this.host.stats.rounds, peersUp: [...this.upPeers] };
   }
 
   /** Answers every request (STOPPED), stops Raft, the transport and the WAL. */

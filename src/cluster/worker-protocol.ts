@@ -154,6 +154,8 @@ export interface ShardStatus {
   lastIndex: number;
   /** Keys in the shard's keyspace on this replica (expired keys not yet swept included). */
   keys: number;
+  /** On a leader: the most entries any follower is behind (lastIndex - match); 0 elsewhere. */
+  lag: number;
 }
 
 export interface WorkerStats {
@@ -168,6 +170,8 @@ export interface WorkerStats {
   forwardedIn: number;
   fsyncs: number;
   raftRounds: number;
+  /** Peers this worker has an up outbound link to. */
+  peersUp: NodeId[];
 }
 
 export interface ReadyMessage {

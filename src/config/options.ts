@@ -6,6 +6,7 @@
  * Errors name the option, what was given and what is accepted (`OptionError`, code 'BAD_OPTION').
  */
 import { readFileSync, existsSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import {
   CACHE_LIMITS_DEFAULT,
   RESP_LIMITS_DEFAULT,
@@ -38,7 +39,7 @@ const GiB = 1024 * 1024 * 1024;
 export const NODE_OPTIONS: readonly OptionSpec[] = [
   { name: 'host', kind: 'string', default: '127.0.0.1', help: 'address the RESP server binds to' },
   { name: 'port', kind: 'int', default: 7001, min: 0, max: 65535, help: 'RESP port (0 = pick a free one)' },
-  { name: 'data-dir', kind: 'string', default: './data/node1', help: 'directory for this node\'s data' },
+  { name: 'data-dir', kind: 'string', default: '', help: 'directory for this node\'s data (WAL, snapshots); empty = ./data/node<id>' },
   { name: 'requirepass', kind: 'string', default: '', help: 'password of the default user (empty = none)' },
   { name: 'acl-file', kind: 'string', default: '', help: 'file of ACL users ("user NAME on >PASSWORD" lines)' },
   {
@@ -58,9 +59,50 @@ export const NODE_OPTIONS: readonly OptionSpec[] = [
   { name: 'cache-max-bytes', kind: 'bytes', default: CACHE_LIMITS_DEFAULT.bytesMax, min: 0, max: 1024 * GiB, unit: 'bytes', help: 'LRU eviction beyond this many bytes (0 = unbounded)' },
   { name: 'expire-sweep-interval', kind: 'int', default: CACHE_LIMITS_DEFAULT.expireSweepIntervalMs, min: 1, max: 60_000, unit: 'ms', help: 'period of the active TTL sweep' },
   { name: 'expire-sweep-keys', kind: 'int', default: CACHE_LIMITS_DEFAULT.expireSweepKeysMax, min: 1, max: 1_000_000, unit: 'keys', help: 'keys examined per active TTL sweep step' },
+  // Cluster (a node always runs the cluster runtime; with no --peers it is a one-node cluster of itself).
+  { name: 'id', kind: 'int', default: 1, min: 1, max: 65535, help: 'this node\'s id in the cluster (unique, stable across restarts)' },
+  { name: 'peers', kind: 'string', default: '', help: 'every member, this node included: "ID@HOST:PORT[:PEERPORT],..." (PORT = RESP port; PEERPORT default PORT+10000); empty = a one-node cluster' },
+  { name: 'peer-port', kind: 'int', default: 0, min: 0, max: 65535, help: 'first peer port of this node (worker i listens on it + i); 0 = from --peers, else --port + 10000' },
+  { name: 'workers', kind: 'int', default: 0, min: 0, max: 64, unit: 'threads', help: 'shard worker threads (0 = derived from the core count: max(1, min(8, cores/2)))' },
+  { name: 'shards', kind: 'int', default: 16, min: 1, max: 16384, help: 'shards (Raft groups) of the keyspace; the same on every node' },
+  { name: 'replicas', kind: 'int', default: 3, min: 1, max: 15, help: 'replication factor of each shard (capped at the node count); the same on every node' },
+  { name: 'fsync', kind: 'enum', default: 'batch', choices: ['always', 'batch', 'never'], help: 'WAL durability: batch = one fdatasync per group commit before any ack; never = tests and benchmarks only' },
+  { name: 'cluster-id', kind: 'string', default: 'lockstep', help: 'name shared by the nodes of one cluster; peers with another are refused' },
+  { name: 'cluster-secret', kind: 'string', default: '', help: 'shared secret peers prove at handshake (HMAC-SHA256); empty = none (loopback/trusted networks)' },
+  { name: 'leader-wait', kind: 'int', default: 2000, min: 10, max: 600_000, unit: 'ms', help: 'how long a request waits for its shard to have a leader before -TRYAGAIN / -NOQUORUM' },
+  { name: 'request-timeout', kind: 'int', default: 10_000, min: 100, max: 600_000, unit: 'ms', help: 'a replicated request not answered in this time fails with -TRYAGAIN (outcome unknown)' },
+  { name: 'snapshot-entries', kind: 'int', default: 10_000, min: 0, max: 1e9, unit: 'entries', help: 'snapshot a shard after this many applied entries (0 = never)' },
+  { name: 'keyspace-max-bytes', kind: 'bytes', default: 0, min: 0, max: 1024 * GiB, unit: 'bytes', help: 'replicated memory limit per shard; writes beyond it get -OOM (0 = unbounded); the same on every node' },
+  { name: 'election-timeout', kind: 'int', default: 150, min: 20, max: 60_000, unit: 'ms', help: 'lower bound of the randomized Raft election timeout (heartbeat = a third of it)' },
   { name: 'log-level', kind: 'enum', default: 'info', choices: ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'], help: 'pino log level' },
   { name: 'log-format', kind: 'enum', default: 'auto', choices: ['auto', 'json', 'pretty'], help: 'auto = pretty on a TTY, JSON otherwise' },
 ];
+
+export interface ClusterMember {
+  id: number;
+  host: string;
+  /** RESP port. */
+  port: number;
+  /** First peer port: worker i listens on peerPort + i. */
+  peerPort: number;
+}
+
+export interface ClusterOptions {
+  id: number;
+  /** Every member, this node included, sorted by id. */
+  members: ClusterMember[];
+  workers: number;
+  shards: number;
+  replicas: number;
+  fsync: 'always' | 'batch' | 'never';
+  clusterId: string;
+  secret: string;
+  leaderWaitMs: number;
+  requestTimeoutMs: number;
+  snapshotEntries: number;
+  keyspaceBytesMax: number;
+  electionTimeoutMs: number;
+}
 
 export interface NodeOptions {
   host: string;
@@ -74,6 +116,41 @@ export interface NodeOptions {
   resp: RespLimits;
   server: ServerLimits;
   cache: CacheLimits;
+  cluster: ClusterOptions;
+}
+
+/** The default worker count for a machine with `cores` cores. */
+export function defaultWorkers(cores: number): number {
+  return Math.max(1, Math.min(8, Math.floor(cores / 2)));
+}
+
+/**
+ * Parses `--peers` ("ID@HOST:PORT[:PEERPORT],..."). With an empty list the node is a one-node cluster of itself.
+ * This node's entry must match --port (when both are given) and its peer port comes from --peer-port if set.
+ */
+export function parseMembers(text: string, self: { id: number; host: string; port: number; peerPort: number }): ClusterMember[] {
+  const out: ClusterMember[] = [];
+  const items = text.split(',').map((x) => x.trim()).filter((x) => x !== '');
+  if (items.length === 0) {
+    return [{ id: self.id, host: self.host, port: self.port, peerPort: self.peerPort !== 0 ? self.peerPort : self.port + 10000 }];
+  }
+  for (const item of items) {
+    const m = /^(\d+)@(\[[0-9a-fA-F:.]+\]|[^:@,\s]+):(\d+)(?::(\d+))?$/.exec(item);
+    if (!m) throw new OptionError(`--peers: "${item}" is not ID@HOST:PORT[:PEERPORT]`);
+    const id = Number(m[1]);
+    const port = Number(m[3]);
+    const peerPort = m[4] !== undefined ? Number(m[4]) : port + 10000;
+    if (id < 1 || id > 65535) throw new OptionError(`--peers: node id ${id} is out of range [1, 65535]`);
+    for (const [what, v] of [['port', port], ['peer port', peerPort]] as const) {
+      if (v < 1 || v > 65535) throw new OptionError(`--peers: ${what} ${v} of node ${id} is out of range [1, 65535]`);
+    }
+    if (out.some((x) => x.id === id)) throw new OptionError(`--peers: node id ${id} appears twice`);
+    out.push({ id, host: m[2]!.replace(/^\[|\]$/g, ''), port, peerPort });
+  }
+  const me = out.find((x) => x.id === self.id);
+  if (me === undefined) throw new OptionError(`--peers does not list this node (--id ${self.id})`);
+  if (self.peerPort !== 0) me.peerPort = self.peerPort;
+  return out.sort((a, b) => a.id - b.id);
 }
 
 const BYTE_UNITS: Record<string, number> = { '': 1, b: 1, k: 1e3, kb: 1024, m: 1e6, mb: 1024 ** 2, g: 1e9, gb: GiB };
@@ -210,7 +287,7 @@ export function loadNodeOptions(
   const options: NodeOptions = {
     host: str('host'),
     port: num('port'),
-    dataDir: str('data-dir'),
+    dataDir: str('data-dir') !== '' ? str('data-dir') : `./data/node${num('id')}`,
     requirepass: str('requirepass'),
     aclFile: str('acl-file'),
     protectedMode: v.get('protected-mode') as boolean,
@@ -235,7 +312,34 @@ export function loadNodeOptions(
       // Redis' checkStringLength: APPEND and SETRANGE may not build a string longer than proto-max-bulk-len.
       valueBytesMax: num('proto-max-bulk-len'),
     },
+    cluster: {
+      id: num('id'),
+      members: [],
+      workers: num('workers') === 0 ? defaultWorkers(availableParallelism()) : num('workers'),
+      shards: num('shards'),
+      replicas: num('replicas'),
+      fsync: str('fsync') as ClusterOptions['fsync'],
+      clusterId: str('cluster-id'),
+      secret: str('cluster-secret'),
+      leaderWaitMs: num('leader-wait'),
+      requestTimeoutMs: num('request-timeout'),
+      snapshotEntries: num('snapshot-entries'),
+      keyspaceBytesMax: num('keyspace-max-bytes'),
+      electionTimeoutMs: num('election-timeout'),
+    },
   };
+  options.cluster.members = parseMembers(str('peers'), { id: num('id'), host: str('host'), port: num('port'), peerPort: num('peer-port') });
+  if (str('peers').trim() !== '') {
+    // The --peers entry is authoritative for this node's RESP port (other nodes and CLUSTER SLOTS use it).
+    const me = options.cluster.members.find((m) => m.id === options.cluster.id)!;
+    if (parsed.options.has('port') && options.port !== me.port) {
+      throw new OptionError(`--port ${options.port} disagrees with this node's entry in --peers (${me.host}:${me.port})`);
+    }
+    options.port = me.port;
+  }
+  if (options.cluster.shards < options.cluster.workers) {
+    throw new OptionError(`--shards ${options.cluster.shards} is less than --workers ${options.cluster.workers}: some workers would have nothing to do`);
+  }
   return { options, help: parsed.help, positionals: parsed.positionals };
 }
 

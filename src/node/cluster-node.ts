@@ -1,0 +1,214 @@
+/**
+ * One Lockstep cluster node: the edge thread's RESP server in front of the ShardRuntime (W shard workers running
+ * the node's Raft groups). Every keyspace command runs on the replicated shard that owns its key; the node that
+ * receives it forwards to the shard's leader when that is another node. `lockstep node` runs this; with no
+ * `--peers` it is a one-node cluster of itself (still Raft, WAL and fsync).
+ *
+ * The edge keeps a view of every shard (role, leader, term, indexes, lag) refreshed from the workers every
+ * VIEW_REFRESH_MS; CLUSTER SLOTS/NODES/SHARDS/INFO and INFO raft/cluster/replication read that view, so they stay
+ * synchronous and cheap. The view can be one refresh old: a client that routes by it and hits a node that just
+ * lost leadership is forwarded, never refused.
+ */
+import { randomBytes } from 'node:crypto';
+import type { Logger } from 'pino';
+import { CacheStore } from '../cache/store.js';
+import type { NodeOptions } from '../config/options.js';
+import { clusterCommand, clusterInfoLines, leaderOf, nodeName, type ClusterView } from '../cluster/cluster-command.js';
+import { clusterKeyspaceCommands } from '../cluster/cluster-keyspace.js';
+import { ShardRuntime, type RuntimeNode } from '../cluster/shard-runtime.js';
+import type { ShardStatus, WorkerStats } from '../cluster/worker-protocol.js';
+import { Acl } from '../server/acl.js';
+import { connectionCommands } from '../server/commands/connection-commands.js';
+import { constParam, numericParam, serverCommands, type InfoProvider } from '../server/commands/server-commands.js';
+import { RespServer } from '../server/resp-server.js';
+import { RAFT_LIMITS_DEFAULT } from '../config/limits.js';
+
+/** How often the edge refreshes its view of the shards from the workers, in milliseconds. */
+export const VIEW_REFRESH_MS = 200;
+
+export interface ClusterNode {
+  server: RespServer;
+  runtime: ShardRuntime;
+  view: ClusterView;
+  port: number;
+  /** Resolves once every shard has a known leader (or rejects after timeoutMs). */
+  waitForLeaders(timeoutMs: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+export async function startClusterNode(options: NodeOptions, logger: Logger): Promise<ClusterNode> {
+  const c = options.cluster;
+  const acl = new Acl(options.requirepass);
+  if (options.aclFile !== '') acl.loadFile(options.aclFile);
+  const nodes = new Map<number, RuntimeNode>(c.members.map((m) => [m.id, { host: m.host, peerBasePort: m.peerPort }]));
+  const ticks = Math.max(2, Math.round(c.electionTimeoutMs / RAFT_LIMITS_DEFAULT.tickMs));
+  const runtime = await ShardRuntime.start({
+    nodeId: c.id,
+    nodes,
+    workers: c.workers,
+    shards: c.shards,
+    rf: Math.min(c.replicas, c.members.length),
+    dataDir: options.dataDir,
+    fsync: c.fsync,
+    clusterId: c.clusterId,
+    ...(c.secret !== '' ? { secret: c.secret } : {}),
+    raft: { electionTicksMin: ticks, heartbeatTicks: Math.max(1, Math.floor(ticks / 3)) },
+    tuning: {
+      leaderWaitMs: c.leaderWaitMs,
+      requestTimeoutMs: c.requestTimeoutMs,
+      snapshotEntries: c.snapshotEntries,
+      keyspaceBytesMax: c.keyspaceBytesMax,
+    },
+    logLevel: options.logLevel,
+    logger,
+  });
+
+  let shardView: (ShardStatus | undefined)[] = new Array(c.shards).fill(undefined);
+  let workerStats: (WorkerStats | null)[] = [];
+  let peersUp = new Set<number>();
+  const view: ClusterView = {
+    selfId: c.id,
+    clusterId: c.clusterId,
+    members: c.members,
+    placement: runtime.placement,
+    status: () => shardView,
+    peersUp: () => peersUp,
+  };
+  let refreshing = false;
+  const refresh = async (): Promise<void> => {
+    if (refreshing) return;
+    refreshing = true;
+    try {
+      const [st, ws] = await Promise.all([runtime.status(), runtime.workerStats()]);
+      const next: (ShardStatus | undefined)[] = new Array(c.shards).fill(undefined);
+      for (const s of st) next[s.shard] = s;
+      shardView = next;
+      workerStats = ws;
+      const up = new Set<number>();
+      for (const w of ws) for (const p of w?.peersUp ?? []) up.add(p);
+      peersUp = up;
+    } finally {
+      refreshing = false;
+    }
+  };
+  await refresh();
+  const refresher = setInterval(() => void refresh().catch((err: unknown) => logger.error({ err }, 'shard view refresh failed')), VIEW_REFRESH_MS);
+  refresher.unref();
+
+  const db = new CacheStore(options.cache, Date.now);
+  const server = new RespServer(
+    { host: options.host, port: options.port, resp: options.resp, server: options.server, protectedMode: options.protectedMode },
+    db,
+    acl,
+    clusterKeyspaceCommands({ runtime, shards: c.shards }),
+    logger.child({ module: 'resp' }),
+  );
+
+  const info: InfoProvider[] = [
+    { section: 'cluster', lines: () => ['cluster_enabled:1', `cluster_node_id:${c.id}`, `cluster_name:${nodeName(c.clusterId, c.id)}`, ...clusterInfoLines(view), `lockstep_workers:${c.workers}`, `lockstep_replicas:${Math.min(c.replicas, c.members.length)}`, `lockstep_topology:${runtime.topologyDigest}`] },
+    {
+      section: 'raft',
+      lines: () => {
+        const out: string[] = [];
+        let leading = 0;
+        for (const s of shardView) if (s?.role === 'leader') leading++;
+        out.push(`raft_shards:${c.shards}`, `raft_leading:${leading}`, `raft_fsync:${c.fsync}`);
+        for (const s of shardView) {
+          if (s === undefined) continue;
+          out.push(`shard${s.shard}:role=${s.role},leader=${s.role === 'leader' ? c.id : s.leader},term=${s.term},commit=${s.commit},applied=${s.applied},last_index=${s.lastIndex},lag=${s.lag},keys=${s.keys},worker=${s.worker}`);
+        }
+        workerStats.forEach((w, i) => {
+          if (w === null) out.push(`worker${i}:state=down`);
+          else out.push(`worker${i}:state=up,requests=${w.requests},batches=${w.batches},writes=${w.writes},reads=${w.reads},forwarded=${w.forwarded},forwarded_in=${w.forwardedIn},errors=${w.errors},fsyncs=${w.fsyncs},raft_rounds=${w.raftRounds}`);
+        });
+        return out;
+      },
+    },
+    {
+      section: 'replication',
+      lines: () => {
+        // Every node accepts writes (it forwards them), so to tools it is a master; the Raft roles are per shard.
+        const led = runtime.placement.filter((p) => leaderOf(view, p.shard) === c.id).length;
+        const out = ['role:master', `connected_slaves:${peersUp.size}`, `lockstep_shards_led:${led}`, `lockstep_shards_followed:${shardView.filter((s) => s !== undefined && s.role !== 'leader' && s.role !== 'remote').length}`];
+        let i = 0;
+        for (const m of c.members) {
+          if (m.id === c.id) continue;
+          out.push(`slave${i++}:ip=${m.host},port=${m.port},state=${peersUp.has(m.id) ? 'online' : 'offline'},node=${m.id}`);
+        }
+        return out;
+      },
+    },
+    {
+      section: 'keyspace',
+      lines: () => {
+        let keys = 0;
+        for (const s of shardView) if (s?.role === 'leader') keys += s.keys;
+        return keys > 0 ? [`db0:keys=${keys},expires=0,avg_ttl=0,led_shards_only=1`] : [];
+      },
+    },
+  ];
+
+  server.addCommands(connectionCommands(server));
+  server.addCommands([clusterCommand(view)]);
+  server.addCommands(
+    serverCommands({
+      server,
+      runId: randomBytes(20).toString('hex'),
+      extraInfo: info,
+      resetStats: () => {
+        db.resetStats();
+        server.dispatcher.calls.clear();
+        for (const k of Object.keys(server.stats) as (keyof typeof server.stats)[]) server.stats[k] = 0;
+        server.dispatcher.stats.commands = server.dispatcher.stats.rejected = server.dispatcher.stats.errors = 0;
+      },
+      config: [
+        numericParam('maxclients', () => options.server.clientsMax, (n) => (options.server.clientsMax = n), 1, 1_000_000),
+        numericParam('client-query-buffer-limit', () => options.resp.queryBufferBytesMax, (n) => (options.resp.queryBufferBytesMax = n), 1024, 64 * 1024 ** 3, true),
+        numericParam('lockstep-client-output-buffer-limit', () => options.server.outputBufferBytesMax, (n) => (options.server.outputBufferBytesMax = n), 1024, 64 * 1024 ** 3, true),
+        constParam('proto-max-bulk-len', String(options.resp.bulkBytesMax)),
+        constParam('maxmemory', String(c.keyspaceBytesMax)),
+        constParam('maxmemory-policy', 'noeviction'),
+        constParam('port', String(options.port)),
+        constParam('bind', options.host),
+        constParam('protected-mode', options.protectedMode ? 'yes' : 'no'),
+        constParam('databases', '1'),
+        constParam('timeout', '0'),
+        constParam('cluster-enabled', 'yes'),
+        constParam('appendonly', 'yes'),
+        constParam('appendfsync', c.fsync === 'never' ? 'no' : 'always'),
+        constParam('save', ''),
+      ],
+    }),
+  );
+
+  let port: number;
+  try {
+    port = await server.listen();
+  } catch (err) {
+    clearInterval(refresher);
+    await runtime.stop();
+    throw err;
+  }
+  logger.info({ id: c.id, host: options.host, port, workers: c.workers, shards: c.shards, members: c.members.length }, 'lockstep node ready');
+
+  return {
+    server,
+    runtime,
+    view,
+    port,
+    async waitForLeaders(timeoutMs: number): Promise<void> {
+      const until = Date.now() + timeoutMs;
+      for (;;) {
+        await refresh();
+        if (runtime.placement.every((p) => leaderOf(view, p.shard) !== 0)) return;
+        if (Date.now() >= until) throw new Error(`not every shard has a leader after ${timeoutMs} ms`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    },
+    async close() {
+      clearInterval(refresher);
+      await server.close();
+      await runtime.stop();
+    },
+  };
+}
