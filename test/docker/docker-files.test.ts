@@ -5,7 +5,7 @@ import t from 'tap';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse } from 'yaml';
-import { NODE_OPTIONS, envName } from '../../src/config/options.js';
+import { NODE_OPTIONS, envName, parseMembers } from '../../src/config/options.js';
 import { repoRoot } from '../support/repo-root.js';
 
 const root = repoRoot();
@@ -64,7 +64,8 @@ t.test('the Dockerfile uses known instructions, copies paths that exist and star
 
 t.test('the compose file is valid YAML whose services build the image, persist data and check health', async (t) => {
   const text = readFileSync(join(root, 'docker/docker-compose.yml'), 'utf8');
-  const doc = parse(text) as {
+  // merge: true, as docker compose does: the services share an `x-node` anchor through `<<:` merge keys.
+  const doc = parse(text, { merge: true }) as {
     services: Record<string, { build?: { context: string; dockerfile: string }; ports?: string[]; volumes?: string[]; healthcheck?: { test: string[] }; environment?: Record<string, string> }>;
     volumes?: Record<string, unknown>;
   };
@@ -82,6 +83,17 @@ t.test('the compose file is valid YAML whose services build the image, persist d
     }
     t.equal(svc.healthcheck?.test[0], 'CMD-SHELL', `${name}: has a health check`);
     for (const k of Object.keys(svc.environment ?? {})) t.ok(OPTION_VARS.has(k), `${name}: ${k} is a node option`);
+  }
+  // The cluster wiring: every node lists the same members, and its own entry is its own host name.
+  const peerLists = new Set(services.map(([, svc]) => svc.environment?.LOCKSTEP_PEERS));
+  t.equal(peerLists.size, 1, 'every service has the same LOCKSTEP_PEERS');
+  const peers = [...peerLists][0] ?? '';
+  const members = parseMembers(peers, { id: 1, host: '0.0.0.0', port: 7001, peerPort: 0 });
+  t.equal(members.length, services.length, 'one member per service');
+  for (const [name, svc] of services) {
+    const id = Number(svc.environment?.LOCKSTEP_ID);
+    const me = members.find((m) => m.id === id);
+    t.equal(me?.host, (svc as { hostname?: string }).hostname ?? name, `${name}: its member entry (id ${id}) names its own host`);
   }
   for (const v of lockstepVars(readFileSync(join(root, 'docker/.env.example'), 'utf8'))) {
     t.ok(OPTION_VARS.has(v), `.env.example: ${v} is a node option`);
