@@ -1,6 +1,7 @@
 /**
  * RESP front end vs Redis, same machine, same run: redis-benchmark at 50 clients, pipeline 1 and 16, for SET,
- * GET, INCR and MSET, against one Lockstep node (node-local keyspace) and a redis-server with persistence off.
+ * GET, INCR and MSET, against the RESP front end with the node-local keyspace (bench/lib/front-end-node.ts: no
+ * Raft; `bench:cluster` measures the replicated path) and a redis-server with persistence off.
  * Each server gets an unmeasured warm-up pass first (keyspace filled, JIT warm). Prints requests/s, p50/p99 and
  * the Lockstep/Redis ratio; writes bench/results/resp-vs-redis.json.
  *
@@ -8,7 +9,7 @@
  *
  * --cpu-prof runs the node under `node --cpu-prof` and leaves the .cpuprofile in bench/results/.
  */
-import { argValue, printTable, redisBenchmark, startLockstepNode, startRedis, writeResult } from './lib/procs.js';
+import { argValue, printTable, redisBenchmark, startFrontEndNode, startRedis, writeResult } from './lib/procs.js';
 
 const requests = Number(argValue('requests', '100000'));
 const clients = Number(argValue('clients', '50'));
@@ -22,7 +23,7 @@ async function main(): Promise<void> {
       const proc =
         target === 'redis'
           ? await startRedis()
-          : await startLockstepNode([], cpuProf ? ['--cpu-prof', '--cpu-prof-dir', 'bench/results'] : []);
+          : await startFrontEndNode([], cpuProf ? ['--cpu-prof', '--cpu-prof-dir', 'bench/results'] : []);
       // Warm-up, not measured: fills the keyspace and lets V8 optimize the hot path (Redis needs neither, and
       // gets the same treatment so the comparison stays like for like).
       await redisBenchmark(proc.port, ['-t', tests, '-n', String(Math.min(requests, 50_000)), '-c', String(clients), '-P', String(pipeline), '-r', '100000']);

@@ -130,3 +130,14 @@ export function argValue(name: string, fallback: string): string {
   const i = process.argv.indexOf(`--${name}`);
   return i >= 0 && process.argv[i + 1] !== undefined ? process.argv[i + 1]! : fallback;
 }
+
+/** The RESP front end + node-local store only (bench/lib/front-end-node.ts), for measuring that layer. */
+export async function startFrontEndNode(extraArgs: string[] = [], nodeFlags: string[] = []): Promise<Proc> {
+  const port = await freePort();
+  const child = spawn(process.execPath, [...nodeFlags, 'dist/bench/lib/front-end-node.js', '--port', String(port), '--log-level', 'warn', ...extraArgs], {
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
+  const p = track(child, port);
+  await waitForPing(port);
+  return p;
+}

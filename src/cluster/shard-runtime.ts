@@ -119,8 +119,15 @@ interface WorkerHandle {
 
 const STOPPED_REPLY = (message: string): ShardReply => ({ ok: false, code: 'STOPPED', leader: 0, message });
 
+/** Edge-side counters: requests submitted and the batches (postMessages) that carried them, per worker. */
+export interface EdgeStats {
+  requests: number[];
+  batches: number[];
+}
+
 export class ShardRuntime {
   readonly placement: ShardPlacement[];
+  readonly edgeStats: EdgeStats;
   readonly topologyDigest: string;
   private readonly handles: WorkerHandle[] = [];
   private readonly hosted: boolean[];
@@ -136,6 +143,7 @@ export class ShardRuntime {
     this.placement = placeShards(ids, opts.shards, opts.rf, opts.vnodes ?? 128);
     this.topologyDigest = placementDigest(this.placement, `workers=${opts.workers};`);
     this.hosted = this.placement.map((p) => p.replicas.includes(opts.nodeId));
+    this.edgeStats = { requests: new Array<number>(opts.workers).fill(0), batches: new Array<number>(opts.workers).fill(0) };
   }
 
   /** Spawns the workers, waits until every one has recovered its shards and listens for peers. */
@@ -301,6 +309,7 @@ export class ShardRuntime {
       this.nextReqId = (id + 1) >>> 0;
     }
     h.pending.set(id, cb);
+    this.edgeStats.requests[h.index]!++;
     writeRequest(h.writer, id, shard, kind === 'write' ? RequestKind.Write : RequestKind.Read, args);
     if (h.writer.bytes >= BATCH_BYTES_MAX) this.flushOne(h);
     else if (!this.flushScheduled) {
@@ -324,6 +333,7 @@ export class ShardRuntime {
     const count = h.writer.count;
     const buf = h.writer.finish();
     if (!h.up) return; // markDown answered them
+    this.edgeStats.batches[h.index]!++;
     h.worker.postMessage({ t: 'req', count, buf }, [buf]);
   }
 

@@ -117,9 +117,13 @@ export async function startClusterNode(options: NodeOptions, logger: Logger): Pr
           if (s === undefined) continue;
           out.push(`shard${s.shard}:role=${s.role},leader=${s.role === 'leader' ? c.id : s.leader},term=${s.term},commit=${s.commit},applied=${s.applied},last_index=${s.lastIndex},lag=${s.lag},keys=${s.keys},worker=${s.worker}`);
         }
+        const edge = runtime.edgeStats;
         workerStats.forEach((w, i) => {
-          if (w === null) out.push(`worker${i}:state=down`);
-          else out.push(`worker${i}:state=up,requests=${w.requests},batches=${w.batches},writes=${w.writes},reads=${w.reads},forwarded=${w.forwarded},forwarded_in=${w.forwardedIn},errors=${w.errors},fsyncs=${w.fsyncs},raft_rounds=${w.raftRounds}`);
+          const sent = edge.requests[i] ?? 0;
+          const posts = edge.batches[i] ?? 0;
+          const perBatch = posts > 0 ? (sent / posts).toFixed(2) : '0';
+          if (w === null) out.push(`worker${i}:state=down,edge_requests=${sent},edge_batches=${posts}`);
+          else out.push(`worker${i}:state=up,edge_requests=${sent},edge_batches=${posts},requests_per_batch=${perBatch},requests=${w.requests},batches=${w.batches},writes=${w.writes},reads=${w.reads},forwarded=${w.forwarded},forwarded_in=${w.forwardedIn},errors=${w.errors},fsyncs=${w.fsyncs},raft_rounds=${w.raftRounds}`);
         });
         return out;
       },
