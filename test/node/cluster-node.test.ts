@@ -43,7 +43,7 @@ const dirs = [1, 2, 3].map((n) => mkdtempSync(join(tmpdir(), `lockstep-cn-${n}-`
 const nodes: ClusterNode[] = await Promise.all(
   [1, 2, 3].map((n) => {
     const { options } = loadNodeOptions(
-      ['--id', String(n), '--peers', peers, '--data-dir', dirs[n - 1]!, '--workers', '2', '--shards', String(SHARDS), '--fsync', 'never', '--election-timeout', '100', '--log-level', 'silent'],
+      ['--id', String(n), '--peers', peers, '--data-dir', dirs[n - 1]!, '--workers', '2', '--shards', String(SHARDS), '--fsync', 'never', '--election-timeout', '300', '--leader-wait', '8000', '--log-level', 'silent'],
       {},
       '/nonexistent/.env',
     );
