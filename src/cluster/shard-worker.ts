@@ -136,6 +136,8 @@ export class ShardWorker {
   private readonly inflight = new Map<number, Req>();
   /** Peers whose outbound link is up (kept by the transport's up/down events). */
   private readonly upPeers = new Set<NodeId>();
+  /** performance.now() of the last Raft message from each peer. */
+  private readonly lastHeard = new Map<NodeId, number>();
   private readonly out = new BatchWriter();
   private readonly recorder = new ReplyRecorder();
   /** Requests to forward, per destination node, sent once per turn. */
@@ -194,7 +196,11 @@ export class ShardWorker {
       peers: new Map(init.peers),
       limits: PEER_LIMITS_DEFAULT,
       logger: this.log,
-      onRaftMessages: (msgs) => host?.receive(msgs),
+      onRaftMessages: (msgs) => {
+        // One batch comes from one peer link: note when that peer was last heard from (liveness for NOQUORUM).
+        if (msgs.length > 0) this.lastHeard.set(msgs[0]!.from, performance.now());
+        host?.receive(msgs);
+      },
       onRequest: (from, payload) => this.serveForwarded(from, payload),
     });
     transport.onPeerDown((peer) => {
@@ -565,11 +571,27 @@ export class ShardWorker {
     return n;
   }
 
-  /** The answer to a request that waited leaderWaitMs in vain: NOQUORUM if a majority is unreachable from here. */
+  /**
+   * Voters this node has both an up link to and a Raft message from within the liveness window (itself counted).
+   * A TCP link stays "up" to a peer that is hung (SIGSTOP, a stalled VM); its silence is what gives it away. While
+   * a shard has no leader, every live voter campaigns, so a live peer is heard from well within the window.
+   */
+  private aliveVoters(shard: Shard): number {
+    const since = performance.now() - Math.max(this.init.tuning.leaderWaitMs, 4 * this.init.raft.electionTicksMin * this.init.raft.tickMs);
+    let n = 0;
+    for (const v of shard.voters) if (v === this.init.nodeId || (this.upPeers.has(v) && (this.lastHeard.get(v) ?? -Infinity) >= since)) n++;
+    return n;
+  }
+
+  /**
+   * The answer to a request that waited leaderWaitMs in vain: NOQUORUM if a majority of the shard's voters is
+   * unreachable or silent from here (this node is in a minority), else TRYAGAIN (an election is still going on).
+   */
   private failNoLeader(req: Req): void {
     const shard = req.shard;
-    if (!this.quorumReachable(shard)) {
-      const msg = `shard ${shard.id}: only ${this.reachableVoters(shard)} of ${shard.voters.length} replicas reachable from node ${this.init.nodeId}`;
+    const alive = this.aliveVoters(shard);
+    if (alive <= shard.voters.length / 2) {
+      const msg = `shard ${shard.id}: only ${alive} of ${shard.voters.length} replicas reachable from node ${this.init.nodeId}`;
       this.fail(req, ShardErrorIndex.NoQuorum, 0, msg);
       return;
     }
