@@ -74,6 +74,8 @@ interface Pending {
   term: number;
   resolve(v: unknown): void;
   reject(e: Error): void;
+  /** A proposal of an older term made for the same index, still undecided (see propose()). */
+  earlier?: Pending;
 }
 
 interface PendingRead {
@@ -220,7 +222,13 @@ export class RaftHost {
       return Promise.reject(new HostError(r.code === 'BUSY' ? 'BUSY' : 'TRYAGAIN', `proposal refused: ${r.code}`));
     }
     this.schedule();
-    return new Promise((resolve, reject) => g.proposals.set(r.index, { term: r.term, resolve, reject }));
+    return new Promise((resolve, reject) => {
+      // An earlier proposal at this index (of an older term: this node lost leadership and got it back, and its
+      // log was cut below that entry) is not dropped: its outcome is decided only when index r.index is applied,
+      // with whichever term the committed entry has (it could still be the old one, from another node's log).
+      const earlier = g.proposals.get(r.index);
+      g.proposals.set(r.index, { term: r.term, resolve, reject, ...(earlier !== undefined ? { earlier } : {}) });
+    });
   }
 
   /** Starts a leadership transfer of a group this node leads (Raft thesis 3.10); a no-op elsewhere. */
@@ -251,7 +259,9 @@ export class RaftHost {
     const busy = () => this.running || [...this.groups.values()].some((g) => g.snapshotting);
     while (busy()) await new Promise((r) => setTimeout(r, 1));
     for (const g of this.groups.values()) {
-      for (const p of g.proposals.values()) p.reject(new HostError('STOPPED', 'node is stopping'));
+      for (const first of g.proposals.values()) {
+        for (let p: Pending | undefined = first; p !== undefined; p = p.earlier) p.reject(new HostError('STOPPED', 'node is stopping'));
+      }
       for (const r of g.reads.values()) r.reject(new HostError('STOPPED', 'node is stopping'));
       g.proposals.clear();
       g.reads.clear();
@@ -373,10 +383,10 @@ export class RaftHost {
     g.sinceSnapshot = 0;
     this.stats.snapshotsInstalled++;
     // Proposals at or below the snapshot can no longer be matched to an outcome here.
-    for (const [index, p] of g.proposals) {
+    for (const [index, first] of g.proposals) {
       if (index <= snap.meta.index) {
         g.proposals.delete(index);
-        p.reject(new HostError('TRYAGAIN', 'outcome unknown: the log was replaced by a snapshot'));
+        for (let p: Pending | undefined = first; p !== undefined; p = p.earlier) p.reject(new HostError('TRYAGAIN', 'outcome unknown: the log was replaced by a snapshot'));
       }
     }
   }
@@ -391,11 +401,15 @@ export class RaftHost {
     g.applied = e.index;
     g.sinceSnapshot++;
     this.stats.entriesApplied++;
-    const p = g.proposals.get(e.index);
-    if (p) {
+    const first = g.proposals.get(e.index);
+    if (first) {
       g.proposals.delete(e.index);
-      if (p.term === e.term) p.resolve(result);
-      else p.reject(new HostError('NOTLEADER', 'leadership changed before the entry committed', g.core.leader));
+      // The committed entry at this index decides every proposal made for it: the one of its term succeeded, the
+      // others can never commit (an index holds one committed entry), so they may safely be retried.
+      for (let p: Pending | undefined = first; p !== undefined; p = p.earlier) {
+        if (p.term === e.term) p.resolve(result);
+        else p.reject(new HostError('NOTLEADER', 'leadership changed before the entry committed', g.core.leader));
+      }
     }
   }
 
