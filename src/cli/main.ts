@@ -2,21 +2,27 @@
  * The `lockstep` command line.
  *
  *   lockstep node [options]     run one node (RESP on --port, data under --data-dir); Ctrl-C stops it cleanly
- *   lockstep start [options]    run a local Lockstep for development (today: one node, same options as `node`)
+ *   lockstep start [options]    run a local N-node cluster for development (launcher.ts); Ctrl-C stops every node
+ *   lockstep status [options]   nodes and shards of a running cluster (status.ts); exit 0 when healthy
  *   lockstep help               this text
  *
- * Options come from flags, LOCKSTEP_* environment variables or a .env file; `lockstep node --help` lists them.
+ * Node options come from flags, LOCKSTEP_* environment variables or a .env file; `lockstep node --help` lists them.
+ * Exit codes: 0 success, 1 failure (e.g. ports in use, cluster not healthy), 2 bad options or unknown command.
  */
 import { OptionError, NODE_OPTIONS, formatHelp, loadNodeOptions } from '../config/options.js';
-import { startClusterNode } from '../node/cluster-node.js';
-import { createLogger } from '../util/logger.js';
 import { LOCKSTEP_VERSION } from '../server/version.js';
+import { runLauncher } from './launcher.js';
+import { runStatus } from './status.js';
 
 const USAGE = `lockstep ${LOCKSTEP_VERSION}: distributed locks, queues and a coherent cache over the Redis protocol
 
 Usage:
   lockstep node [options]    run one node (see: lockstep node --help)
-  lockstep start [options]   run a local Lockstep for development (today a single node; same options)
+  lockstep start [options]   run a local cluster for development: --nodes N (3) node processes on ports
+                             --base-port P (7000) + i, data in --data-dir D (./data)/node<i>, --restart to
+                             restart nodes that exit; other flags go to every node (see: lockstep start --help)
+  lockstep status [options]  nodes (up/down, shards led, pid) and shards (leader, term, commit, applied, lag) of a
+                             running cluster; exit 0 when healthy (see: lockstep status --help)
   lockstep version           print the version
   lockstep help              this text
 `;
@@ -28,6 +34,10 @@ async function runNode(argv: string[], title: string): Promise<void> {
     return;
   }
   if (positionals.length > 0) throw new OptionError(`unexpected argument "${positionals[0]}" (see --help)`);
+  // Loaded here, not at the top: `lockstep status` and `lockstep start` (which only spawn nodes) start faster
+  // without the node runtime and pino.
+  const { startClusterNode } = await import('../node/cluster-node.js');
+  const { createLogger } = await import('../util/logger.js');
   const logger = createLogger({ level: options.logLevel, format: options.logFormat, name: 'lockstep' });
   const node = await startClusterNode(options, logger);
   let stopping = false;
@@ -50,9 +60,6 @@ async function runNode(argv: string[], title: string): Promise<void> {
   };
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('SIGTERM', () => stop('SIGTERM'));
-  if (title.startsWith('lockstep start')) {
-    console.log(`Lockstep is running: redis-cli -p ${node.port}   (Ctrl-C to stop)`);
-  }
 }
 
 export async function main(argv: string[]): Promise<number> {
@@ -63,8 +70,9 @@ export async function main(argv: string[]): Promise<number> {
         await runNode(rest, 'lockstep node: run one Lockstep node');
         return -1;
       case 'start':
-        await runNode(rest, 'lockstep start: run a local Lockstep (one node for now)');
-        return -1;
+        return await runLauncher(rest);
+      case 'status':
+        return await runStatus(rest);
       case 'version':
       case '--version':
         console.log(LOCKSTEP_VERSION);
