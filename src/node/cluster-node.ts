@@ -19,7 +19,7 @@ import { ShardRuntime, type RuntimeNode } from '../cluster/shard-runtime.js';
 import type { ShardStatus, WorkerStats } from '../cluster/worker-protocol.js';
 import { Acl } from '../server/acl.js';
 import { connectionCommands } from '../server/commands/connection-commands.js';
-import { constParam, numericParam, serverCommands, type InfoProvider } from '../server/commands/server-commands.js';
+import { constParam, numericParam, resetServerStats, serverCommands, type InfoProvider } from '../server/commands/server-commands.js';
 import { RespServer } from '../server/resp-server.js';
 import { RAFT_LIMITS_DEFAULT } from '../config/limits.js';
 
@@ -159,12 +159,7 @@ export async function startClusterNode(options: NodeOptions, logger: Logger): Pr
       server,
       runId: randomBytes(20).toString('hex'),
       extraInfo: info,
-      resetStats: () => {
-        db.resetStats();
-        server.dispatcher.calls.clear();
-        for (const k of Object.keys(server.stats) as (keyof typeof server.stats)[]) server.stats[k] = 0;
-        server.dispatcher.stats.commands = server.dispatcher.stats.rejected = server.dispatcher.stats.errors = 0;
-      },
+      resetStats: () => resetServerStats(server),
       config: [
         numericParam('maxclients', () => options.server.clientsMax, (n) => (options.server.clientsMax = n), 1, 1_000_000),
         numericParam('client-query-buffer-limit', () => options.resp.queryBufferBytesMax, (n) => (options.resp.queryBufferBytesMax = n), 1024, 64 * 1024 ** 3, true),

@@ -10,7 +10,7 @@ import { STRING_COMMANDS } from '../cache/string-commands.js';
 import type { NodeOptions } from '../config/options.js';
 import { Acl } from '../server/acl.js';
 import { connectionCommands } from '../server/commands/connection-commands.js';
-import { constParam, numericParam, serverCommands } from '../server/commands/server-commands.js';
+import { constParam, numericParam, resetServerStats, serverCommands } from '../server/commands/server-commands.js';
 import { RespServer } from '../server/resp-server.js';
 
 export interface LocalNode {
@@ -37,12 +37,7 @@ export async function startLocalNode(options: NodeOptions, logger: Logger): Prom
     serverCommands({
       server,
       runId: randomBytes(20).toString('hex'),
-      resetStats: () => {
-        db.resetStats();
-        server.dispatcher.calls.clear();
-        for (const k of Object.keys(server.stats) as (keyof typeof server.stats)[]) server.stats[k] = 0;
-        server.dispatcher.stats.commands = server.dispatcher.stats.rejected = server.dispatcher.stats.errors = 0;
-      },
+      resetStats: () => resetServerStats(server),
       config: [
         numericParam('maxclients', () => options.server.clientsMax, (n) => (options.server.clientsMax = n), 1, 1_000_000),
         numericParam('maxmemory', () => options.cache.bytesMax, (n) => (options.cache.bytesMax = n), 0, 1024 * GiB, true),

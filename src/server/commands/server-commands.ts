@@ -71,6 +71,14 @@ export function constParam(name: string, value: string): ConfigParam {
   return { name, get: () => value };
 }
 
+/** CONFIG RESETSTAT of a server: its connection and command counters and its store's hit/miss counters. */
+export function resetServerStats(server: RespServer): void {
+  server.db.resetStats();
+  server.dispatcher.calls.clear();
+  for (const k of Object.keys(server.stats) as (keyof typeof server.stats)[]) server.stats[k] = 0;
+  server.dispatcher.stats.commands = server.dispatcher.stats.rejected = server.dispatcher.stats.errors = 0;
+}
+
 export function serverCommands(deps: ServerCommandDeps): CommandSpec[] {
   const { server } = deps;
 
