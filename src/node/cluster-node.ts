@@ -19,7 +19,7 @@ import { ShardRuntime, type RuntimeNode } from '../cluster/shard-runtime.js';
 import type { ShardStatus, WorkerStats } from '../cluster/worker-protocol.js';
 import { Acl } from '../server/acl.js';
 import { connectionCommands } from '../server/commands/connection-commands.js';
-import { constParam, numericParam, resetServerStats, serverCommands, type InfoProvider } from '../server/commands/server-commands.js';
+import { constParam, frontEndConfigParams, resetServerStats, serverCommands, type InfoProvider } from '../server/commands/server-commands.js';
 import { RespServer } from '../server/resp-server.js';
 import { RAFT_LIMITS_DEFAULT } from '../config/limits.js';
 
@@ -161,17 +161,10 @@ export async function startClusterNode(options: NodeOptions, logger: Logger): Pr
       extraInfo: info,
       resetStats: () => resetServerStats(server),
       config: [
-        numericParam('maxclients', () => options.server.clientsMax, (n) => (options.server.clientsMax = n), 1, 1_000_000),
-        numericParam('client-query-buffer-limit', () => options.resp.queryBufferBytesMax, (n) => (options.resp.queryBufferBytesMax = n), 1024, 64 * 1024 ** 3, true),
-        numericParam('lockstep-client-output-buffer-limit', () => options.server.outputBufferBytesMax, (n) => (options.server.outputBufferBytesMax = n), 1024, 64 * 1024 ** 3, true),
+        ...frontEndConfigParams(options),
         constParam('proto-max-bulk-len', String(options.resp.bulkBytesMax)),
         constParam('maxmemory', String(c.keyspaceBytesMax)),
         constParam('maxmemory-policy', 'noeviction'),
-        constParam('port', String(options.port)),
-        constParam('bind', options.host),
-        constParam('protected-mode', options.protectedMode ? 'yes' : 'no'),
-        constParam('databases', '1'),
-        constParam('timeout', '0'),
         constParam('cluster-enabled', 'yes'),
         constParam('appendonly', 'yes'),
         constParam('appendfsync', c.fsync === 'never' ? 'no' : 'always'),

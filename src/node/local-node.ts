@@ -10,7 +10,7 @@ import { STRING_COMMANDS } from '../cache/string-commands.js';
 import type { NodeOptions } from '../config/options.js';
 import { Acl } from '../server/acl.js';
 import { connectionCommands } from '../server/commands/connection-commands.js';
-import { constParam, numericParam, resetServerStats, serverCommands } from '../server/commands/server-commands.js';
+import { constParam, frontEndConfigParams, numericParam, resetServerStats, serverCommands } from '../server/commands/server-commands.js';
 import { RespServer } from '../server/resp-server.js';
 
 export interface LocalNode {
@@ -39,21 +39,14 @@ export async function startLocalNode(options: NodeOptions, logger: Logger): Prom
       runId: randomBytes(20).toString('hex'),
       resetStats: () => resetServerStats(server),
       config: [
-        numericParam('maxclients', () => options.server.clientsMax, (n) => (options.server.clientsMax = n), 1, 1_000_000),
+        ...frontEndConfigParams(options),
         numericParam('maxmemory', () => options.cache.bytesMax, (n) => (options.cache.bytesMax = n), 0, 1024 * GiB, true),
         numericParam('lockstep-cache-max-items', () => options.cache.itemsMax, (n) => (options.cache.itemsMax = n), 0, 1e12),
         numericParam('proto-max-bulk-len', () => options.resp.bulkBytesMax, (n) => {
           options.resp.bulkBytesMax = n;
           options.cache.valueBytesMax = n;
         }, 1, 4 * GiB, true),
-        numericParam('client-query-buffer-limit', () => options.resp.queryBufferBytesMax, (n) => (options.resp.queryBufferBytesMax = n), 1024, 64 * GiB, true),
-        numericParam('lockstep-client-output-buffer-limit', () => options.server.outputBufferBytesMax, (n) => (options.server.outputBufferBytesMax = n), 1024, 64 * GiB, true),
         constParam('maxmemory-policy', 'allkeys-lru'),
-        constParam('port', String(options.port)),
-        constParam('bind', options.host),
-        constParam('protected-mode', options.protectedMode ? 'yes' : 'no'),
-        constParam('databases', '1'),
-        constParam('timeout', '0'),
         // The node-local keyspace is memory only; durability comes from the replicated shards (cluster runtime).
         constParam('save', ''),
         constParam('appendonly', 'no'),

@@ -9,7 +9,7 @@ import type { CommandContext, CommandSpec } from '../command.js';
 import { replyHelp } from './help.js';
 import type { RespServer } from '../resp-server.js';
 import { LOCKSTEP_VERSION, REDIS_COMPAT_VERSION } from '../version.js';
-import { parseBytes } from '../../config/options.js';
+import { parseBytes, type NodeOptions } from '../../config/options.js';
 
 /** A named INFO section: returns `field:value` lines (without the header). */
 export interface InfoProvider {
@@ -69,6 +69,21 @@ export function numericParam(
 
 export function constParam(name: string, value: string): ConfigParam {
   return { name, get: () => value };
+}
+
+/** The CONFIG parameters of the RESP front end that every kind of node has (connections, buffers, address). */
+export function frontEndConfigParams(options: NodeOptions): ConfigParam[] {
+  const GiB = 1024 ** 3;
+  return [
+    numericParam('maxclients', () => options.server.clientsMax, (n) => (options.server.clientsMax = n), 1, 1_000_000),
+    numericParam('client-query-buffer-limit', () => options.resp.queryBufferBytesMax, (n) => (options.resp.queryBufferBytesMax = n), 1024, 64 * GiB, true),
+    numericParam('lockstep-client-output-buffer-limit', () => options.server.outputBufferBytesMax, (n) => (options.server.outputBufferBytesMax = n), 1024, 64 * GiB, true),
+    constParam('port', String(options.port)),
+    constParam('bind', options.host),
+    constParam('protected-mode', options.protectedMode ? 'yes' : 'no'),
+    constParam('databases', '1'),
+    constParam('timeout', '0'),
+  ];
 }
 
 /** CONFIG RESETSTAT of a server: its connection and command counters and its store's hit/miss counters. */
