@@ -43,12 +43,14 @@ import {
   writeVarint,
 } from './keyspace-codec.js';
 import { ReplyRecorder } from './keyspace-reply.js';
+import { LockTable, type LockLimits } from '../locks/lock-table.js';
+import { applyLockWrite, isLockCommand, LOCK_PARKED, readLock } from '../locks/lock-entries.js';
 
 /** Redis' noeviction reply. */
 export const ERR_OOM = "OOM command not allowed when used memory > 'maxmemory'.";
 
 /** Snapshot format version written by this code. */
-export const KEYSPACE_SNAPSHOT_VERSION = 1;
+export const KEYSPACE_SNAPSHOT_VERSION = 2;
 const SNAPSHOT_MAGIC = 0x534b4b4c; // "LKKS" read as u32 LE
 /** magic u32, version u8, lastStampMs f64, keyspaceBytesMax f64, count u32 */
 const SNAPSHOT_HEADER_BYTES = 25;
@@ -99,6 +101,8 @@ export interface KeyspaceMachineOptions {
    * cluster-wide constant, never a per-node setting. Default 0.
    */
   keyspaceBytesMax?: number;
+  /** Limits of the shard's lock table (decide replies: a cluster-wide constant, like keyspaceBytesMax). */
+  lockLimits?: Partial<LockLimits>;
 }
 
 export interface KeyspaceMachineStats {
@@ -158,6 +162,8 @@ export class KeyspaceMachine implements StateMachine {
   private undoKeys: Buffer[] = [];
   private undoValues: (Buffer | undefined)[] = [];
   private undoExpire: number[] = [];
+  private lockTable: LockTable;
+  private readonly lockLimits: Partial<LockLimits>;
 
   constructor(options: KeyspaceMachineOptions = {}) {
     const max = options.keyspaceBytesMax ?? 0;
@@ -165,6 +171,8 @@ export class KeyspaceMachine implements StateMachine {
       throw new RangeError(`keyspaceBytesMax must be a non-negative safe integer (bytes, 0 = unbounded), got ${max}`);
     }
     this.bytesMax = max;
+    this.lockLimits = options.lockLimits ?? {};
+    this.lockTable = new LockTable(this.lockLimits);
     this.db = this.newStore();
     this.writeCtx = { reply: this.recorder, client: CLIENT, db: this.db, now: 0 };
     this.readCtx = { reply: this.recorder, client: CLIENT, db: this.db, now: 0 };
@@ -188,6 +196,14 @@ export class KeyspaceMachine implements StateMachine {
     return this.db;
   }
 
+  /**
+   * The shard's lock table (src/locks). Read it only; every change comes through apply(). Replaced by restore(),
+   * which keeps its onEvent listener.
+   */
+  get locks(): LockTable {
+    return this.lockTable;
+  }
+
   /** The latest time the log has reached (Unix ms): max of every applied stamp. */
   get lastStampMs(): number {
     return this.lastStamp;
@@ -204,16 +220,22 @@ export class KeyspaceMachine implements StateMachine {
    * removed; for a config entry, undefined. Throws KeyspaceEntryError for an entry it cannot apply (a bug upstream
    * or a newer format: stop the node rather than diverge).
    */
-  apply(entry: Entry): Uint8Array | number | undefined {
+  apply(entry: Entry): Uint8Array | number | typeof LOCK_PARKED | undefined {
     if (entry.type !== EntryType.Normal) return undefined;
-    return this.applyData(entry.data);
+    return this.applyData(entry.data, entry.index);
   }
 
-  /** apply() of an entry's data. */
-  applyData(data: Uint8Array): Uint8Array | number | undefined {
+  /**
+   * apply() of an entry's data at log index `index` (lock grants derive their fencing tokens from it). Returns
+   * LOCK_PARKED for a lock acquire that now waits (its reply comes with a LockEvent later).
+   */
+  applyData(data: Uint8Array, index = 0): Uint8Array | number | typeof LOCK_PARKED | undefined {
     const e = decodeEntry(data);
     const t = e.stampMs > this.lastStamp ? e.stampMs : this.lastStamp;
-    if (e.kind === KeyspaceEntryKind.Write) return this.applyWrite(e.args, t);
+    if (e.kind === KeyspaceEntryKind.Write) {
+      if (isLockCommand(e.args)) return this.applyLock(e.args, t, index);
+      return this.applyWrite(e.args, t);
+    }
     this.lastStamp = t;
     this.nowMs = t;
     switch (e.kind) {
@@ -228,6 +250,24 @@ export class KeyspaceMachine implements StateMachine {
         this.bytesMax = e.keyspaceBytesMax;
         return undefined;
     }
+  }
+
+  /** A lock entry (checked by the worker before it was proposed: see checkLockCommand). */
+  private applyLock(args: Buffer[], now: number, index: number): Uint8Array | typeof LOCK_PARKED {
+    this.lastStamp = now;
+    this.nowMs = now;
+    this.stats.writes++;
+    const mark = this.recorder.mark();
+    try {
+      if (applyLockWrite(this.lockTable, now, index, args, this.recorder) === LOCK_PARKED) {
+        this.recorder.truncate(mark);
+        return LOCK_PARKED;
+      }
+    } catch (err) {
+      this.recorder.truncate(mark);
+      throw err;
+    }
+    return this.recorder.take();
   }
 
   private applyWrite(args: Buffer[], now: number): Uint8Array {
@@ -325,6 +365,10 @@ export class KeyspaceMachine implements StateMachine {
    * Throws TypeError for a command that is not a readonly keyspace command (writes go through the log).
    */
   read(args: Buffer[], nowMs: number, sink: ReplySink): void {
+    if (isLockCommand(args)) {
+      readLock(this.lockTable, nowMs > this.lastStamp ? nowMs : this.lastStamp, args, sink);
+      return;
+    }
     const name = args[0];
     const spec = name === undefined ? undefined : lookupSpec(READS, name);
     if (spec === undefined) {
@@ -368,6 +412,7 @@ export class KeyspaceMachine implements StateMachine {
    *   0  u32  magic "LKKS"        4  u8  version        5  f64  lastStampMs      13  f64  keyspaceBytesMax
    *  21  u32  entry count, then per entry in insertion order:
    *        varint (keyLength * 2 + hasExpire), key, varint valueLength, value, [f64 expireAt if hasExpire]
+   *      then (version 2) u32 length and the lock table's snapshot (LockTable.snapshot).
    * Expired entries not yet removed are included (they are state: they count toward the memory limit).
    * Checksums are the snapshot store's job.
    */
@@ -375,7 +420,8 @@ export class KeyspaceMachine implements StateMachine {
     const db = this.db;
     const count = db.size;
     if (count > 0xffffffff) throw new RangeError('snapshot: too many entries');
-    let size = SNAPSHOT_HEADER_BYTES;
+    const locks = this.lockTable.snapshot();
+    let size = SNAPSHOT_HEADER_BYTES + 4 + locks.length;
     for (const e of db.entries()) {
       const kl = e.keyLatin1.length;
       const vl = e.value.length;
@@ -414,6 +460,9 @@ export class KeyspaceMachine implements StateMachine {
       }
       n++;
     }
+    buf.writeUInt32LE(locks.length, p);
+    buf.set(locks, p + 4);
+    p += 4 + locks.length;
     if (p !== size || n !== count) throw new Error(`keyspace invariant: snapshot wrote ${p} of ${size} bytes`);
     return buf;
   }
@@ -429,6 +478,7 @@ export class KeyspaceMachine implements StateMachine {
     if (buf.length < SNAPSHOT_HEADER_BYTES) snapshotCorrupt(`${buf.length} bytes is shorter than the header`);
     const lastStamp = buf.readDoubleLE(5);
     const bytesMax = buf.readDoubleLE(13);
+    const version = buf[4] as number;
     const count = buf.readUInt32LE(21);
     if (!Number.isSafeInteger(lastStamp) || lastStamp < 0) snapshotCorrupt(`bad lastStampMs ${lastStamp}`);
     if (!Number.isSafeInteger(bytesMax) || bytesMax < 0) snapshotCorrupt(`bad keyspaceBytesMax ${bytesMax}`);
@@ -438,6 +488,7 @@ export class KeyspaceMachine implements StateMachine {
     const saved = this.nowMs;
     this.nowMs = lastStamp;
     const db = this.newStore();
+    let locks = new LockTable(this.lockLimits, this.lockTable.onEvent ?? undefined);
     try {
       const cur = { pos: SNAPSHOT_HEADER_BYTES };
       for (let i = 0; i < count; i++) {
@@ -464,12 +515,25 @@ export class KeyspaceMachine implements StateMachine {
         db.set(key, buf.subarray(vs, vs + vl), expireAt === 0 ? undefined : { expireAt });
         if (db.size !== i + 1) snapshotCorrupt(`duplicate key in entry ${i}`);
       }
+      if (version >= 2) {
+        if (cur.pos + 4 > end) snapshotCorrupt('lock section missing');
+        const len = buf.readUInt32LE(cur.pos);
+        if (len !== end - cur.pos - 4) snapshotCorrupt(`lock section of ${len} bytes, ${end - cur.pos - 4} left`);
+        locks = new LockTable(this.lockLimits, this.lockTable.onEvent ?? undefined);
+        try {
+          locks.restore(buf.subarray(cur.pos + 4, end));
+        } catch (err) {
+          snapshotCorrupt(`lock section: ${(err as Error).message}`);
+        }
+        cur.pos = end;
+      }
       if (cur.pos !== end) snapshotCorrupt(`${end - cur.pos} trailing bytes`);
     } catch (err) {
       this.nowMs = saved;
       throw err;
     }
     this.db = db;
+    this.lockTable = locks;
     this.writeCtx.db = db;
     this.readCtx.db = db;
     this.lastStamp = lastStamp;

@@ -41,6 +41,8 @@ import { PeerRequestError, PeerTransport } from '../transport/peer-transport.js'
 import { createLogger } from '../util/logger.js';
 import { PEER_LIMITS_DEFAULT, WAL_LIMITS_DEFAULT } from '../config/limits.js';
 import { encodeWrite } from './keyspace-codec.js';
+import { checkLockCommand, expiryArgs, isLockCommand, LOCK_PARKED, lockWaiterId, lockWaitMs } from '../locks/lock-entries.js';
+import type { LockEvent } from '../locks/lock-table.js';
 import { isReplicatedWrite, KeyspaceMachine } from './keyspace-machine.js';
 import { ReplyRecorder } from './keyspace-reply.js';
 import { forwardRequest, parseForwardRequest, parseForwardResults, type ForwardItem, type ForwardResult } from './forward-protocol.js';
@@ -67,6 +69,10 @@ const LEADER_POLL_MS = 10;
 const FORWARD_HOPS_MAX = 3;
 /** Forward batches are sent early once this many bytes of arguments are pending for one peer. */
 const FORWARD_BATCH_BYTES_MAX = 1024 * 1024;
+/** How often a leader looks for lapsed lock leases and waits, in milliseconds. */
+const LOCK_TICK_MS = 10;
+/** Most leases and waits one expiry entry names. */
+const LOCK_EXPIRY_ITEMS_MAX = 256;
 /** Reply batches are posted early once this many bytes are pending (bounds one message's size). */
 const REPLY_BATCH_BYTES_MAX = 4 * 1024 * 1024;
 
@@ -104,6 +110,11 @@ interface Shard {
   machine: KeyspaceMachine | null;
   parked: Req[];
   sweeping: boolean;
+  /** An expiry entry for this shard's locks is in flight. */
+  expiringLocks: boolean;
+  /** performance.now() when this node was first seen leading the shard in term `leaderTerm` (0: not leading). */
+  leaderSince: number;
+  leaderTerm: number;
 }
 
 interface Req {
@@ -120,6 +131,10 @@ interface Req {
   args: Buffer[];
   /** The entry to propose (writes), encoded once at arrival. */
   data: Uint8Array | null;
+  /** For a lock acquire that may wait: its waiter id (settled by a LockEvent); '' otherwise. */
+  waiterId: string;
+  /** How long a lock acquire may wait on the server (0 for everything else); extends `deadline`. */
+  blockMs: number;
   /** Give up waiting for a leader at this time (performance.now ms). */
   leaderDeadline: number;
   /** Give up entirely at this time. */
@@ -134,6 +149,10 @@ export class ShardWorker {
   private readonly shards = new Map<number, Shard>();
   /** Requests not yet answered, in arrival order (for the timeout scan). */
   private readonly inflight = new Map<number, Req>();
+  /** Requests that may wait long (blocking lock acquires): deadlines differ, so they are scanned apart. */
+  private readonly blocking = new Map<number, Req>();
+  /** Lock acquires proposed from here, by waiter id, until a reply record or a LockEvent settles them. */
+  private readonly waiting = new Map<string, Req>();
   /** Peers whose outbound link is up (kept by the transport's up/down events). */
   private readonly upPeers = new Set<NodeId>();
   /** performance.now() of the last Raft message from each peer. */
@@ -150,6 +169,7 @@ export class ShardWorker {
   private timeoutScan: NodeJS.Timeout | null = null;
   private sweepTimer: NodeJS.Timeout | null = null;
   private balanceTimer: NodeJS.Timeout | null = null;
+  private lockTimer: NodeJS.Timeout | null = null;
   private stopping = false;
   private host!: RaftHost;
   private transport!: PeerTransport;
@@ -179,11 +199,12 @@ export class ShardWorker {
     const snapshots = await SnapshotStore.open(join(init.dataDir, 'snapshots'), { fsync: init.fsync, logger: this.log });
     const groups = init.shards.map((s) => {
       const machine = new KeyspaceMachine({ keyspaceBytesMax: init.tuning.keyspaceBytesMax });
-      this.shards.set(s.shard, { id: s.shard, hosted: true, leaderHint: s.preferredLeader, preferredLeader: s.preferredLeader, voters: [...s.voters], machine, parked: [], sweeping: false });
+      machine.locks.onEvent = (e) => this.onLockEvent(e);
+      this.shards.set(s.shard, { id: s.shard, hosted: true, leaderHint: s.preferredLeader, preferredLeader: s.preferredLeader, voters: [...s.voters], machine, parked: [], sweeping: false, expiringLocks: false, leaderSince: 0, leaderTerm: 0 });
       return { id: s.shard, conf: { voters: [...s.voters].sort((a, b) => a - b), learners: [] }, stateMachine: machine };
     });
     for (const s of init.remoteShards) {
-      this.shards.set(s.shard, { id: s.shard, hosted: false, leaderHint: s.preferredLeader, preferredLeader: s.preferredLeader, voters: [...s.voters], machine: null, parked: [], sweeping: false });
+      this.shards.set(s.shard, { id: s.shard, hosted: false, leaderHint: s.preferredLeader, preferredLeader: s.preferredLeader, voters: [...s.voters], machine: null, parked: [], sweeping: false, expiringLocks: false, leaderSince: 0, leaderTerm: 0 });
     }
     let host: RaftHost | undefined;
     const transport = new PeerTransport({
@@ -244,6 +265,7 @@ export class ShardWorker {
     const t = init.tuning;
     this.timeoutScan = setInterval(() => this.scanTimeouts(), Math.max(10, Math.min(250, t.requestTimeoutMs / 4)));
     if (t.sweepIntervalMs > 0) this.sweepTimer = setInterval(() => this.sweep(), t.sweepIntervalMs);
+    this.lockTimer = setInterval(() => this.expireLocks(), LOCK_TICK_MS);
     if (t.leaderBalanceMs > 0) this.balanceTimer = setInterval(() => this.balanceLeaders(), t.leaderBalanceMs);
   }
 
@@ -297,6 +319,7 @@ export class ShardWorker {
     // Writes are stamped and encoded here, once, even when forwarded: the leader proposes these exact bytes.
     const data = r.kind === RequestKind.Write ? encodeWrite(r.args, now) : null;
     const t = this.init.tuning;
+    const blockMs = r.kind === RequestKind.Write ? lockWaitMs(r.args) : 0;
     const req: Req = {
       reqId: r.reqId,
       shard,
@@ -306,16 +329,28 @@ export class ShardWorker {
       kind: r.kind,
       args: r.args,
       data,
+      waiterId: blockMs > 0 ? lockWaiterId(r.args) : '',
+      blockMs,
       leaderDeadline: t0 + t.leaderWaitMs,
-      deadline: t0 + t.requestTimeoutMs,
+      deadline: t0 + blockMs + t.requestTimeoutMs,
       done: false,
     };
-    this.inflight.set(req.reqId, req);
+    this.track(req);
     this.route(req);
+  }
+
+  private track(req: Req): void {
+    (req.blockMs > 0 ? this.blocking : this.inflight).set(req.reqId, req);
+  }
+
+  private untrack(req: Req): void {
+    (req.blockMs > 0 ? this.blocking : this.inflight).delete(req.reqId);
+    if (req.waiterId !== '' && this.waiting.get(req.waiterId) === req) this.waiting.delete(req.waiterId);
   }
 
   /** Null if the request is a keyspace command of its kind with a valid arity; otherwise why not. */
   private checkCommand(kind: RequestKind, args: Buffer[]): string | null {
+    if (isLockCommand(args)) return checkLockCommand(kind === RequestKind.Write ? 'write' : 'read', args);
     if (kind === RequestKind.Write) {
       const spec = lookup(WRITES, args[0]);
       if (spec === undefined || !arityOk(spec, args.length)) return `not a keyspace write with a valid arity: ${args[0]?.toString('latin1').slice(0, 40) ?? '(none)'}`;
@@ -358,8 +393,12 @@ export class ShardWorker {
     }
     if (req.kind === RequestKind.Write) {
       this.stats.writes++;
+      // A lock acquire that parks is settled by a LockEvent, which may be raised before this promise resolves.
+      if (req.waiterId !== '') this.waiting.set(req.waiterId, req);
       this.host.propose(shard.id, req.data!).then(
-        (result) => this.succeed(req, result instanceof Uint8Array ? result : new Uint8Array(0)),
+        (result) => {
+          if (result !== LOCK_PARKED) this.succeed(req, result instanceof Uint8Array ? result : new Uint8Array(0));
+        },
         (err: unknown) => this.onError(req, err),
       );
     } else {
@@ -384,6 +423,11 @@ export class ShardWorker {
     }
     req.hops++;
     this.stats.forwarded++;
+    if (req.blockMs > 0) {
+      // A blocking acquire must not hold up the batch it would share: it travels alone, with its own timeout.
+      this.sendForwardBatch(leader, [req], req.blockMs + this.init.tuning.requestTimeoutMs);
+      return;
+    }
     let q = this.forwardQueue.get(leader);
     if (q === undefined) {
       q = { reqs: [], bytes: 0 };
@@ -405,7 +449,11 @@ export class ShardWorker {
     const q = this.forwardQueue.get(to);
     if (q === undefined) return;
     this.forwardQueue.delete(to);
-    const reqs = q.reqs.filter((r) => !r.done);
+    this.sendForwardBatch(to, q.reqs, this.init.tuning.requestTimeoutMs);
+  }
+
+  private sendForwardBatch(to: NodeId, batch: Req[], timeoutMs: number): void {
+    const reqs = batch.filter((r) => !r.done);
     if (reqs.length === 0) return;
     if (!this.upPeers.has(to) || this.stopping) {
       // Never sent: safe to route again (or wait).
@@ -413,7 +461,7 @@ export class ShardWorker {
       return;
     }
     const items: ForwardItem[] = reqs.map((r) => [r.shard.id, r.kind, r.args]);
-    this.transport.request(to, forwardRequest(items), this.init.tuning.requestTimeoutMs).then(
+    this.transport.request(to, forwardRequest(items), timeoutMs).then(
       (payload) => {
         let results: ForwardResult[];
         try {
@@ -500,11 +548,20 @@ export class ShardWorker {
           kind: it.kind,
           args: it.args,
           data: it.kind === RequestKind.Write ? encodeWrite(it.args, now) : null,
+          waiterId: '',
+          blockMs: 0,
           leaderDeadline: t0 + t.leaderWaitMs,
           deadline: t0 + t.requestTimeoutMs,
           done: false,
         };
-        this.inflight.set(id, req);
+        if (it.kind === RequestKind.Write) {
+          req.blockMs = lockWaitMs(it.args);
+          if (req.blockMs > 0) {
+            req.waiterId = lockWaiterId(it.args);
+            req.deadline += req.blockMs;
+          }
+        }
+        this.track(req);
         this.route(req);
       }
       void from;
@@ -530,6 +587,8 @@ export class ShardWorker {
 
   private onError(req: Req, err: unknown): void {
     if (req.done) return;
+    // Not applied here (or outcome unknown): no LockEvent may settle it any more; routing again re-registers it.
+    if (req.waiterId !== '' && this.waiting.get(req.waiterId) === req) this.waiting.delete(req.waiterId);
     if (!(err instanceof HostError)) {
       this.log.error({ err, shard: req.shard.id }, 'request failed');
       this.fail(req, ShardErrorIndex.Err, 0, err instanceof Error ? err.message : String(err));
@@ -637,6 +696,9 @@ export class ShardWorker {
 
   private scanTimeouts(): void {
     const now = performance.now();
+    for (const req of this.blocking.values()) {
+      if (req.deadline <= now) this.fail(req, ShardErrorIndex.TryAgain, 0, `no answer within ${req.blockMs} ms of WAIT + ${this.init.tuning.requestTimeoutMs} ms; outcome unknown`);
+    }
     // inflight is in arrival order and every request has the same timeout: stop at the first one still in time.
     for (const req of this.inflight.values()) {
       if (req.deadline > now) break;
@@ -664,6 +726,62 @@ export class ShardWorker {
     }
   }
 
+  /** Settles the acquire (proposed from here) that a lock grant, timeout, deadlock or cancel concerns. */
+  private onLockEvent(e: LockEvent): void {
+    const req = this.waiting.get(e.waiterId);
+    if (req === undefined) return;
+    this.waiting.delete(e.waiterId);
+    const r = this.recorder;
+    switch (e.t) {
+      case 'granted':
+        r.integer(e.token);
+        break;
+      case 'deadlock':
+        r.error(`DEADLOCK ${e.cycle}`);
+        break;
+      case 'timeout':
+      case 'cancelled':
+        r.nil();
+        break;
+    }
+    this.succeed(req, r.take());
+  }
+
+  /**
+   * Leader side of lock leases: proposes the expiry of lapsed leases and waits, from this node's clock. A new
+   * leader first waits out one maximum election timeout (2 x the minimum), so a lease the previous leader's clock
+   * still honoured is never cut short by a failover. One expiry entry in flight per shard at most.
+   */
+  private expireLocks(): void {
+    if (this.stopping) return;
+    const graceMs = 2 * this.init.raft.electionTicksMin * this.init.raft.tickMs;
+    const t0 = performance.now();
+    let now = 0;
+    for (const shard of this.shards.values()) {
+      if (shard.machine === null) continue;
+      const core = this.host.group(shard.id);
+      if (core === undefined || core.role !== Role.Leader) {
+        shard.leaderSince = 0;
+        continue;
+      }
+      if (shard.leaderSince === 0 || shard.leaderTerm !== core.term) {
+        shard.leaderSince = t0;
+        shard.leaderTerm = core.term;
+      }
+      if (t0 - shard.leaderSince < graceMs || shard.expiringLocks) continue;
+      const locks = shard.machine.locks;
+      if (now === 0) now = Date.now();
+      if (locks.nextDeadline() > now) continue;
+      const items = locks.planExpiry(now, LOCK_EXPIRY_ITEMS_MAX);
+      if (items.length === 0) continue;
+      shard.expiringLocks = true;
+      const done = (): void => {
+        shard.expiringLocks = false;
+      };
+      this.host.propose(shard.id, encodeWrite(expiryArgs(items), now)).then(done, done);
+    }
+  }
+
   /**
    * Moves leadership back to each shard's preferred leader (so every node leads about S/N shards) once that node
    * is reachable and has every entry: a leader not preferred starts a transfer (Raft thesis 3.10, TimeoutNow).
@@ -684,7 +802,7 @@ export class ShardWorker {
   private succeed(req: Req, record: Uint8Array): void {
     if (req.done) return;
     req.done = true;
-    this.inflight.delete(req.reqId);
+    this.untrack(req);
     if (req.fwd !== null) {
       this.settleForwarded(req.fwd, req.fwdIndex, [0, Buffer.from(record)]);
       return;
@@ -696,7 +814,7 @@ export class ShardWorker {
   private fail(req: Req, code: ShardErrorIndex, leader: NodeId, message: string): void {
     if (req.done) return;
     req.done = true;
-    this.inflight.delete(req.reqId);
+    this.untrack(req);
     if (req.fwd !== null) {
       this.stats.errors++;
       this.settleForwarded(req.fwd, req.fwdIndex, [1, code, leader, message]);
@@ -770,12 +888,12 @@ export class ShardWorker {
   async stop(): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
-    for (const t of [this.leaderPoll, this.timeoutScan, this.sweepTimer, this.balanceTimer]) if (t !== null) clearInterval(t);
-    this.leaderPoll = this.timeoutScan = this.sweepTimer = this.balanceTimer = null;
+    for (const t of [this.leaderPoll, this.timeoutScan, this.sweepTimer, this.balanceTimer, this.lockTimer]) if (t !== null) clearInterval(t);
+    this.leaderPoll = this.timeoutScan = this.sweepTimer = this.balanceTimer = this.lockTimer = null;
     await this.host.stop();
     // The host rejected its proposals and reads; those rejections run as microtasks before this continues.
     await Promise.resolve();
-    for (const req of this.inflight.values()) this.fail(req, ShardErrorIndex.Stopped, 0, 'node is stopping');
+    for (const req of [...this.inflight.values(), ...this.blocking.values()]) this.fail(req, ShardErrorIndex.Stopped, 0, 'node is stopping');
     for (const shard of this.shards.values()) shard.parked = [];
     this.parkedCount = 0;
     this.flush();

@@ -15,6 +15,8 @@ import { CacheStore } from '../cache/store.js';
 import type { NodeOptions } from '../config/options.js';
 import { clusterCommand, clusterInfoLines, leaderOf, nodeName, type ClusterView } from '../cluster/cluster-command.js';
 import { clusterKeyspaceCommands } from '../cluster/cluster-keyspace.js';
+import { deadlockRound, lockCommands } from '../locks/lock-commands.js';
+import { DeadlockDetector } from '../locks/deadlock-detector.js';
 import { ShardRuntime, type RuntimeNode } from '../cluster/shard-runtime.js';
 import type { ShardStatus, WorkerStats } from '../cluster/worker-protocol.js';
 import { Acl } from '../server/acl.js';
@@ -154,6 +156,7 @@ export async function startClusterNode(options: NodeOptions, logger: Logger): Pr
 
   server.addCommands(connectionCommands(server));
   server.addCommands([clusterCommand(view)]);
+  server.addCommands(lockCommands({ runtime, shards: c.shards, nodeId: c.id }));
   server.addCommands(
     serverCommands({
       server,
@@ -181,6 +184,28 @@ export async function startClusterNode(options: NodeOptions, logger: Logger): Pr
     await runtime.stop();
     throw err;
   }
+  // Cluster-wide deadlock detection runs on one node: the leader of shard 0 (Raft elects it; it moves on failure).
+  // A cycle needs two complete rounds to be confirmed, so rounds run every third of --deadlock-detect.
+  const detector = new DeadlockDetector();
+  let detecting = false;
+  const detectTimer = setInterval(() => {
+    if (detecting) return;
+    if (leaderOf(view, 0) !== c.id) {
+      detector.reset();
+      return;
+    }
+    detecting = true;
+    deadlockRound(runtime, c.shards, detector)
+      .then((n) => {
+        if (n > 0) logger.info({ victims: n }, 'lock deadlocks broken');
+      })
+      .catch((err: unknown) => logger.error({ err }, 'deadlock detection round failed'))
+      .finally(() => {
+        detecting = false;
+      });
+  }, Math.max(10, Math.floor(c.deadlockDetectMs / 3)));
+  detectTimer.unref();
+
   logger.info({ id: c.id, host: options.host, port, workers: c.workers, shards: c.shards, members: c.members.length }, 'lockstep node ready');
 
   return {
@@ -199,6 +224,7 @@ export async function startClusterNode(options: NodeOptions, logger: Logger): Pr
     },
     async close() {
       clearInterval(refresher);
+      clearInterval(detectTimer);
       await server.close();
       await runtime.stop();
     },

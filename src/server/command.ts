@@ -64,6 +64,11 @@ export interface ClientState {
   closeAfterReply: boolean;
   /** Name of the last command run (set by the dispatcher; CLIENT LIST shows it). */
   lastCommand?: string;
+  /**
+   * Registers `cb` to run once when the connection closes (a parked command cancels its wait with it); returns a
+   * function that unregisters it. Absent on internal clients that never close.
+   */
+  onClose?(cb: () => void): () => void;
 }
 
 export interface CommandContext {

@@ -58,6 +58,7 @@ export class ClientConnection implements ClientState {
   lastCommand: string | undefined = undefined;
   paused = false;
   closed = false;
+  private closeHooks: Set<() => void> | null = null;
   /**
    * Replies not yet in `writer` because an earlier command is still running (an async command): one slot per
    * command, in request order. Empty on the fast path.
@@ -68,6 +69,22 @@ export class ClientConnection implements ClientState {
   readonly ctx: CommandContext;
   readonly addr: string;
   readonly laddr: string;
+
+  onClose(cb: () => void): () => void {
+    if (this.closed) {
+      queueMicrotask(cb);
+      return () => undefined;
+    }
+    (this.closeHooks ??= new Set()).add(cb);
+    return () => this.closeHooks?.delete(cb);
+  }
+
+  /** Runs the close hooks once (the socket closed). */
+  runCloseHooks(): void {
+    const hooks = this.closeHooks;
+    this.closeHooks = null;
+    if (hooks !== null) for (const cb of hooks) cb();
+  }
 
   constructor(
     readonly id: number,
@@ -198,6 +215,11 @@ export class RespServer {
     socket.on('close', () => {
       client.closed = true;
       this.clients.delete(client.id);
+      try {
+        client.runCloseHooks();
+      } catch (err) {
+        this.logger.error({ err, client: client.id }, 'client close hook failed');
+      }
     });
   }
 

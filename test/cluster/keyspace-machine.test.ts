@@ -11,7 +11,7 @@ import {
   encodeSweep,
   encodeWrite,
 } from '../../src/cluster/keyspace-codec.js';
-import { ERR_OOM, KeyspaceMachine, isReplicatedWrite } from '../../src/cluster/keyspace-machine.js';
+import { ERR_OOM, KEYSPACE_SNAPSHOT_VERSION, KeyspaceMachine, isReplicatedWrite } from '../../src/cluster/keyspace-machine.js';
 import { ReplyRecordError, ReplyRecorder, replayReply } from '../../src/cluster/keyspace-reply.js';
 import { EntryType, type Entry } from '../../src/raft/types.js';
 import type { ClientState, CommandContext, CommandSpec } from '../../src/server/command.js';
@@ -636,9 +636,16 @@ t.test('a corrupt snapshot throws KeyspaceEntryError and leaves the machine as i
   const twice = Buffer.concat([dup, s.subarray(25, 25 + 4)]); // "b" again
   t.equal(codeOf(() => r.restore(twice)), 'KEYSPACE_CORRUPT', 'duplicate key');
   const newer = Buffer.from(s);
-  newer[4] = 2;
+  newer[4] = KEYSPACE_SNAPSHOT_VERSION + 1;
   t.equal(codeOf(() => r.restore(newer)), 'KEYSPACE_VERSION');
+  // No lock is held here: the lock section is an empty table's snapshot.
+  const cut = Buffer.from(s.subarray(0, s.length - 4 - new KeyspaceMachine().locks.snapshot().length));
+  cut[4] = 1;
+  t.equal(codeOf(() => r.restore(Buffer.concat([cut, Buffer.from([0, 0, 0, 0])]))), 'KEYSPACE_CORRUPT', 'a version 1 snapshot has no lock section');
   t.same(snap(r), before, 'unchanged');
+  const v1 = new KeyspaceMachine();
+  v1.restore(cut);
+  t.same(snap(v1), s, 'a version 1 snapshot (no lock section) restores the keyspace');
 });
 
 t.test('a restored machine continues identically', async (t) => {
