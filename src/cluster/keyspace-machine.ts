@@ -45,12 +45,14 @@ import {
 import { ReplyRecorder } from './keyspace-reply.js';
 import { LockTable, type LockLimits } from '../locks/lock-table.js';
 import { applyLockWrite, isLockCommand, LOCK_PARKED, readLock } from '../locks/lock-entries.js';
+import { QueueState, type QueueLimits } from '../queue/queue-state.js';
+import { applyQueueWrite, isQueueCommand, readQueue, type QueueApplyNote } from '../queue/queue-entries.js';
 
 /** Redis' noeviction reply. */
 export const ERR_OOM = "OOM command not allowed when used memory > 'maxmemory'.";
 
 /** Snapshot format version written by this code. */
-export const KEYSPACE_SNAPSHOT_VERSION = 2;
+export const KEYSPACE_SNAPSHOT_VERSION = 3;
 const SNAPSHOT_MAGIC = 0x534b4b4c; // "LKKS" read as u32 LE
 /** magic u32, version u8, lastStampMs f64, keyspaceBytesMax f64, count u32 */
 const SNAPSHOT_HEADER_BYTES = 25;
@@ -103,6 +105,8 @@ export interface KeyspaceMachineOptions {
   keyspaceBytesMax?: number;
   /** Limits of the shard's lock table (decide replies: a cluster-wide constant, like keyspaceBytesMax). */
   lockLimits?: Partial<LockLimits>;
+  /** Limits of the shard's queue partitions (decide replies: a cluster-wide constant). */
+  queueLimits?: Partial<QueueLimits>;
 }
 
 export interface KeyspaceMachineStats {
@@ -164,6 +168,14 @@ export class KeyspaceMachine implements StateMachine {
   private undoExpire: number[] = [];
   private lockTable: LockTable;
   private readonly lockLimits: Partial<LockLimits>;
+  private queueState: QueueState;
+  private readonly queueLimits: Partial<QueueLimits>;
+  private readonly queueNote: QueueApplyNote = { readyKey: '' };
+  /**
+   * Called after applying a queue entry that may have made messages ready in a partition ("partition\0queue"):
+   * the worker wakes pops waiting there. Set by the owner; kept across restore().
+   */
+  onQueueReady: ((key: string) => void) | null = null;
 
   constructor(options: KeyspaceMachineOptions = {}) {
     const max = options.keyspaceBytesMax ?? 0;
@@ -173,6 +185,8 @@ export class KeyspaceMachine implements StateMachine {
     this.bytesMax = max;
     this.lockLimits = options.lockLimits ?? {};
     this.lockTable = new LockTable(this.lockLimits);
+    this.queueLimits = options.queueLimits ?? {};
+    this.queueState = new QueueState(this.queueLimits);
     this.db = this.newStore();
     this.writeCtx = { reply: this.recorder, client: CLIENT, db: this.db, now: 0 };
     this.readCtx = { reply: this.recorder, client: CLIENT, db: this.db, now: 0 };
@@ -202,6 +216,11 @@ export class KeyspaceMachine implements StateMachine {
    */
   get locks(): LockTable {
     return this.lockTable;
+  }
+
+  /** The shard's queue partitions (src/queue). Read it only; every change comes through apply(). */
+  get queues(): QueueState {
+    return this.queueState;
   }
 
   /** The latest time the log has reached (Unix ms): max of every applied stamp. */
@@ -234,6 +253,7 @@ export class KeyspaceMachine implements StateMachine {
     const t = e.stampMs > this.lastStamp ? e.stampMs : this.lastStamp;
     if (e.kind === KeyspaceEntryKind.Write) {
       if (isLockCommand(e.args)) return this.applyLock(e.args, t, index);
+      if (isQueueCommand(e.args)) return this.applyQueue(e.args, t, index);
       return this.applyWrite(e.args, t);
     }
     this.lastStamp = t;
@@ -268,6 +288,23 @@ export class KeyspaceMachine implements StateMachine {
       throw err;
     }
     return this.recorder.take();
+  }
+
+  /** A queue entry (checked by the worker before it was proposed: see checkQueueCommand). */
+  private applyQueue(args: Buffer[], now: number, index: number): Uint8Array {
+    this.lastStamp = now;
+    this.nowMs = now;
+    this.stats.writes++;
+    const mark = this.recorder.mark();
+    try {
+      applyQueueWrite(this.queueState, now, index, args, this.recorder, this.queueNote);
+    } catch (err) {
+      this.recorder.truncate(mark);
+      throw err;
+    }
+    const record = this.recorder.take();
+    if (this.queueNote.readyKey !== '' && this.onQueueReady !== null) this.onQueueReady(this.queueNote.readyKey);
+    return record;
   }
 
   private applyWrite(args: Buffer[], now: number): Uint8Array {
@@ -369,6 +406,10 @@ export class KeyspaceMachine implements StateMachine {
       readLock(this.lockTable, nowMs > this.lastStamp ? nowMs : this.lastStamp, args, sink);
       return;
     }
+    if (isQueueCommand(args)) {
+      readQueue(this.queueState, args, sink);
+      return;
+    }
     const name = args[0];
     const spec = name === undefined ? undefined : lookupSpec(READS, name);
     if (spec === undefined) {
@@ -412,7 +453,8 @@ export class KeyspaceMachine implements StateMachine {
    *   0  u32  magic "LKKS"        4  u8  version        5  f64  lastStampMs      13  f64  keyspaceBytesMax
    *  21  u32  entry count, then per entry in insertion order:
    *        varint (keyLength * 2 + hasExpire), key, varint valueLength, value, [f64 expireAt if hasExpire]
-   *      then (version 2) u32 length and the lock table's snapshot (LockTable.snapshot).
+   *      then (version 2) u32 length and the lock table's snapshot (LockTable.snapshot),
+   *      then (version 3) u32 length and the queue state's snapshot (QueueState.snapshot).
    * Expired entries not yet removed are included (they are state: they count toward the memory limit).
    * Checksums are the snapshot store's job.
    */
@@ -421,7 +463,8 @@ export class KeyspaceMachine implements StateMachine {
     const count = db.size;
     if (count > 0xffffffff) throw new RangeError('snapshot: too many entries');
     const locks = this.lockTable.snapshot();
-    let size = SNAPSHOT_HEADER_BYTES + 4 + locks.length;
+    const queues = this.queueState.snapshot();
+    let size = SNAPSHOT_HEADER_BYTES + 4 + locks.length + 4 + queues.length;
     for (const e of db.entries()) {
       const kl = e.keyLatin1.length;
       const vl = e.value.length;
@@ -463,6 +506,9 @@ export class KeyspaceMachine implements StateMachine {
     buf.writeUInt32LE(locks.length, p);
     buf.set(locks, p + 4);
     p += 4 + locks.length;
+    buf.writeUInt32LE(queues.length, p);
+    buf.set(queues, p + 4);
+    p += 4 + queues.length;
     if (p !== size || n !== count) throw new Error(`keyspace invariant: snapshot wrote ${p} of ${size} bytes`);
     return buf;
   }
@@ -489,6 +535,7 @@ export class KeyspaceMachine implements StateMachine {
     this.nowMs = lastStamp;
     const db = this.newStore();
     let locks = new LockTable(this.lockLimits, this.lockTable.onEvent ?? undefined);
+    const queues = new QueueState(this.queueLimits);
     try {
       const cur = { pos: SNAPSHOT_HEADER_BYTES };
       for (let i = 0; i < count; i++) {
@@ -518,12 +565,24 @@ export class KeyspaceMachine implements StateMachine {
       if (version >= 2) {
         if (cur.pos + 4 > end) snapshotCorrupt('lock section missing');
         const len = buf.readUInt32LE(cur.pos);
-        if (len !== end - cur.pos - 4) snapshotCorrupt(`lock section of ${len} bytes, ${end - cur.pos - 4} left`);
+        const lockEnd = version >= 3 ? cur.pos + 4 + len : end;
+        if (len > end - cur.pos - 4 || (version < 3 && len !== end - cur.pos - 4)) snapshotCorrupt(`lock section of ${len} bytes, ${end - cur.pos - 4} left`);
         locks = new LockTable(this.lockLimits, this.lockTable.onEvent ?? undefined);
         try {
-          locks.restore(buf.subarray(cur.pos + 4, end));
+          locks.restore(buf.subarray(cur.pos + 4, lockEnd));
         } catch (err) {
           snapshotCorrupt(`lock section: ${(err as Error).message}`);
+        }
+        cur.pos = lockEnd;
+      }
+      if (version >= 3) {
+        if (cur.pos + 4 > end) snapshotCorrupt('queue section missing');
+        const len = buf.readUInt32LE(cur.pos);
+        if (len !== end - cur.pos - 4) snapshotCorrupt(`queue section of ${len} bytes, ${end - cur.pos - 4} left`);
+        try {
+          queues.restore(buf.subarray(cur.pos + 4, end));
+        } catch (err) {
+          snapshotCorrupt(`queue section: ${(err as Error).message}`);
         }
         cur.pos = end;
       }
@@ -534,6 +593,7 @@ export class KeyspaceMachine implements StateMachine {
     }
     this.db = db;
     this.lockTable = locks;
+    this.queueState = queues;
     this.writeCtx.db = db;
     this.readCtx.db = db;
     this.lastStamp = lastStamp;

@@ -43,6 +43,8 @@ import { PEER_LIMITS_DEFAULT, WAL_LIMITS_DEFAULT } from '../config/limits.js';
 import { encodeWrite } from './keyspace-codec.js';
 import { checkLockCommand, expiryArgs, isLockCommand, LOCK_PARKED, lockWaiterId, lockWaitMs } from '../locks/lock-entries.js';
 import type { LockEvent } from '../locks/lock-table.js';
+import { checkQueueCommand, isQueueCommand, popPartitionKey, queueBlockMs, queueExpiryArgs } from '../queue/queue-entries.js';
+import { recordValue } from './record-value.js';
 import { isReplicatedWrite, KeyspaceMachine } from './keyspace-machine.js';
 import { ReplyRecorder } from './keyspace-reply.js';
 import { forwardRequest, parseForwardRequest, parseForwardResults, type ForwardItem, type ForwardResult } from './forward-protocol.js';
@@ -112,6 +114,10 @@ interface Shard {
   sweeping: boolean;
   /** An expiry entry for this shard's locks is in flight. */
   expiringLocks: boolean;
+  /** An expiry entry for this shard's queues is in flight. */
+  expiringQueues: boolean;
+  /** Blocking pops that found nothing, waiting on this leader for a push, FIFO per "partition\0queue". */
+  popWaiters: Map<string, Req[]>;
   /** performance.now() when this node was first seen leading the shard in term `leaderTerm` (0: not leading). */
   leaderSince: number;
   leaderTerm: number;
@@ -133,8 +139,10 @@ interface Req {
   data: Uint8Array | null;
   /** For a lock acquire that may wait: its waiter id (settled by a LockEvent); '' otherwise. */
   waiterId: string;
-  /** How long a lock acquire may wait on the server (0 for everything else); extends `deadline`. */
+  /** How long a lock acquire or a queue pop may wait on the server (0 for everything else); extends `deadline`. */
   blockMs: number;
+  /** A blocking pop that finds nothing answers empty at this time (performance.now ms). */
+  blockUntil: number;
   /** Give up waiting for a leader at this time (performance.now ms). */
   leaderDeadline: number;
   /** Give up entirely at this time. */
@@ -200,11 +208,12 @@ export class ShardWorker {
     const groups = init.shards.map((s) => {
       const machine = new KeyspaceMachine({ keyspaceBytesMax: init.tuning.keyspaceBytesMax });
       machine.locks.onEvent = (e) => this.onLockEvent(e);
-      this.shards.set(s.shard, { id: s.shard, hosted: true, leaderHint: s.preferredLeader, preferredLeader: s.preferredLeader, voters: [...s.voters], machine, parked: [], sweeping: false, expiringLocks: false, leaderSince: 0, leaderTerm: 0 });
+      machine.onQueueReady = (key) => this.onQueueReady(s.shard, key);
+      this.shards.set(s.shard, { id: s.shard, hosted: true, leaderHint: s.preferredLeader, preferredLeader: s.preferredLeader, voters: [...s.voters], machine, parked: [], sweeping: false, expiringLocks: false, expiringQueues: false, popWaiters: new Map(), leaderSince: 0, leaderTerm: 0 });
       return { id: s.shard, conf: { voters: [...s.voters].sort((a, b) => a - b), learners: [] }, stateMachine: machine };
     });
     for (const s of init.remoteShards) {
-      this.shards.set(s.shard, { id: s.shard, hosted: false, leaderHint: s.preferredLeader, preferredLeader: s.preferredLeader, voters: [...s.voters], machine: null, parked: [], sweeping: false, expiringLocks: false, leaderSince: 0, leaderTerm: 0 });
+      this.shards.set(s.shard, { id: s.shard, hosted: false, leaderHint: s.preferredLeader, preferredLeader: s.preferredLeader, voters: [...s.voters], machine: null, parked: [], sweeping: false, expiringLocks: false, expiringQueues: false, popWaiters: new Map(), leaderSince: 0, leaderTerm: 0 });
     }
     let host: RaftHost | undefined;
     const transport = new PeerTransport({
@@ -319,7 +328,7 @@ export class ShardWorker {
     // Writes are stamped and encoded here, once, even when forwarded: the leader proposes these exact bytes.
     const data = r.kind === RequestKind.Write ? encodeWrite(r.args, now) : null;
     const t = this.init.tuning;
-    const blockMs = r.kind === RequestKind.Write ? lockWaitMs(r.args) : 0;
+    const blockMs = r.kind === RequestKind.Write ? blockMsOf(r.args) : 0;
     const req: Req = {
       reqId: r.reqId,
       shard,
@@ -331,6 +340,7 @@ export class ShardWorker {
       data,
       waiterId: blockMs > 0 ? lockWaiterId(r.args) : '',
       blockMs,
+      blockUntil: t0 + blockMs,
       leaderDeadline: t0 + t.leaderWaitMs,
       deadline: t0 + blockMs + t.requestTimeoutMs,
       done: false,
@@ -351,6 +361,7 @@ export class ShardWorker {
   /** Null if the request is a keyspace command of its kind with a valid arity; otherwise why not. */
   private checkCommand(kind: RequestKind, args: Buffer[]): string | null {
     if (isLockCommand(args)) return checkLockCommand(kind === RequestKind.Write ? 'write' : 'read', args);
+    if (isQueueCommand(args)) return checkQueueCommand(kind === RequestKind.Write ? 'write' : 'read', args);
     if (kind === RequestKind.Write) {
       const spec = lookup(WRITES, args[0]);
       if (spec === undefined || !arityOk(spec, args.length)) return `not a keyspace write with a valid arity: ${args[0]?.toString('latin1').slice(0, 40) ?? '(none)'}`;
@@ -392,12 +403,21 @@ export class ShardWorker {
       return;
     }
     if (req.kind === RequestKind.Write) {
+      const popKey = req.blockMs > 0 ? popPartitionKey(req.args) : '';
+      if (popKey !== '' && this.readyCount(shard, popKey) === 0) {
+        // Nothing to pop: wait here for a push instead of logging an empty pop.
+        this.parkPop(shard, popKey, req);
+        return;
+      }
       this.stats.writes++;
       // A lock acquire that parks is settled by a LockEvent, which may be raised before this promise resolves.
       if (req.waiterId !== '') this.waiting.set(req.waiterId, req);
       this.host.propose(shard.id, req.data!).then(
         (result) => {
-          if (result !== LOCK_PARKED) this.succeed(req, result instanceof Uint8Array ? result : new Uint8Array(0));
+          if (result === LOCK_PARKED || req.done) return;
+          const record = result instanceof Uint8Array ? result : new Uint8Array(0);
+          if (popKey !== '' && isEmptyArray(record) && performance.now() < req.blockUntil) this.parkPop(shard, popKey, req);
+          else this.succeed(req, record);
         },
         (err: unknown) => this.onError(req, err),
       );
@@ -550,15 +570,17 @@ export class ShardWorker {
           data: it.kind === RequestKind.Write ? encodeWrite(it.args, now) : null,
           waiterId: '',
           blockMs: 0,
+          blockUntil: 0,
           leaderDeadline: t0 + t.leaderWaitMs,
           deadline: t0 + t.requestTimeoutMs,
           done: false,
         };
         if (it.kind === RequestKind.Write) {
-          req.blockMs = lockWaitMs(it.args);
+          req.blockMs = blockMsOf(it.args);
           if (req.blockMs > 0) {
             req.waiterId = lockWaiterId(it.args);
             req.deadline += req.blockMs;
+            req.blockUntil = t0 + req.blockMs;
           }
         }
         this.track(req);
@@ -726,6 +748,63 @@ export class ShardWorker {
     }
   }
 
+  /** Messages ready in a partition ("partition\0queue") of a shard, as this replica has applied them. */
+  private readyCount(shard: Shard, key: string): number {
+    const machine = shard.machine;
+    if (machine === null) return 0;
+    const cut = key.indexOf('\u0000');
+    return machine.queues.listLen(Buffer.from(key.slice(cut + 1), 'latin1'), Number(key.slice(0, cut)));
+  }
+
+  private parkPop(shard: Shard, key: string, req: Req): void {
+    let list = shard.popWaiters.get(key);
+    if (list === undefined) shard.popWaiters.set(key, (list = []));
+    list.push(req);
+  }
+
+  /**
+   * A queue entry made messages ready in a partition: the first waiting pops (FIFO), as many as there are ready
+   * messages, are proposed again (after this apply, with a fresh stamp).
+   */
+  private onQueueReady(shardId: number, key: string): void {
+    const shard = this.shards.get(shardId);
+    const list = shard?.popWaiters.get(key);
+    if (shard === undefined || list === undefined || list.length === 0) return;
+    setImmediate(() => {
+      const waiting = shard.popWaiters.get(key);
+      if (waiting === undefined) return;
+      let n = this.readyCount(shard, key);
+      const now = Date.now();
+      while (n > 0 && waiting.length > 0) {
+        const req = waiting.shift()!;
+        if (req.done) continue;
+        n--;
+        req.data = encodeWrite(req.args, now);
+        this.route(req);
+      }
+      if (waiting.length === 0) shard.popWaiters.delete(key);
+    });
+  }
+
+  /** Waiting pops: answer empty once their BLOCK ran out; re-route them when this node stopped leading. */
+  private tickPopWaiters(shard: Shard, leading: boolean, t0: number): void {
+    for (const [key, list] of shard.popWaiters) {
+      const keep: Req[] = [];
+      for (const req of list) {
+        if (req.done) continue;
+        if (t0 >= req.blockUntil) {
+          this.recorder.arrayHeader(0);
+          this.succeed(req, this.recorder.take());
+        } else if (!leading) {
+          req.data = encodeWrite(req.args, Date.now());
+          this.route(req);
+        } else keep.push(req);
+      }
+      if (keep.length === 0) shard.popWaiters.delete(key);
+      else shard.popWaiters.set(key, keep);
+    }
+  }
+
   /** Settles the acquire (proposed from here) that a lock grant, timeout, deadlock or cancel concerns. */
   private onLockEvent(e: LockEvent): void {
     const req = this.waiting.get(e.waiterId);
@@ -760,6 +839,8 @@ export class ShardWorker {
     for (const shard of this.shards.values()) {
       if (shard.machine === null) continue;
       const core = this.host.group(shard.id);
+      const leading = core !== undefined && core.role === Role.Leader;
+      if (shard.popWaiters.size > 0) this.tickPopWaiters(shard, leading, t0);
       if (core === undefined || core.role !== Role.Leader) {
         shard.leaderSince = 0;
         continue;
@@ -768,9 +849,22 @@ export class ShardWorker {
         shard.leaderSince = t0;
         shard.leaderTerm = core.term;
       }
-      if (t0 - shard.leaderSince < graceMs || shard.expiringLocks) continue;
-      const locks = shard.machine.locks;
+      if (t0 - shard.leaderSince < graceMs) continue;
       if (now === 0) now = Date.now();
+      const queues = shard.machine.queues;
+      const qNext = queues.nextExpiryAt();
+      if (!shard.expiringQueues && qNext !== null && qNext <= now) {
+        const items = queues.planExpiry(now, LOCK_EXPIRY_ITEMS_MAX);
+        if (items.length > 0) {
+          shard.expiringQueues = true;
+          const done = (): void => {
+            shard.expiringQueues = false;
+          };
+          this.host.propose(shard.id, encodeWrite(queueExpiryArgs(items), now)).then(done, done);
+        }
+      }
+      if (shard.expiringLocks) continue;
+      const locks = shard.machine.locks;
       if (locks.nextDeadline() > now) continue;
       const items = locks.planExpiry(now, LOCK_EXPIRY_ITEMS_MAX);
       if (items.length === 0) continue;
@@ -900,6 +994,18 @@ export class ShardWorker {
     await this.transport.stop();
     await this.wal.close();
   }
+}
+
+/** How long a request may wait on the server by design (a lock acquire's WAIT, a pop's BLOCK); 0 for the rest. */
+function blockMsOf(args: Buffer[]): number {
+  return lockWaitMs(args) || queueBlockMs(args);
+}
+
+/** True if a reply record is an empty array (a pop that found nothing). */
+function isEmptyArray(record: Uint8Array): boolean {
+  if (record.length > 16) return false;
+  const v = recordValue(record);
+  return Array.isArray(v) && v.length === 0;
 }
 
 /** The worker thread's main loop: the first message must be `init`; answers `ready` or `fatal`. */

@@ -17,6 +17,7 @@ import { clusterCommand, clusterInfoLines, leaderOf, nodeName, type ClusterView 
 import { clusterKeyspaceCommands } from '../cluster/cluster-keyspace.js';
 import { deadlockRound, lockCommands } from '../locks/lock-commands.js';
 import { DeadlockDetector } from '../locks/deadlock-detector.js';
+import { queueCommands } from '../queue/queue-commands.js';
 import { ShardRuntime, type RuntimeNode } from '../cluster/shard-runtime.js';
 import type { ShardStatus, WorkerStats } from '../cluster/worker-protocol.js';
 import { Acl } from '../server/acl.js';
@@ -157,6 +158,7 @@ export async function startClusterNode(options: NodeOptions, logger: Logger): Pr
   server.addCommands(connectionCommands(server));
   server.addCommands([clusterCommand(view)]);
   server.addCommands(lockCommands({ runtime, shards: c.shards, nodeId: c.id }));
+  server.addCommands(queueCommands({ runtime, shards: c.shards, nodeId: c.id, leaderOf: (s) => leaderOf(view, s) }));
   server.addCommands(
     serverCommands({
       server,

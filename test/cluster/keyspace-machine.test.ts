@@ -639,7 +639,7 @@ t.test('a corrupt snapshot throws KeyspaceEntryError and leaves the machine as i
   newer[4] = KEYSPACE_SNAPSHOT_VERSION + 1;
   t.equal(codeOf(() => r.restore(newer)), 'KEYSPACE_VERSION');
   // No lock is held here: the lock section is an empty table's snapshot.
-  const cut = Buffer.from(s.subarray(0, s.length - 4 - new KeyspaceMachine().locks.snapshot().length));
+  const cut = Buffer.from(s.subarray(0, s.length - 8 - new KeyspaceMachine().locks.snapshot().length - new KeyspaceMachine().queues.snapshot().length));
   cut[4] = 1;
   t.equal(codeOf(() => r.restore(Buffer.concat([cut, Buffer.from([0, 0, 0, 0])]))), 'KEYSPACE_CORRUPT', 'a version 1 snapshot has no lock section');
   t.same(snap(r), before, 'unchanged');

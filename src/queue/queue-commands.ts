@@ -1,0 +1,419 @@
+/**
+ * The queue commands of a cluster node (Q.* and the Redis list commands), the edge side of the queue: parse and
+ * check a request, find the partition(s) it concerns, send internal queue commands (queue-entries.ts) to their
+ * shards, and combine the replies.
+ *
+ * Placement: partition p of queue q lives on shard (shardOf(q) + p) mod S, so the partitions of a queue land on
+ * consecutive shards, which the leader balancing spreads over the nodes. A queue's partition count is fixed when
+ * it is created (Q.CREATE, or the first push with 1 partition) and cached here once seen (it never changes).
+ * KEY picks a partition by jump consistent hash of the key (same key, same partition, so per-key order holds);
+ * without KEY, pushes rotate over the partitions. Message ids of a multi-partition queue are "p:id".
+ *
+ * Pops take from partitions in turn, starting with the ones this node leads. A pop with BLOCK on a queue of one
+ * partition waits on that partition's leader, where waiting consumers are woken in FIFO order as messages arrive;
+ * on several partitions (or several BLPOP keys) it waits on each in turn for a slice of BLOCK_SLICE_MS.
+ *
+ * Lists: a Redis list is the 1-partition queue of the same name; LPOP/RPOP/BLPOP deliver and ack at once.
+ * Lists and queues do not share a namespace with the string keys (no WRONGTYPE between them).
+ */
+import type { CommandContext, CommandSpec } from '../server/command.js';
+import { replayReply } from '../cluster/keyspace-reply.js';
+import { isErrorValue, recordValue, type RecordValue } from '../cluster/record-value.js';
+import { shardOfSlot } from '../cluster/ring.js';
+import { keySlot } from '../cluster/slots.js';
+import type { ShardRuntime } from '../cluster/shard-runtime.js';
+import type { ShardReply } from '../cluster/worker-protocol.js';
+import { shardErrorText } from '../cluster/cluster-keyspace.js';
+import { QUEUE_LIMITS_DEFAULT } from './queue-state.js';
+import { Q_ACK, Q_CREATE, Q_DEAD, Q_EXTEND, Q_INFO, Q_LEN, Q_LIST, Q_LLEN, Q_LPOP, Q_LPUSH, Q_LRANGE, Q_NACK, Q_POP, Q_PURGE, Q_PUSH, Q_REDRIVE, Q_RPOP, Q_RPUSH, QUEUE_BLOCK_MS_MAX } from './queue-entries.js';
+
+/** A blocking pop over several partitions waits on each in turn this long. */
+export const BLOCK_SLICE_MS = 100;
+/** Most messages one Q.POP may take. */
+export const POP_COUNT_MAX = 10_000;
+
+const ERR_SYNTAX = 'ERR syntax error';
+const ERR_INT = 'ERR value is not an integer or out of range';
+const B = (s: string): Buffer => Buffer.from(s);
+
+export interface QueueCommandDeps {
+  runtime: ShardRuntime;
+  shards: number;
+  nodeId: number;
+  /** The node that leads a shard, as the edge's view knows it (0: unknown). */
+  leaderOf(shard: number): number;
+}
+
+/** Jump consistent hash (Lamping & Veach) of a 32-bit key hash into [0, buckets). */
+export function jumpHash(key: Buffer, buckets: number): number {
+  let h = 2166136261;
+  for (let i = 0; i < key.length; i++) h = Math.imul(h ^ key[i]!, 16777619) >>> 0;
+  let b = -1;
+  let j = 0;
+  let state = BigInt(h) | 1n;
+  while (j < buckets) {
+    b = j;
+    state = (state * 2862933555777941757n + 1n) & 0xffffffffffffffffn;
+    j = Math.floor((b + 1) * (2 ** 31 / Number((state >> 33n) + 1n)));
+  }
+  return b;
+}
+
+function parseInt10(b: Buffer | undefined, min: number, max: number): number | null {
+  const s = b?.toString('latin1') ?? '';
+  if (!/^-?\d{1,16}$/.test(s)) return null;
+  const n = Number(s);
+  return n >= min && n <= max ? n : null;
+}
+
+/** Options "NAME value" from args[from..]: a map of upper-case names, or an error reply text. */
+function options(args: Buffer[], from: number, allowed: readonly string[]): Map<string, Buffer> | string {
+  const out = new Map<string, Buffer>();
+  for (let i = from; i < args.length; i += 2) {
+    const name = args[i]!.toString('latin1').toUpperCase();
+    const v = args[i + 1];
+    if (!allowed.includes(name) || v === undefined) return ERR_SYNTAX;
+    out.set(name, v);
+  }
+  return out;
+}
+
+export function queueCommands(deps: QueueCommandDeps): CommandSpec[] {
+  const { runtime, shards } = deps;
+  const homeShard = (q: Buffer): number => shardOfSlot(keySlot(q), shards);
+  const shardOfPart = (q: Buffer, p: number): number => (homeShard(q) + p) % shards;
+  const partitionsCache = new Map<string, number>();
+  let rotate = 0;
+
+  const exec = (shard: number, kind: 'write' | 'read', args: Buffer[]): Promise<ShardReply> => runtime.execute(shard, kind, args);
+
+  /** The decoded value of a reply, or { error } with the RESP error text. */
+  const value = (r: ShardReply): RecordValue => (r.ok ? recordValue(r.record) : { error: shardErrorText(r) });
+
+  /** The queue's partition count (1 for a queue that does not exist yet), or an error text. */
+  const partitionsOf = async (q: Buffer): Promise<number | string> => {
+    const key = q.toString('latin1');
+    const cached = partitionsCache.get(key);
+    if (cached !== undefined) return cached;
+    const v = value(await exec(homeShard(q), 'read', [B(Q_INFO), q, B('0')]));
+    if (isErrorValue(v)) return v.error;
+    if (!Array.isArray(v)) return 1; // no such queue yet: a push creates it with one partition
+    const n = Number(v[4]);
+    partitionsCache.set(key, n);
+    return n;
+  };
+
+  /** Partitions in the order a pop should try them: the ones this node leads first, rotating. */
+  const popOrder = (q: Buffer, parts: number): number[] => {
+    const start = rotate++ % parts;
+    const all = Array.from({ length: parts }, (_, i) => (start + i) % parts);
+    return [...all.filter((p) => deps.leaderOf(shardOfPart(q, p)) === deps.nodeId), ...all.filter((p) => deps.leaderOf(shardOfPart(q, p)) !== deps.nodeId)];
+  };
+
+  const extId = (parts: number, p: number, id: Buffer): string => (parts > 1 ? `${p}:${id.toString('latin1')}` : id.toString('latin1'));
+  const splitId = (id: Buffer): [number, Buffer] => {
+    const s = id.toString('latin1');
+    const at = s.indexOf(':');
+    if (at < 0) return [0, id];
+    const p = Number(s.slice(0, at));
+    return Number.isSafeInteger(p) && p >= 0 ? [p, B(s.slice(at + 1))] : [0, id];
+  };
+
+  const consumerOf = (ctx: CommandContext): string => `${deps.nodeId}:${ctx.client.id}`;
+
+  /**
+   * Tries `attempt(p, blockMs)` over the partitions until one returns items: first every partition without
+   * blocking, then (if blockMs > 0) blocking, all of it on a single partition, in slices over several.
+   */
+  const takeFrom = async (targets: number[], blockMs: number, attempt: (target: number, blockMs: number) => Promise<RecordValue[] | string>): Promise<{ target: number; items: RecordValue[] } | string | null> => {
+    for (const t of targets) {
+      const r = await attempt(t, 0);
+      if (typeof r === 'string') return r;
+      if (r.length > 0) return { target: t, items: r };
+    }
+    if (blockMs <= 0) return null;
+    const until = Date.now() + blockMs;
+    for (let i = 0; ; i++) {
+      const left = until - Date.now();
+      if (left <= 0) return null;
+      const t = targets[i % targets.length]!;
+      const r = await attempt(t, targets.length === 1 ? left : Math.min(left, BLOCK_SLICE_MS));
+      if (typeof r === 'string') return r;
+      if (r.length > 0) return { target: t, items: r };
+    }
+  };
+
+  const asItems = (v: RecordValue): RecordValue[] | string => (isErrorValue(v) ? v.error : Array.isArray(v) ? v : []);
+
+  const spec = (name: string, arity: number, flags: CommandSpec['flags'], firstKey: number, lastKey: number, summary: string, group: string, handler: CommandSpec['handler']): CommandSpec => ({
+    name,
+    arity,
+    flags,
+    firstKey,
+    lastKey,
+    keyStep: firstKey === 0 ? 0 : 1,
+    handler,
+    async: true,
+    summary,
+    group,
+  });
+
+  /** Runs one read or write per partition of q and returns the decoded values, or an error text. */
+  const everyPartition = async (q: Buffer, kind: 'write' | 'read', build: (p: number) => Buffer[]): Promise<RecordValue[] | string> => {
+    const parts = await partitionsOf(q);
+    if (typeof parts === 'string') return parts;
+    const vals = (await Promise.all(Array.from({ length: parts }, (_, p) => exec(shardOfPart(q, p), kind, build(p))))).map(value);
+    for (const v of vals) if (isErrorValue(v)) return v.error;
+    return vals;
+  };
+
+  const sumReply = async (ctx: CommandContext, q: Buffer, kind: 'write' | 'read', build: (p: number) => Buffer[]): Promise<void> => {
+    const vals = await everyPartition(q, kind, build);
+    if (typeof vals === 'string') return ctx.reply.error(vals);
+    ctx.reply.integer(vals.reduce<number>((n, v) => n + Number(v), 0));
+  };
+
+  const listPop = (head: boolean) => async (ctx: CommandContext, args: Buffer[]): Promise<void> => {
+    const q = args[1]!;
+    let count = 1;
+    if (args.length === 3) {
+      const n = parseInt10(args[2], 0, POP_COUNT_MAX);
+      if (n === null) return ctx.reply.error('ERR value is out of range, must be positive');
+      count = n;
+    } else if (args.length > 3) return ctx.reply.error(ERR_SYNTAX);
+    if (count === 0) return args.length === 3 ? ctx.reply.nilArray() : ctx.reply.nil();
+    const v = value(await exec(homeShard(q), 'write', [B(head ? Q_LPOP : Q_RPOP), q, B('0'), B(String(count)), B('0')]));
+    if (isErrorValue(v)) return ctx.reply.error(v.error);
+    const items = Array.isArray(v) ? (v as Buffer[]) : [];
+    if (args.length === 2) return items.length === 0 ? ctx.reply.nil() : ctx.reply.bulk(items[0]!);
+    if (items.length === 0) return ctx.reply.nilArray();
+    ctx.reply.arrayHeader(items.length);
+    for (const b of items) ctx.reply.bulk(b);
+  };
+
+  const blockingListPop = (head: boolean) => async (ctx: CommandContext, args: Buffer[]): Promise<void> => {
+    const secs = Number(args[args.length - 1]!.toString('latin1'));
+    if (!Number.isFinite(secs) || secs < 0 || !/^\d+(\.\d+)?$/.test(args[args.length - 1]!.toString('latin1'))) return ctx.reply.error('ERR timeout is not a float or out of range');
+    const blockMs = secs === 0 ? QUEUE_BLOCK_MS_MAX : Math.min(QUEUE_BLOCK_MS_MAX, Math.ceil(secs * 1000));
+    const keys = args.slice(1, -1);
+    const r = await takeFrom(
+      keys.map((_, i) => i),
+      blockMs,
+      async (i, block) => asItems(value(await exec(homeShard(keys[i]!), 'write', [B(head ? Q_LPOP : Q_RPOP), keys[i]!, B('0'), B('1'), B(String(block))]))),
+    );
+    if (typeof r === 'string') return ctx.reply.error(r);
+    if (r === null) return ctx.reply.nilArray();
+    ctx.reply.arrayHeader(2);
+    ctx.reply.bulk(keys[r.target]!);
+    ctx.reply.bulk(r.items[0] as Buffer);
+  };
+
+  const listPush = (head: boolean) => async (ctx: CommandContext, args: Buffer[]): Promise<void> => {
+    const q = args[1]!;
+    const r = await exec(homeShard(q), 'write', [B(head ? Q_LPUSH : Q_RPUSH), q, B('0'), ...args.slice(2)]);
+    if (r.ok) replayReply(r.record, ctx.reply);
+    else ctx.reply.error(shardErrorText(r));
+  };
+
+  return [
+    spec('q.push', -3, ['write'], 1, 1, 'Pushes a message: its id, once a majority has it on disk', 'queue', async (ctx, args) => {
+      const q = args[1]!;
+      const opts = options(args, 3, ['KEY', 'DEDUP', 'DELAY']);
+      if (typeof opts === 'string') return ctx.reply.error(opts);
+      const delay = opts.has('DELAY') ? parseInt10(opts.get('DELAY'), 0, QUEUE_LIMITS_DEFAULT.delayMsMax) : 0;
+      if (delay === null) return ctx.reply.error(ERR_INT);
+      const parts = await partitionsOf(q);
+      if (typeof parts === 'string') return ctx.reply.error(parts);
+      const key = opts.get('KEY');
+      const p = parts === 1 ? 0 : key !== undefined ? jumpHash(key, parts) : rotate++ % parts;
+      const v = value(await exec(shardOfPart(q, p), 'write', [B(Q_PUSH), q, B(String(p)), args[2]!, opts.get('DEDUP') ?? B(''), B(String(delay))]));
+      if (isErrorValue(v)) return ctx.reply.error(v.error);
+      ctx.reply.bulk(extId(parts, p, v as Buffer));
+    }),
+    spec('q.pop', -2, ['write'], 1, 1, 'Pops up to COUNT messages: [id, payload, deliveries] each, or nil', 'queue', async (ctx, args) => {
+      const q = args[1]!;
+      const opts = options(args, 2, ['COUNT', 'VISIBILITY', 'BLOCK']);
+      if (typeof opts === 'string') return ctx.reply.error(opts);
+      const count = opts.has('COUNT') ? parseInt10(opts.get('COUNT'), 1, POP_COUNT_MAX) : 1;
+      const vis = opts.has('VISIBILITY') ? parseInt10(opts.get('VISIBILITY'), 1, QUEUE_LIMITS_DEFAULT.visibilityMsMax) : 0;
+      const block = opts.has('BLOCK') ? parseInt10(opts.get('BLOCK'), 0, QUEUE_BLOCK_MS_MAX) : 0;
+      if (count === null || vis === null || block === null) return ctx.reply.error(ERR_INT);
+      const parts = await partitionsOf(q);
+      if (typeof parts === 'string') return ctx.reply.error(parts);
+      const consumer = B(consumerOf(ctx));
+      const r = await takeFrom(popOrder(q, parts), block, async (p, blockMs) =>
+        asItems(value(await exec(shardOfPart(q, p), 'write', [B(Q_POP), q, B(String(p)), consumer, B(String(count)), B(vis === 0 ? '' : String(vis)), B(String(blockMs))]))),
+      );
+      if (typeof r === 'string') return ctx.reply.error(r);
+      if (r === null) return ctx.reply.nilArray();
+      const got: [number, RecordValue[]][] = (r.items as RecordValue[][]).map((it) => [r.target, it]);
+      // Fill COUNT from the other partitions, without waiting.
+      for (const p of popOrder(q, parts)) {
+        if (got.length >= count || p === r.target) continue;
+        const more = asItems(value(await exec(shardOfPart(q, p), 'write', [B(Q_POP), q, B(String(p)), consumer, B(String(count - got.length)), B(vis === 0 ? '' : String(vis)), B('0')])));
+        if (typeof more === 'string') break; // what was taken so far is delivered; the rest waits for the next pop
+        for (const it of more as RecordValue[][]) got.push([p, it]);
+      }
+      ctx.reply.arrayHeader(got.length);
+      for (const [p, it] of got) {
+        ctx.reply.arrayHeader(3);
+        ctx.reply.bulk(extId(parts, p, it[0] as Buffer));
+        ctx.reply.bulk(it[1] as Buffer);
+        ctx.reply.integer(it[2] as number);
+      }
+    }),
+    spec('q.ack', -3, ['write'], 1, 1, 'Acknowledges delivered messages: how many were in flight', 'queue', async (ctx, args) => {
+      const q = args[1]!;
+      const byPart = new Map<number, Buffer[]>();
+      for (const id of args.slice(2)) {
+        const [p, inner] = splitId(id);
+        let l = byPart.get(p);
+        if (l === undefined) byPart.set(p, (l = []));
+        l.push(inner);
+      }
+      const vals = (await Promise.all([...byPart].map(([p, ids]) => exec(shardOfPart(q, p), 'write', [B(Q_ACK), q, B(String(p)), ...ids])))).map(value);
+      let n = 0;
+      for (const v of vals) {
+        if (isErrorValue(v)) return ctx.reply.error(v.error);
+        n += Number(v);
+      }
+      ctx.reply.integer(n);
+    }),
+    spec('q.nack', -3, ['write'], 1, 1, 'Returns a delivered message to the queue (after DELAY ms): 1 or 0', 'queue', async (ctx, args) => {
+      const opts = options(args, 3, ['DELAY']);
+      if (typeof opts === 'string') return ctx.reply.error(opts);
+      const delay = opts.has('DELAY') ? parseInt10(opts.get('DELAY'), 0, QUEUE_LIMITS_DEFAULT.delayMsMax) : 0;
+      if (delay === null) return ctx.reply.error(ERR_INT);
+      const [p, id] = splitId(args[2]!);
+      const r = await exec(shardOfPart(args[1]!, p), 'write', [B(Q_NACK), args[1]!, B(String(p)), id, B(String(delay))]);
+      if (r.ok) replayReply(r.record, ctx.reply);
+      else ctx.reply.error(shardErrorText(r));
+    }),
+    spec('q.extend', 4, ['write'], 1, 1, 'Keeps a delivered message invisible for ms more: 1 or 0', 'queue', async (ctx, args) => {
+      const ms = parseInt10(args[3], 1, QUEUE_LIMITS_DEFAULT.visibilityMsMax);
+      if (ms === null) return ctx.reply.error(ERR_INT);
+      const [p, id] = splitId(args[2]!);
+      const r = await exec(shardOfPart(args[1]!, p), 'write', [B(Q_EXTEND), args[1]!, B(String(p)), id, B(String(ms))]);
+      if (r.ok) replayReply(r.record, ctx.reply);
+      else ctx.reply.error(shardErrorText(r));
+    }),
+    spec('q.create', -2, ['write'], 1, 1, 'Creates a queue or changes its settings (the partition count is fixed at creation)', 'queue', async (ctx, args) => {
+      const q = args[1]!;
+      const opts = options(args, 2, ['PARTITIONS', 'MAXDELIVER', 'VISIBILITY', 'DEDUPWINDOW']);
+      if (typeof opts === 'string') return ctx.reply.error(opts);
+      const num = (k: string, min: number, max: number): string | null => {
+        if (!opts.has(k)) return '';
+        const n = parseInt10(opts.get(k), min, max);
+        return n === null ? null : String(n);
+      };
+      const fields = [num('MAXDELIVER', 1, QUEUE_LIMITS_DEFAULT.maxDeliverMax), num('VISIBILITY', 1, QUEUE_LIMITS_DEFAULT.visibilityMsMax), num('DEDUPWINDOW', 0, QUEUE_LIMITS_DEFAULT.dedupWindowMsMax)];
+      let parts: number | null = 0;
+      if (opts.has('PARTITIONS')) parts = parseInt10(opts.get('PARTITIONS'), 1, Math.min(QUEUE_LIMITS_DEFAULT.partitionsPerQueueMax, shards));
+      if (parts === null || fields.includes(null)) return ctx.reply.error(`${ERR_INT} (PARTITIONS 1..${Math.min(QUEUE_LIMITS_DEFAULT.partitionsPerQueueMax, shards)})`);
+      if (parts === 0) {
+        const known = await partitionsOf(q);
+        if (typeof known === 'string') return ctx.reply.error(known);
+        parts = known;
+      }
+      const build = (p: number): Buffer[] => [B(Q_CREATE), q, B(String(p)), B(String(parts)), ...fields.map((f) => B(f!))];
+      // Partition 0 decides (it refuses a different count); then the others.
+      const first = value(await exec(shardOfPart(q, 0), 'write', build(0)));
+      if (isErrorValue(first)) return ctx.reply.error(first.error);
+      const rest = (await Promise.all(Array.from({ length: parts - 1 }, (_, i) => exec(shardOfPart(q, i + 1), 'write', build(i + 1))))).map(value);
+      for (const v of rest) if (isErrorValue(v)) return ctx.reply.error(v.error);
+      partitionsCache.set(q.toString('latin1'), parts);
+      ctx.reply.ok();
+    }),
+    spec('q.info', 2, ['readonly'], 1, 1, 'Counts (ready, in flight, delayed, dead), settings and partitions of a queue', 'queue', async (ctx, args) => {
+      const q = args[1]!;
+      const vals = await everyPartition(q, 'read', (p) => [B(Q_INFO), q, B(String(p))]);
+      if (typeof vals === 'string') return ctx.reply.error(vals);
+      const first = vals[0];
+      if (!Array.isArray(first)) return ctx.reply.nilArray();
+      const sum = (i: number): number => vals.reduce<number>((n, v) => n + (Array.isArray(v) ? Number(v[i]) : 0), 0);
+      const r = ctx.reply;
+      r.mapHeader(9);
+      for (const [k, i] of [['ready', 0], ['inflight', 1], ['delayed', 2], ['dead', 3]] as const) {
+        r.bulk(k);
+        r.integer(sum(i));
+      }
+      r.bulk('partitions');
+      r.integer(Number(first[4]));
+      r.bulk('maxdeliver');
+      r.integer(Number(first[5]));
+      r.bulk('visibility_ms');
+      r.integer(Number(first[6]));
+      r.bulk('dedupwindow_ms');
+      r.integer(Number(first[7]));
+      r.bulk('partition_detail');
+      r.arrayHeader(vals.length);
+      vals.forEach((v, p) => {
+        const a = Array.isArray(v) ? v : [0, 0, 0, 0];
+        const shard = shardOfPart(q, p);
+        r.mapHeader(7);
+        r.bulk('partition');
+        r.integer(p);
+        r.bulk('shard');
+        r.integer(shard);
+        r.bulk('leader');
+        r.integer(deps.leaderOf(shard));
+        for (const [k, i] of [['ready', 0], ['inflight', 1], ['delayed', 2], ['dead', 3]] as const) {
+          r.bulk(k);
+          r.integer(Number(a[i]));
+        }
+      });
+    }),
+    spec('q.len', 2, ['readonly'], 1, 1, 'Messages waiting (ready + delayed) in a queue', 'queue', (ctx, args) => sumReply(ctx, args[1]!, 'read', (p) => [B(Q_LEN), args[1]!, B(String(p))])),
+    spec('q.dead', -2, ['readonly'], 1, 1, 'Peeks dead letters: [id, payload, deliveries, reason] each', 'queue', async (ctx, args) => {
+      const q = args[1]!;
+      const opts = options(args, 2, ['COUNT']);
+      if (typeof opts === 'string') return ctx.reply.error(opts);
+      const count = opts.has('COUNT') ? parseInt10(opts.get('COUNT'), 1, POP_COUNT_MAX) : 10;
+      if (count === null) return ctx.reply.error(ERR_INT);
+      const vals = await everyPartition(q, 'read', (p) => [B(Q_DEAD), q, B(String(p)), B(String(count))]);
+      if (typeof vals === 'string') return ctx.reply.error(vals);
+      const parts = vals.length;
+      const all = vals.flatMap((v, p) => (Array.isArray(v) ? (v as RecordValue[][]).map((d) => [p, d] as const) : [])).slice(0, count);
+      ctx.reply.arrayHeader(all.length);
+      for (const [p, d] of all) {
+        ctx.reply.arrayHeader(4);
+        ctx.reply.bulk(extId(parts, p, d[0] as Buffer));
+        ctx.reply.bulk(d[1] as Buffer);
+        ctx.reply.integer(d[2] as number);
+        ctx.reply.bulk(d[3] as Buffer);
+      }
+    }),
+    spec('q.redrive', 2, ['write'], 1, 1, 'Moves dead letters back to ready: how many', 'queue', (ctx, args) => sumReply(ctx, args[1]!, 'write', (p) => [B(Q_REDRIVE), args[1]!, B(String(p))])),
+    spec('q.purge', 2, ['write'], 1, 1, 'Drops every ready, delayed and in-flight message: how many', 'queue', (ctx, args) => sumReply(ctx, args[1]!, 'write', (p) => [B(Q_PURGE), args[1]!, B(String(p))])),
+    spec('q.list', 1, ['readonly'], 0, 0, 'The queues of the cluster', 'queue', async (ctx) => {
+      const vals = (await Promise.all(Array.from({ length: shards }, (_, s) => exec(s, 'read', [B(Q_LIST)])))).map(value);
+      const names = new Set<string>();
+      for (const v of vals) {
+        if (isErrorValue(v)) return ctx.reply.error(v.error);
+        for (const x of (Array.isArray(v) ? v : []) as RecordValue[][]) if (Number(x[1]) === 0) names.add((x[0] as Buffer).toString('latin1'));
+      }
+      const sorted = [...names].sort();
+      ctx.reply.arrayHeader(sorted.length);
+      for (const n of sorted) ctx.reply.bulk(Buffer.from(n, 'latin1'));
+    }),
+    spec('rpush', -3, ['write', 'fast'], 1, 1, 'Appends values to a list (a 1-partition queue)', 'list', listPush(false)),
+    spec('lpush', -3, ['write', 'fast'], 1, 1, 'Prepends values to a list', 'list', listPush(true)),
+    spec('lpop', -2, ['write', 'fast'], 1, 1, 'Removes and returns the first values of a list', 'list', listPop(true)),
+    spec('rpop', -2, ['write', 'fast'], 1, 1, 'Removes and returns the last values of a list', 'list', listPop(false)),
+    spec('blpop', -3, ['write'], 1, -2, 'LPOP that waits for a value on the first non-empty list', 'list', blockingListPop(true)),
+    spec('brpop', -3, ['write'], 1, -2, 'RPOP that waits for a value on the first non-empty list', 'list', blockingListPop(false)),
+    spec('llen', 2, ['readonly', 'fast'], 1, 1, 'The length of a list', 'list', async (ctx, args) => {
+      const r = await exec(homeShard(args[1]!), 'read', [B(Q_LLEN), args[1]!, B('0')]);
+      if (r.ok) replayReply(r.record, ctx.reply);
+      else ctx.reply.error(shardErrorText(r));
+    }),
+    spec('lrange', 4, ['readonly'], 1, 1, 'A range of a list\'s values', 'list', async (ctx, args) => {
+      const start = parseInt10(args[2], -Number.MAX_SAFE_INTEGER, Number.MAX_SAFE_INTEGER);
+      const stop = parseInt10(args[3], -Number.MAX_SAFE_INTEGER, Number.MAX_SAFE_INTEGER);
+      if (start === null || stop === null) return ctx.reply.error(ERR_INT);
+      const r = await exec(homeShard(args[1]!), 'read', [B(Q_LRANGE), args[1]!, B('0'), args[2]!, args[3]!]);
+      if (r.ok) replayReply(r.record, ctx.reply);
+      else ctx.reply.error(shardErrorText(r));
+    }),
+  ];
+}

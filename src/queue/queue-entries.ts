@@ -1,0 +1,339 @@
+/**
+ * The queue's Raft entries and shard reads: the internal commands the edge sends to the shard of a queue
+ * partition (as keyspace "write" and "read" requests, so routing, forwarding, batching and replies are the
+ * keyspace's), how a worker checks them before proposing, and how every replica applies them to its QueueState.
+ *
+ * Internal commands (the edge's table has only Q.* and the Redis list names; clients cannot send these):
+ *   writes  _q.push q p payload dedup|"" delayMs            -> $id | -ERR
+ *           _q.pop q p consumer count visibility|"" blockMs  -> *[[id, payload, :deliveries]...] | -ERR
+ *           _q.ack q p id... -> :n    _q.nack q p id delayMs -> :0|1    _q.extend q p id ms -> :0|1
+ *           _q.create q p partitions maxDeliver|"" visibility|"" dedupWindow|"" -> +OK | -ERR
+ *           _q.redrive q p -> :n      _q.purge q p -> :n
+ *           _q.rpush|_q.lpush q p payload... -> :len | -ERR    _q.lpop|_q.rpop q p count blockMs -> *[payload...]
+ *           _q.expire (v|d|k q p id|dedup)...               -> :n   (leader, from its clock)
+ *   reads   _q.info q p | _q.len q p | _q.llen q p | _q.dead q p count | _q.lrange q p start stop | _q.list
+ *
+ * `blockMs` is for the worker (a pop that finds nothing waits on the leader for a push); apply ignores it.
+ *
+ * Invariants:
+ * - checkQueueCommand() accepts only what applyQueueWrite() can decode without throwing. Range errors found by
+ *   QueueState (QUEUE_ARG) are thrown before it changes anything and depend only on the entry and the state, so
+ *   apply turns them into the same -ERR reply on every replica.
+ * - A queue's partition count is fixed when its partition 0 is created: _q.create with another count is refused.
+ */
+import type { ReplySink } from '../server/command.js';
+import { QueueState, QueueStateError, type ExpiryItem } from './queue-state.js';
+
+export const Q_PUSH = '_q.push';
+export const Q_POP = '_q.pop';
+export const Q_ACK = '_q.ack';
+export const Q_NACK = '_q.nack';
+export const Q_EXTEND = '_q.extend';
+export const Q_CREATE = '_q.create';
+export const Q_REDRIVE = '_q.redrive';
+export const Q_PURGE = '_q.purge';
+export const Q_RPUSH = '_q.rpush';
+export const Q_LPUSH = '_q.lpush';
+export const Q_LPOP = '_q.lpop';
+export const Q_RPOP = '_q.rpop';
+export const Q_EXPIRE = '_q.expire';
+export const Q_INFO = '_q.info';
+export const Q_LEN = '_q.len';
+export const Q_LLEN = '_q.llen';
+export const Q_DEAD = '_q.dead';
+export const Q_LRANGE = '_q.lrange';
+export const Q_LIST = '_q.list';
+
+/** Longest BLOCK a pop may ask for (1 h). */
+export const QUEUE_BLOCK_MS_MAX = 3600 * 1000;
+
+const text = (b: Uint8Array | undefined): string => (b === undefined ? '' : Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('latin1'));
+
+/** A decimal integer in [min, max], or NaN. */
+function int(b: Uint8Array | undefined, min: number, max: number): number {
+  const s = text(b);
+  if (!/^-?\d{1,16}$/.test(s)) return NaN;
+  const n = Number(s);
+  return n >= min && n <= max ? n : NaN;
+}
+
+/** An optional integer: "" = null; else as int() (NaN when bad). */
+function optInt(b: Uint8Array | undefined, min: number, max: number): number | null {
+  return b !== undefined && b.length === 0 ? null : int(b, min, max);
+}
+
+const MAXI = Number.MAX_SAFE_INTEGER;
+
+/** True if args[0] names an internal queue command. */
+export function isQueueCommand(args: readonly Uint8Array[]): boolean {
+  const n = args[0];
+  return n !== undefined && n.length > 3 && n[0] === 0x5f && n[1] === 0x71 && n[2] === 0x2e; // "_q."
+}
+
+/** How long a pop may wait on the server for a message (0 for everything else). */
+export function queueBlockMs(args: readonly Uint8Array[]): number {
+  const name = text(args[0]);
+  if (name === Q_POP && args.length === 7) return Math.max(0, int(args[6], 0, QUEUE_BLOCK_MS_MAX) || 0);
+  if ((name === Q_LPOP || name === Q_RPOP) && args.length === 5) return Math.max(0, int(args[4], 0, QUEUE_BLOCK_MS_MAX) || 0);
+  return 0;
+}
+
+/** The (queue, partition) a pop concerns, as a map key; '' for any other command. */
+export function popPartitionKey(args: readonly Uint8Array[]): string {
+  const name = text(args[0]);
+  return name === Q_POP || name === Q_LPOP || name === Q_RPOP ? `${text(args[2])}\u0000${text(args[1])}` : '';
+}
+
+const WRITE_ARITY: Record<string, number> = {
+  [Q_PUSH]: 6,
+  [Q_POP]: 7,
+  [Q_NACK]: 5,
+  [Q_EXTEND]: 5,
+  [Q_CREATE]: 7,
+  [Q_REDRIVE]: 3,
+  [Q_PURGE]: 3,
+  [Q_LPOP]: 5,
+  [Q_RPOP]: 5,
+};
+const READ_ARITY: Record<string, number> = { [Q_INFO]: 3, [Q_LEN]: 3, [Q_LLEN]: 3, [Q_DEAD]: 4, [Q_LRANGE]: 5, [Q_LIST]: 1 };
+
+/** Null if the internal queue command is well formed for its kind; otherwise why not. */
+export function checkQueueCommand(kind: 'write' | 'read', args: readonly Uint8Array[]): string | null {
+  const name = text(args[0]);
+  if (name !== Q_LIST && name !== Q_EXPIRE && (args.length < 3 || args[1]!.length === 0 || Number.isNaN(int(args[2], 0, 1_000_000)))) return `${name}: bad queue or partition`;
+  if (kind === 'read') {
+    const a = READ_ARITY[name];
+    if (a === undefined || a !== args.length) return `not a queue read with a valid arity: ${name.slice(0, 40)}`;
+    if (name === Q_DEAD && Number.isNaN(int(args[3], 1, MAXI))) return 'bad count';
+    if (name === Q_LRANGE && (Number.isNaN(int(args[3], -MAXI, MAXI)) || Number.isNaN(int(args[4], -MAXI, MAXI)))) return 'bad range';
+    return null;
+  }
+  switch (name) {
+    case Q_ACK:
+      return args.length >= 4 ? null : 'ack without ids';
+    case Q_RPUSH:
+    case Q_LPUSH:
+      return args.length >= 4 ? null : 'push without payloads';
+    case Q_EXPIRE:
+      if ((args.length - 1) % 4 !== 0 || args.length < 5) return `${Q_EXPIRE}: ${args.length} arguments`;
+      for (let i = 1; i < args.length; i += 4) {
+        const k = text(args[i]);
+        if ((k !== 'v' && k !== 'd' && k !== 'k') || Number.isNaN(int(args[i + 2], 0, 1_000_000))) return `${Q_EXPIRE}: bad item`;
+      }
+      return null;
+  }
+  const a = WRITE_ARITY[name];
+  if (a === undefined || a !== args.length) return `not a queue write with a valid arity: ${name.slice(0, 40)}`;
+  switch (name) {
+    case Q_PUSH:
+      return Number.isNaN(int(args[5], 0, MAXI)) ? 'bad delay' : null;
+    case Q_POP:
+      if (Number.isNaN(int(args[4], 1, MAXI))) return 'bad count';
+      if (Number.isNaN(optInt(args[5], 1, MAXI) ?? 0)) return 'bad visibility';
+      return Number.isNaN(int(args[6], 0, QUEUE_BLOCK_MS_MAX)) ? 'bad block' : null;
+    case Q_NACK:
+    case Q_EXTEND:
+      return Number.isNaN(int(args[4], 0, MAXI)) ? 'bad time' : null;
+    case Q_CREATE:
+      if (Number.isNaN(int(args[3], 1, MAXI))) return 'bad partitions';
+      for (let i = 4; i < 7; i++) if (Number.isNaN(optInt(args[i], 0, MAXI) ?? 0)) return 'bad config';
+      return null;
+    case Q_LPOP:
+    case Q_RPOP:
+      return Number.isNaN(int(args[3], 1, MAXI)) || Number.isNaN(int(args[4], 0, QUEUE_BLOCK_MS_MAX)) ? 'bad count' : null;
+  }
+  return null;
+}
+
+/** What apply tells the worker besides the reply: whether messages may have become ready in a partition. */
+export interface QueueApplyNote {
+  /** Set to "partition\0queue" when the entry may have made messages ready there (wake blocked pops). */
+  readyKey: string;
+}
+
+/**
+ * Applies a checked queue write at (stamp, index), writing its reply into `sink`. Messages may have become ready
+ * in the partition named by note.readyKey (pushes, nacks, redrives, expiry; '' when none can have).
+ */
+export function applyQueueWrite(state: QueueState, stamp: number, index: number, args: Buffer[], sink: ReplySink, note: QueueApplyNote): void {
+  const name = text(args[0]);
+  note.readyKey = '';
+  try {
+    applyChecked(state, name, stamp, index, args, sink, note);
+  } catch (err) {
+    // Range errors (QUEUE_ARG) come before any change and are the same on every replica: a reply, not a crash.
+    if (err instanceof QueueStateError && err.code === 'QUEUE_ARG') {
+      note.readyKey = '';
+      sink.error(err.message.startsWith('ERR ') ? err.message : `ERR ${err.message}`);
+      return;
+    }
+    throw err;
+  }
+}
+
+function applyChecked(state: QueueState, name: string, stamp: number, index: number, args: Buffer[], sink: ReplySink, note: QueueApplyNote): void {
+  if (name === Q_EXPIRE) {
+    const items: ExpiryItem[] = [];
+    for (let i = 1; i + 3 < args.length; i += 4) {
+      const queue = args[i + 1]!;
+      const partition = Number(text(args[i + 2]));
+      const k = text(args[i]);
+      if (k === 'k') items.push({ kind: 'dedup', queue, partition, dedup: args[i + 3]! });
+      else items.push({ kind: k === 'v' ? 'visibility' : 'delay', queue, partition, id: text(args[i + 3]) });
+      if (k !== 'k') note.readyKey = `${partition}\u0000${text(queue)}`;
+    }
+    sink.integer(state.expire(stamp, index, items));
+    return;
+  }
+  const q = args[1]!;
+  const p = Number(text(args[2]));
+  const key = `${p}\u0000${text(q)}`;
+  switch (name) {
+    case Q_PUSH: {
+      const dedup = args[4]!.length > 0 ? args[4]! : undefined;
+      const delayMs = Number(text(args[5]));
+      const [r] = state.push(stamp, index, q, p, [{ payload: args[3]!, ...(dedup !== undefined ? { dedup } : {}), ...(delayMs > 0 ? { delayMs } : {}) }]);
+      if (r === undefined || 'error' in r) sink.error(r?.error ?? 'ERR push failed');
+      else {
+        sink.bulk(r.id);
+        if (!r.duplicate) note.readyKey = key;
+      }
+      return;
+    }
+    case Q_POP: {
+      const vis = optInt(args[5], 1, MAXI);
+      const r = state.pop(stamp, index, q, p, text(args[3]), Number(text(args[4])), vis);
+      if (!Array.isArray(r)) {
+        sink.error(r.error);
+        return;
+      }
+      sink.arrayHeader(r.length);
+      for (const d of r) {
+        sink.arrayHeader(3);
+        sink.bulk(d.id);
+        sink.bulk(d.payload);
+        sink.integer(d.deliveries);
+      }
+      return;
+    }
+    case Q_ACK:
+      sink.integer(state.ack(stamp, index, q, p, args.slice(3).map(text)));
+      return;
+    case Q_NACK: {
+      const r = state.nack(stamp, index, q, p, text(args[3]), Number(text(args[4])));
+      if (r === 1) note.readyKey = key;
+      sink.integer(r);
+      return;
+    }
+    case Q_EXTEND:
+      sink.integer(state.extend(stamp, index, q, p, text(args[3]), Number(text(args[4]))));
+      return;
+    case Q_CREATE: {
+      const partitions = Number(text(args[3]));
+      const existing = state.info(q, p);
+      if (existing !== null && existing.config.partitions !== partitions) {
+        sink.error(`ERR queue '${text(q).slice(0, 64)}' has ${existing.config.partitions} partitions; the count cannot change`);
+        return;
+      }
+      const cfg: { partitions: number; maxDeliver?: number; visibilityMs?: number; dedupWindowMs?: number } = { partitions };
+      const md = optInt(args[4], 0, MAXI);
+      const vis = optInt(args[5], 0, MAXI);
+      const dw = optInt(args[6], 0, MAXI);
+      if (md !== null) cfg.maxDeliver = md;
+      if (vis !== null) cfg.visibilityMs = vis;
+      if (dw !== null) cfg.dedupWindowMs = dw;
+      const r = state.configure(stamp, index, q, p, cfg);
+      if (r !== null) sink.error(r.error);
+      else sink.ok();
+      return;
+    }
+    case Q_REDRIVE:
+      note.readyKey = key;
+      sink.integer(state.redrive(stamp, index, q, p));
+      return;
+    case Q_PURGE:
+      sink.integer(state.purge(stamp, index, q, p));
+      return;
+    case Q_RPUSH:
+    case Q_LPUSH: {
+      const r = state.listPush(stamp, index, q, p, args.slice(3), name === Q_LPUSH);
+      if (typeof r === 'number') {
+        note.readyKey = key;
+        sink.integer(r);
+      } else sink.error(r.error);
+      return;
+    }
+    case Q_LPOP:
+    case Q_RPOP: {
+      const r = state.listPop(stamp, index, q, p, Number(text(args[3])), name === Q_LPOP);
+      sink.arrayHeader(r.length);
+      for (const b of r) sink.bulk(b);
+      return;
+    }
+  }
+  throw new Error(`queue entry: unchecked command ${name.slice(0, 40)}`);
+}
+
+/** The args of an expiry entry for what planExpiry found. */
+export function queueExpiryArgs(items: readonly ExpiryItem[]): Buffer[] {
+  const args: Buffer[] = [Buffer.from(Q_EXPIRE)];
+  for (const it of items) {
+    const k = it.kind === 'dedup' ? 'k' : it.kind === 'visibility' ? 'v' : 'd';
+    args.push(Buffer.from(k), it.queue, Buffer.from(String(it.partition)), it.kind === 'dedup' ? it.dedup : Buffer.from(it.id));
+  }
+  return args;
+}
+
+/** Serves a checked queue read. */
+export function readQueue(state: QueueState, args: Buffer[], sink: ReplySink): void {
+  const name = text(args[0]);
+  if (name === Q_LIST) {
+    const all = state.queues();
+    sink.arrayHeader(all.length);
+    for (const x of all) {
+      sink.arrayHeader(2);
+      sink.bulk(x.queue);
+      sink.integer(x.partition);
+    }
+    return;
+  }
+  const q = args[1]!;
+  const p = Number(text(args[2]));
+  switch (name) {
+    case Q_INFO: {
+      const i = state.info(q, p);
+      if (i === null) {
+        sink.nilArray();
+        return;
+      }
+      sink.arrayHeader(8);
+      for (const n of [i.ready, i.inflight, i.delayed, i.dead, i.config.partitions, i.config.maxDeliver, i.config.visibilityMs, i.config.dedupWindowMs]) sink.integer(n);
+      return;
+    }
+    case Q_LEN:
+      sink.integer(state.len(q, p));
+      return;
+    case Q_LLEN:
+      sink.integer(state.listLen(q, p));
+      return;
+    case Q_DEAD: {
+      const d = state.dead(q, p, Number(text(args[3])));
+      sink.arrayHeader(d.length);
+      for (const x of d) {
+        sink.arrayHeader(4);
+        sink.bulk(x.id);
+        sink.bulk(x.payload);
+        sink.integer(x.deliveries);
+        sink.bulk(x.reason);
+      }
+      return;
+    }
+    case Q_LRANGE: {
+      const r = state.listRange(q, p, Number(text(args[3])), Number(text(args[4])));
+      sink.arrayHeader(r.length);
+      for (const b of r) sink.bulk(b);
+      return;
+    }
+  }
+  throw new TypeError(`readQueue: ${name.slice(0, 40)} is not a queue read`);
+}
