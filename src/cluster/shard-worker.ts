@@ -20,6 +20,13 @@
  *   any state --requestTimeoutMs--> TRYAGAIN (outcome of a write unknown)
  *   any state --stop--> STOPPED
  *
+ * Locks and queues ride the same path as internal keyspace writes/reads (src/locks/lock-entries.ts,
+ * src/queue/queue-entries.ts). Two kinds of request may wait on purpose: a lock acquire with WAIT (parked in
+ * `waiting` by waiter id until a LockEvent raised by a later entry settles it, on whichever replica proposed it)
+ * and a pop with BLOCK (parked in its shard's `popWaiters` on the leader until a push makes messages ready). Both
+ * are tracked apart from the ordered `inflight` scan (their deadlines differ) and forwarded alone, never in a batch.
+ * The leader also proposes lease expiry (locks) and visibility/delay/dedup expiry (queues) from its clock.
+ *
  * Invariants:
  * - Every request is answered exactly once (`Req.done` guards late settlements after a timeout or a stop).
  * - Only writes that every replica will accept are proposed: the command is a replicated write of the keyspace
