@@ -514,6 +514,8 @@ interface RunResult {
   clientCpuPct: number;
   /** % of one core used by the server processes (sum) over the window; null when unknown. */
   serverCpuPct: number | null;
+  /** Server CPU microseconds (all servers) per message: per push (push, e2e) or per acked message (pop). */
+  serverCpuUsPerMsg: number | null;
   drainTimedOut: boolean;
   aborted?: string;
   /** Lockstep: INFO counter deltas over the window, summed over the nodes. */
@@ -746,8 +748,11 @@ async function runScenario(spec: RunSpec): Promise<RunResult> {
     errorSamples: got.flatMap((r) => r.errorSamples).slice(0, ERROR_SAMPLES_MAX),
     clientCpuPct: Math.round(cpuUs / 1e4 / windowS),
     serverCpuPct: srvStart !== undefined && srvEnd !== undefined ? Math.round(((srvEnd - srvStart) * 100) / windowS) : null,
+    serverCpuUsPerMsg: null,
     drainTimedOut: got.some((r) => r.drainTimedOut) || missing > 0,
   };
+  const perSec = kind === 'pop' ? result.ackedPerSec : result.pushesPerSec;
+  if (srvStart !== undefined && srvEnd !== undefined && perSec > 0) result.serverCpuUsPerMsg = Math.round(((srvEnd - srvStart) * 1e6) / windowS / perSec);
   if (missing > 0) result.errorSamples.push(`${missing} client thread(s) did not report within ${reportBound} ms and were terminated`);
   if (aborted !== undefined) result.aborted = aborted;
   if (countersBefore && countersAfter) {
@@ -1221,16 +1226,17 @@ function finish(partial: boolean): void {
     const clients = r.kind === 'push' ? `${r.producers}x${r.inflight}` : r.kind === 'pop' ? `${r.consumers}` : `${r.producers}x${r.inflight} + ${r.consumers}`;
     rows.push([
       r.system, r.label, clients, opsCell, fmtMs(lat.p50Ms), fmtMs(lat.p99Ms), r.errors,
-      `${r.clientCpuPct}%`, r.serverCpuPct === null ? '-' : `${r.serverCpuPct}%`, badList(r).join(', ').slice(0, 60),
+      `${r.clientCpuPct}%`, r.serverCpuPct === null ? '-' : `${r.serverCpuPct}%`, r.serverCpuUsPerMsg ?? '-', badList(r).join(', ').slice(0, 60),
     ]);
   }
   for (const [sys, note] of [['lockstep', notes.lockstep], ['nats', notes.nats]] as const) {
-    if (note !== '' && !results.some((r) => r.system === sys)) rows.push([sys, '-', '-', '-', '-', '-', '-', '-', '-', note.slice(0, 60)]);
+    if (note !== '' && !results.some((r) => r.system === sys)) rows.push([sys, '-', '-', '-', '-', '-', '-', '-', '-', '-', note.slice(0, 60)]);
   }
-  printTable(['system', 'run', 'clients', 'msgs/s', 'p50 ms', 'p99 ms', 'errors', 'client cpu', 'server cpu', 'notes'], rows);
+  printTable(['system', 'run', 'clients', 'msgs/s', 'p50 ms', 'p99 ms', 'errors', 'client cpu', 'server cpu', 'srv us/msg', 'notes'], rows);
   console.log(
     'msgs/s: push = acknowledged pushes/s; pop = acked messages/s; e2e = pushes/s / acked/s. Latency: push = push round trip; ' +
-      'pop = pop (fetch) + ack cycle; e2e = pop reply - push sent. cpu = % of one core over the window (client = this process).',
+      'pop = pop (fetch) + ack cycle; e2e = pop reply - push sent. cpu = % of one core over the window (client = this process); ' +
+      'srv us/msg = server CPU microseconds (all servers) per message (push and e2e: per push; pop: per acked message).',
   );
   if (rbResults.length > 0 || notes.lockstepLists !== '') {
     console.log(`\nredis-benchmark -t lpush,rpop -c ${RB_CLIENTS} -d ${opts.payload} (Lockstep: node 1; redis: appendfsync always):`);
