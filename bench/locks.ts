@@ -18,10 +18,10 @@
  *             keepalive stream; on failure it revokes the lease and throws), not the Go concurrency.Mutex queue, so B
  *             spins like Redis (each failed try costs three Raft writes), retrying every SPIN_RETRY_MS until WAIT.
  * Client threads: one Node thread driving 50 ioredis connections saturates a core at ~12-14k Redis lock cycles/s on
- * this machine, so the clients are split over --client-threads worker threads (default: the core count, at most 4;
- * this same file is the thread entry). Every system gets the same client set-up. On the contended lock the threads
- * check mutual exclusion through shared memory (the holder is cleared just before the release is sent, so a grant
- * seen while another client holds it is a real violation) and fencing-token order.
+ * this machine, so the clients are split over --client-threads worker threads (default: the core count, at most 4; this
+ * same file is the thread entry; the runner is bench/lib/client-threads.ts). Every system gets the same client set-up.
+ * On the contended lock the threads check mutual exclusion through shared memory (the holder is cleared just before the
+ * release is sent, so a grant seen while another client holds it is a real violation) and fencing-token order.
  * Reported per run: cycles/s (acquire + release pairs started in and finished within the window), acquire latency
  * p50/p99/max (acquires that completed within the window, including WAIT time and spin retries), not-granted
  * acquires, errors, CPU of this client process (all threads) and of the servers (/proc), ratios, and the issue's
@@ -34,18 +34,34 @@
  *
  * Invariants: every loop is bounded by time (window + WAIT + DRAIN_MARGIN_MS, then connections are closed; a client
  * thread that still does not report is terminated); every process started is stopped in finally blocks, and on exit /
- * SIGINT by bench/lib/cluster.ts (Lockstep, redis-server) and bench/lib/etcd.ts (etcd). The nodes run the CLI of the
- * tree this file was compiled into.
+ * SIGINT by bench/lib/cluster.ts (Lockstep, redis-server) and bench/lib/procs.ts (etcd, started by bench/lib/etcd.ts).
+ * The nodes run the CLI of the tree this file was compiled into.
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
-import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
+import { isMainThread, workerData } from 'node:worker_threads';
 import { Redis } from 'ioredis';
 import { argValue, printTable, writeResult } from './lib/procs.js';
+import {
+  clientThreadMain,
+  type ClientWindow,
+  type ThreadLoops,
+  connectResp,
+  dealClients,
+  DRAIN_MARGIN_MS,
+  fmtMs,
+  latency,
+  nowAbs,
+  runClientThreads,
+  sleep,
+  WARMUP_MS,
+  type CounterDeltas,
+  type Latency,
+} from './lib/client-threads.js';
 import {
   nodeCounters,
   requireRedisTools,
@@ -55,7 +71,6 @@ import {
   waitLeadersStable,
   type LockstepCluster,
   type LogSummary,
-  type NodeCounters,
   type NodeExit,
 } from './lib/cluster.js';
 import { findEtcd, startEtcdCluster, type EtcdCluster, type EtcdExit } from './lib/etcd.js';
@@ -83,16 +98,10 @@ const ETCD_TTL_S = 30;
 const WAIT_MS = { A: 5_000, B: 10_000 } as const;
 /** Sleep between two tries of a spin lock (Redis, etcd). */
 const SPIN_RETRY_MS = 1;
-/** Unmeasured warm-up before every window. */
-const WARMUP_MS = 1_000;
-/** How long the client threads may take to open their connections. */
-const SETUP_TIMEOUT_MS = 30_000;
-/** After the window, loops get WAIT + this to finish their current cycle before their connections are closed. */
-const DRAIN_MARGIN_MS = 5_000;
-/** After closing connections, how long to wait for the loops to notice (then the thread reports anyway). */
-const CLOSE_GRACE_MS = 5_000;
-/** Beyond its own drain bound, how long the main thread waits for a client thread's report before terminating it. */
-const REPORT_MARGIN_MS = 10_000;
+/*
+ * Warm-up (WARMUP_MS), connection set-up bound and drain margins: bench/lib/client-threads.ts. After the window,
+ * loops get WAIT + DRAIN_MARGIN_MS to finish their current cycle before their connections are closed.
+ */
 /** Per-command timeout on RESP clients and per-call gRPC deadline on etcd: the longest WAIT plus this. */
 const COMMAND_MARGIN_MS = 10_000;
 const COMMAND_TIMEOUT_MS = Math.max(WAIT_MS.A, WAIT_MS.B) + COMMAND_MARGIN_MS;
@@ -109,10 +118,6 @@ const TARGET_REDIS_RATIO = 0.5;
 type Scenario = 'A' | 'B';
 const SCENARIO_NAME: Record<Scenario, string> = { A: 'distinct', B: 'contended' };
 type SystemName = 'lockstep' | 'redis' | 'etcd';
-
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-/** Wall-clock ms with sub-ms precision, comparable across threads. */
-const nowAbs = () => performance.timeOrigin + performance.now();
 
 // ---- client side (runs in the client threads) ----
 
@@ -132,21 +137,8 @@ interface Session {
   close(): void;
 }
 
-async function respClient(port: number): Promise<Redis> {
-  const c = new Redis({
-    host: '127.0.0.1',
-    port,
-    lazyConnect: true,
-    enableOfflineQueue: false,
-    maxRetriesPerRequest: 0,
-    retryStrategy: () => null,
-    commandTimeout: COMMAND_TIMEOUT_MS,
-  });
-  c.on('error', () => {
-    // surfaced through the failing commands
-  });
-  await c.connect();
-  return c;
+function respClient(port: number): Promise<Redis> {
+  return connectResp(port, COMMAND_TIMEOUT_MS);
 }
 
 async function lockstepSession(port: number, owner: string): Promise<Session> {
@@ -268,23 +260,14 @@ interface ThreadReport {
   aborted?: string;
 }
 
-type ToMain = { type: 'ready' } | { type: 'setup-failed'; message: string } | { type: 'done'; report: ThreadReport };
-interface GoMessage {
-  type: 'go';
-  /** Wall-clock ms (nowAbs): measured window [startAt, endAt]. */
-  startAt: number;
-  endAt: number;
-}
-
-async function threadMain(job: ThreadJob): Promise<void> {
-  const port = parentPort!;
+function threadMain(job: ThreadJob): Promise<void> {
   const { scenario, target } = job;
   const waitMs = WAIT_MS[scenario];
   const i32 = new Int32Array(job.i32);
   const b64 = new BigInt64Array(job.b64);
   const sessions: Session[] = [];
   let closeShared = () => {};
-  try {
+  const open = async (): Promise<void> => {
     if (target.system === 'etcd') {
       const etcd = await import('etcd3');
       const client = new etcd.Etcd3({
@@ -304,116 +287,106 @@ async function threadMain(job: ThreadJob): Promise<void> {
         );
       }
     }
-  } catch (err) {
-    for (const s of sessions) s.close();
-    closeShared();
-    port.postMessage({ type: 'setup-failed', message: (err as Error).message } satisfies ToMain);
-    return;
-  }
-  const goMsg = new Promise<GoMessage>((resolve) => port.once('message', (m: GoMessage) => resolve(m)));
-  port.postMessage({ type: 'ready' } satisfies ToMain);
-  const go = await goMsg;
-  // This thread's clock: performance.now() at the window's edges.
-  const startAt = go.startAt - performance.timeOrigin;
-  const endAt = go.endAt - performance.timeOrigin;
-
-  const r: ThreadReport = {
-    acquireLat: [], gapLat: [], grants: [], cycles: 0, notGranted: 0, errors: 0, errorSamples: [], releaseMisses: 0,
-    violations: 0, tokenRegressions: 0, handoffs: 0, tries: 0, grantCount: 0, drainTimedOut: false,
   };
-  const grants = new Map<number, number>(job.clientIds.map((id) => [id, 0]));
-  const lastToken = new Map<string, number>();
-  const noteError = (err: unknown) => {
-    r.errors++;
-    const msg = (err as Error)?.message ?? String(err);
-    if (/unknown command/i.test(msg)) {
-      r.aborted = `unknown command: ${msg.slice(0, 200)}`;
-      Atomics.store(i32, 2, 1);
-    }
-    if (r.errorSamples.length < ERROR_SAMPLES_MAX) r.errorSamples.push(msg.slice(0, 300));
-  };
-  const running = () => Atomics.load(i32, 2) === 0 && performance.now() < endAt;
 
-  const loop = async (k: number): Promise<void> => {
-    const s = sessions[k]!;
-    const id = job.clientIds[k]!;
-    const lock = scenario === 'A' ? `bench-lock-${id}` : 'bench-lock-contended';
-    while (running()) {
-      const a0 = performance.now();
-      let g: Grant;
-      try {
-        g = await s.acquire(lock, waitMs);
-      } catch (err) {
-        noteError(err);
-        await sleep(ERROR_BACKOFF_MS);
-        continue;
+  const start = ({ startAt, endAt }: ClientWindow): ThreadLoops<ThreadReport> => {
+    const r: ThreadReport = {
+      acquireLat: [], gapLat: [], grants: [], cycles: 0, notGranted: 0, errors: 0, errorSamples: [], releaseMisses: 0,
+      violations: 0, tokenRegressions: 0, handoffs: 0, tries: 0, grantCount: 0, drainTimedOut: false,
+    };
+    const grants = new Map<number, number>(job.clientIds.map((id) => [id, 0]));
+    const lastToken = new Map<string, number>();
+    const noteError = (err: unknown) => {
+      r.errors++;
+      const msg = (err as Error)?.message ?? String(err);
+      if (/unknown command/i.test(msg)) {
+        r.aborted = `unknown command: ${msg.slice(0, 200)}`;
+        Atomics.store(i32, 2, 1);
       }
-      const a1 = performance.now();
-      const measured = a0 >= startAt && a1 <= endAt;
-      if (!g.granted) {
-        if (measured) r.notGranted++;
-        continue;
-      }
-      if (scenario === 'B') {
-        if (Atomics.exchange(i32, 0, id + 1) !== 0) r.violations++;
-        const prev = Atomics.exchange(i32, 1, id + 1);
-        if (measured && prev !== 0 && prev !== id + 1) {
-          r.handoffs++;
-          r.gapLat.push(a1 + performance.timeOrigin - Number(Atomics.load(b64, 1)) / 1000);
+      if (r.errorSamples.length < ERROR_SAMPLES_MAX) r.errorSamples.push(msg.slice(0, 300));
+    };
+    const running = () => Atomics.load(i32, 2) === 0 && performance.now() < endAt;
+
+    const loop = async (k: number): Promise<void> => {
+      const s = sessions[k]!;
+      const id = job.clientIds[k]!;
+      const lock = scenario === 'A' ? `bench-lock-${id}` : 'bench-lock-contended';
+      while (running()) {
+        const a0 = performance.now();
+        let g: Grant;
+        try {
+          g = await s.acquire(lock, waitMs);
+        } catch (err) {
+          noteError(err);
+          await sleep(ERROR_BACKOFF_MS);
+          continue;
         }
-        if (g.token !== undefined) {
-          const before = Atomics.exchange(b64, 0, BigInt(g.token));
-          if (before !== 0n && BigInt(g.token) <= before) r.tokenRegressions++;
+        const a1 = performance.now();
+        const measured = a0 >= startAt && a1 <= endAt;
+        if (!g.granted) {
+          if (measured) r.notGranted++;
+          continue;
         }
-      } else if (g.token !== undefined) {
-        const before = lastToken.get(lock);
-        if (before !== undefined && g.token <= before) r.tokenRegressions++;
-        lastToken.set(lock, g.token);
+        if (scenario === 'B') {
+          if (Atomics.exchange(i32, 0, id + 1) !== 0) r.violations++;
+          const prev = Atomics.exchange(i32, 1, id + 1);
+          if (measured && prev !== 0 && prev !== id + 1) {
+            r.handoffs++;
+            r.gapLat.push(a1 + performance.timeOrigin - Number(Atomics.load(b64, 1)) / 1000);
+          }
+          if (g.token !== undefined) {
+            const before = Atomics.exchange(b64, 0, BigInt(g.token));
+            if (before !== 0n && BigInt(g.token) <= before) r.tokenRegressions++;
+          }
+        } else if (g.token !== undefined) {
+          const before = lastToken.get(lock);
+          if (before !== undefined && g.token <= before) r.tokenRegressions++;
+          lastToken.set(lock, g.token);
+        }
+        if (measured) {
+          r.acquireLat.push(a1 - a0);
+          grants.set(id, grants.get(id)! + 1);
+          r.grantCount++;
+          r.tries += g.tries;
+        }
+        if (scenario === 'B') {
+          // Give the lock up (client side) before asking the server, so a grant seen after this is legitimate.
+          Atomics.store(b64, 1, BigInt(Math.round(nowAbs() * 1000)));
+          Atomics.store(i32, 0, 0);
+        }
+        try {
+          if (!(await s.release(lock, g.token))) r.releaseMisses++;
+        } catch (err) {
+          noteError(err);
+          await sleep(ERROR_BACKOFF_MS);
+          continue;
+        }
+        if (a0 >= startAt && performance.now() <= endAt) r.cycles++;
       }
-      if (measured) {
-        r.acquireLat.push(a1 - a0);
-        grants.set(id, grants.get(id)! + 1);
-        r.grantCount++;
-        r.tries += g.tries;
-      }
-      if (scenario === 'B') {
-        // Give the lock up (client side) before asking the server, so a grant seen after this is legitimate.
-        Atomics.store(b64, 1, BigInt(Math.round(nowAbs() * 1000)));
-        Atomics.store(i32, 0, 0);
-      }
-      try {
-        if (!(await s.release(lock, g.token))) r.releaseMisses++;
-      } catch (err) {
-        noteError(err);
-        await sleep(ERROR_BACKOFF_MS);
-        continue;
-      }
-      if (a0 >= startAt && performance.now() <= endAt) r.cycles++;
-    }
+    };
+
+    return {
+      loops: Promise.all(sessions.map((_, k) => loop(k))),
+      report(drainTimedOut) {
+        r.drainTimedOut = drainTimedOut;
+        r.grants = [...grants];
+        return r;
+      },
+    };
   };
 
-  const all = Promise.all(sessions.map((_, k) => loop(k)));
-  const drainBound = Math.max(0, endAt - performance.now()) + waitMs + DRAIN_MARGIN_MS;
-  const finished = await Promise.race([all.then(() => true), sleep(drainBound).then(() => false)]);
-  for (const s of sessions) s.close();
-  if (!finished) {
-    r.drainTimedOut = true;
-    await Promise.race([all, sleep(CLOSE_GRACE_MS)]);
-  }
-  closeShared();
-  r.grants = [...grants];
-  port.postMessage({ type: 'done', report: r } satisfies ToMain);
+  return clientThreadMain<ThreadReport>({
+    open,
+    start,
+    drainMs: waitMs + DRAIN_MARGIN_MS,
+    close: () => {
+      for (const s of sessions) s.close();
+    },
+    afterClose: () => closeShared(),
+  });
 }
 
 // ---- main thread ----
-
-interface Latency {
-  n: number;
-  p50Ms: number | null;
-  p99Ms: number | null;
-  maxMs: number | null;
-  meanMs: number | null;
-}
 
 interface Fairness {
   grantsPerClient: number[];
@@ -452,48 +425,7 @@ interface RunResult {
   drainTimedOut: boolean;
   aborted?: string;
   /** Lockstep: INFO counter deltas over the window, summed over the nodes. */
-  counters?: { commands: number; forwarded: number; workerErrors: number; failedCalls: number; termBumps: number };
-}
-
-function latency(xs: number[]): Latency {
-  if (xs.length === 0) return { n: 0, p50Ms: null, p99Ms: null, maxMs: null, meanMs: null };
-  const s = Float64Array.from(xs).sort();
-  const q = (p: number) => s[Math.min(s.length - 1, Math.max(0, Math.ceil(p * s.length) - 1))]!;
-  const r = (x: number) => Math.round(x * 1000) / 1000;
-  return { n: s.length, p50Ms: r(q(0.5)), p99Ms: r(q(0.99)), maxMs: r(s[s.length - 1]!), meanMs: r(s.reduce((a, b) => a + b, 0) / s.length) };
-}
-
-let clkTck = 100;
-
-/** CPU seconds (user + system, all threads) a process has used, from /proc; undefined if it is gone. */
-function procCpuSeconds(pid: number): number | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    // after "pid (comm) ", f[0] is field 3 (state); utime and stime are fields 14 and 15, i.e. f[11] and f[12]
-    return (Number(f[11]) + Number(f[12])) / clkTck;
-  } catch {
-    return undefined;
-  }
-}
-
-function sumCpu(pids: number[]): number | undefined {
-  if (pids.length === 0) return undefined;
-  let total = 0;
-  for (const p of pids) {
-    const c = procCpuSeconds(p);
-    if (c === undefined) return undefined;
-    total += c;
-  }
-  return total;
-}
-
-async function snapshotCounters(ports: number[]): Promise<NodeCounters[] | undefined> {
-  try {
-    return await Promise.all(ports.map((p) => nodeCounters(p)));
-  } catch {
-    return undefined;
-  }
+  counters?: CounterDeltas;
 }
 
 interface RunSpec {
@@ -531,81 +463,17 @@ async function runScenario(spec: RunSpec): Promise<RunResult> {
   const nThreads = Math.min(opts.clientThreads, clients);
   const i32 = new SharedArrayBuffer(3 * Int32Array.BYTES_PER_ELEMENT);
   const b64 = new SharedArrayBuffer(2 * BigInt64Array.BYTES_PER_ELEMENT);
-  const self = fileURLToPath(import.meta.url);
-  const threads = Array.from({ length: nThreads }, (_, t) => {
-    const clientIds = Array.from({ length: clients }, (_, i) => i).filter((i) => i % nThreads === t);
-    const job: ThreadJob = { target: spec.target, scenario, clientIds, i32, b64 };
-    const w = new Worker(self, { workerData: job });
-    let onReady!: () => void;
-    let onSetupFail!: (e: Error) => void;
-    let onDone!: (r: ThreadReport | undefined) => void;
-    const ready = new Promise<void>((res, rej) => ((onReady = res), (onSetupFail = rej)));
-    const done = new Promise<ThreadReport | undefined>((res) => (onDone = res));
-    w.on('message', (m: ToMain) => {
-      if (m.type === 'ready') onReady();
-      else if (m.type === 'setup-failed') onSetupFail(new Error(m.message));
-      else onDone(m.report);
-    });
-    w.on('error', (e) => {
-      onSetupFail(e);
-      onDone(undefined);
-    });
-    w.on('exit', () => {
-      onSetupFail(new Error('client thread exited before it was ready'));
-      onDone(undefined);
-    });
-    return { w, ready, done };
+  const run = await runClientThreads<ThreadJob, ThreadReport>({
+    entry: fileURLToPath(import.meta.url),
+    jobs: dealClients(clients, nThreads).map((clientIds) => ({ target: spec.target, scenario, clientIds, i32, b64 })),
+    seconds,
+    drainMs: waitMs + DRAIN_MARGIN_MS,
+    serverPids: spec.serverPids,
+    ...(spec.counterPorts ? { counterPorts: spec.counterPorts } : {}),
   });
-  const terminateAll = () => Promise.all(threads.map((t) => t.w.terminate()));
-  try {
-    await Promise.race([
-      Promise.all(threads.map((t) => t.ready)),
-      sleep(SETUP_TIMEOUT_MS).then(() => {
-        throw new Error(`client connections not open within ${SETUP_TIMEOUT_MS} ms`);
-      }),
-    ]);
-  } catch (err) {
-    await terminateAll();
-    throw err;
-  }
+  const got = run.reports;
+  const { missing, reportBoundMs: reportBound } = run;
 
-  const startAt = nowAbs() + WARMUP_MS;
-  const endAt = startAt + seconds * 1000;
-  for (const t of threads) t.w.postMessage({ type: 'go', startAt, endAt } satisfies GoMessage);
-  let cpuStart: NodeJS.CpuUsage | undefined;
-  let cpuEnd: NodeJS.CpuUsage | undefined;
-  let srvStart: number | undefined;
-  let srvEnd: number | undefined;
-  let wallStart = 0;
-  let wallEnd = 0;
-  let countersBefore: Promise<NodeCounters[] | undefined> | undefined;
-  let countersAfter: Promise<NodeCounters[] | undefined> | undefined;
-  const startTimer = setTimeout(() => {
-    wallStart = nowAbs();
-    cpuStart = process.cpuUsage();
-    srvStart = sumCpu(spec.serverPids);
-    if (spec.counterPorts) countersBefore = snapshotCounters(spec.counterPorts);
-  }, Math.max(0, startAt - nowAbs()));
-  const endTimer = setTimeout(() => {
-    wallEnd = nowAbs();
-    cpuEnd = process.cpuUsage();
-    srvEnd = sumCpu(spec.serverPids);
-    if (spec.counterPorts) countersAfter = snapshotCounters(spec.counterPorts);
-  }, Math.max(0, endAt - nowAbs()));
-
-  const reportBound = Math.max(0, endAt - nowAbs()) + waitMs + DRAIN_MARGIN_MS + CLOSE_GRACE_MS + REPORT_MARGIN_MS;
-  const reports = await Promise.race([
-    Promise.all(threads.map((t) => t.done)),
-    sleep(reportBound).then(() => undefined),
-  ]);
-  clearTimeout(startTimer);
-  clearTimeout(endTimer);
-  await terminateAll();
-  const got = (reports ?? []).filter((x): x is ThreadReport => x !== undefined);
-  const missing = nThreads - got.length;
-
-  const windowS = wallEnd > wallStart ? (wallEnd - wallStart) / 1000 : seconds;
-  const cpuUs = cpuStart && cpuEnd ? cpuEnd.user - cpuStart.user + cpuEnd.system - cpuStart.system : 0;
   const sum = (f: (r: ThreadReport) => number) => got.reduce((s, r) => s + f(r), 0);
   const grantsPer = new Array<number>(clients).fill(0);
   for (const r of got) for (const [id, n] of r.grants) grantsPer[id] = n;
@@ -617,7 +485,7 @@ async function runScenario(spec: RunSpec): Promise<RunResult> {
     ...(spec.pass ? { pass: spec.pass } : {}),
     clients,
     clientThreads: nThreads,
-    windowS: Math.round(windowS * 1000) / 1000,
+    windowS: Math.round(run.windowS * 1000) / 1000,
     cycles: sum((r) => r.cycles),
     cyclesPerSec: Math.round(sum((r) => r.cycles) / seconds),
     acquire: latency(got.flatMap((r) => r.acquireLat)),
@@ -628,8 +496,8 @@ async function runScenario(spec: RunSpec): Promise<RunResult> {
     exclusionViolations: sum((r) => r.violations),
     tokenRegressions: sum((r) => r.tokenRegressions),
     triesPerGrant: grantCount > 0 ? Math.round((sum((r) => r.tries) / grantCount) * 100) / 100 : null,
-    clientCpuPct: Math.round(cpuUs / 1e4 / windowS),
-    serverCpuPct: srvStart !== undefined && srvEnd !== undefined ? Math.round(((srvEnd - srvStart) * 100) / windowS) : null,
+    clientCpuPct: run.clientCpuPct,
+    serverCpuPct: run.serverCpuPct,
     drainTimedOut: got.some((r) => r.drainTimedOut) || missing > 0,
   };
   if (missing > 0) result.errorSamples.push(`${missing} client thread(s) did not report within ${reportBound} ms and were terminated`);
@@ -647,19 +515,7 @@ async function runScenario(spec: RunSpec): Promise<RunResult> {
       handoffGap: latency(got.flatMap((r) => r.gapLat)),
     };
   }
-  if (countersBefore && countersAfter) {
-    const [b, a] = await Promise.all([countersBefore, countersAfter]);
-    if (a && b) {
-      const d = (f: keyof NodeCounters) => a.reduce((s, x, i) => s + x[f] - b[i]![f], 0);
-      result.counters = {
-        commands: d('commands'),
-        forwarded: d('forwarded'),
-        workerErrors: d('workerErrors'),
-        failedCalls: d('failedCalls'),
-        termBumps: Math.max(...a.map((x, i) => x.termSum - b[i]!.termSum)),
-      };
-    }
-  }
+  if (run.counters) result.counters = run.counters;
   return result;
 }
 
@@ -672,9 +528,6 @@ const infra: Record<string, unknown> = {};
 const startedAt = new Date();
 const load0 = loadavg();
 
-function fmtMs(x: number | null): string {
-  return x === null ? '-' : x < 10 ? x.toFixed(2) : x.toFixed(1);
-}
 
 function oneLine(r: RunResult): string {
   const f = r.fairness
@@ -988,11 +841,6 @@ function parseOptions(): Options {
 async function main(): Promise<void> {
   opts = parseOptions();
   process.chdir(findRoot());
-  try {
-    clkTck = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || clkTck;
-  } catch {
-    // keep the Linux default
-  }
   const { scenarios, seconds, clients, skipRedis, skipLockstep, skipEtcd } = opts;
   if (!skipRedis || !skipLockstep) await requireRedisTools();
   const runsPerSystem = scenarios.length;

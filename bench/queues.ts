@@ -20,9 +20,9 @@
  *          reported: when producers outrun consumers the latency includes the queue's growth.
  *   redis  `redis-benchmark -t lpush,rpop -c 50 -P 1` and `-P 16` (CSV) against Lockstep node 1 and the single
  *          redis-server; -n is sized by a short unmeasured probe so a measured run takes about --seconds.
- * Client threads: the clients run on --client-threads worker threads (default: the core count, at most 4; this
- * same file is the thread entry), as in bench/locks.ts. NATS clients get one connection per producer / consumer
- * (like Lockstep) unless --nats-conns thread (one connection per client thread).
+ * Client threads: the clients run on --client-threads worker threads (default: the core count, at most 4; this same
+ * file is the thread entry; the runner is bench/lib/client-threads.ts), as in bench/locks.ts. NATS clients get one
+ * connection per producer / consumer (like Lockstep) unless --nats-conns thread (one connection per client thread).
  * Reported: a table, ratios (Lockstep over NATS and over Redis, same run), the targets computed from the figures
  * (never hard-coded): >= TARGET_PUSHES_PER_S acknowledged pushes/s with N partitions and pipelined producers, and
  * ahead of JetStream R3 (push and pop+ack); writes bench/results/queues-<timestamp>.json.
@@ -34,21 +34,38 @@
  *
  * Invariants: every loop is bounded by time (window + COMMAND_TIMEOUT_MS + DRAIN_MARGIN_MS, then connections are
  * closed; a client thread that still does not report is terminated); every process started is stopped in finally
- * blocks, and on exit / SIGINT by bench/lib/cluster.ts (Lockstep, redis-server, redis-benchmark) and
- * bench/lib/nats.ts (nats-server). The Lockstep nodes run the CLI of the tree this file was compiled into. If the
- * build answers "unknown command" to Q.PUSH (or LPUSH), that part is skipped with a note and the peers still run.
+ * blocks, and on exit / SIGINT by bench/lib/cluster.ts (Lockstep, redis-server, redis-benchmark) and bench/lib/procs.ts
+ * (nats-server, started by bench/lib/nats.ts). The Lockstep nodes run the CLI of the tree this file was compiled into.
+ * If the build answers "unknown command" to Q.PUSH (or LPUSH), that part is skipped with a note and the peers still
+ * run.
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
-import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
+import { isMainThread, workerData } from 'node:worker_threads';
 import { Redis } from 'ioredis';
 import { argValue, printTable, writeResult } from './lib/procs.js';
 import {
-  nodeCounters,
+  clientThreadMain,
+  connectResp,
+  dealClients,
+  DRAIN_MARGIN_MS,
+  fmtMs,
+  latency,
+  nowAbs,
+  runClientThreads,
+  SETUP_TIMEOUT_MS,
+  sleep,
+  WARMUP_MS,
+  type ClientWindow,
+  type CounterDeltas,
+  type Latency,
+  type ThreadLoops,
+} from './lib/client-threads.js';
+import {
   requireRedisTools,
   runRedisBenchmark,
   startCluster,
@@ -58,7 +75,6 @@ import {
   type BenchRun,
   type LockstepCluster,
   type LogSummary,
-  type NodeCounters,
   type NodeExit,
 } from './lib/cluster.js';
 import { findNatsServer, startNatsCluster, type NatsCluster, type NatsExit } from './lib/nats.js';
@@ -88,18 +104,12 @@ const QE2EN = 'bench-e2en';
 const NATS_STREAM = { main: 'BENCH', e2e: 'BENCHE2E' } as const;
 const NATS_SUBJECT = { main: 'bench.q', e2e: 'benche2e.q' } as const;
 const NATS_DURABLE = 'bench-pull';
-/** Unmeasured warm-up before every window. */
-const WARMUP_MS = 1_000;
-/** How long the client threads may take to open their connections. */
-const SETUP_TIMEOUT_MS = 30_000;
+/*
+ * Warm-up (WARMUP_MS), connection set-up bound and drain margins: bench/lib/client-threads.ts. After the window,
+ * loops get COMMAND_TIMEOUT_MS + DRAIN_MARGIN_MS to finish their current operation before connections close.
+ */
 /** Per-command timeout (RESP) and PubAck timeout (NATS). */
 const COMMAND_TIMEOUT_MS = 10_000;
-/** After the window, loops get COMMAND_TIMEOUT_MS + this to finish their current operation before connections close. */
-const DRAIN_MARGIN_MS = 5_000;
-/** After closing connections, how long to wait for the loops to notice (then the thread reports anyway). */
-const CLOSE_GRACE_MS = 5_000;
-/** Beyond its own drain bound, how long the main thread waits for a client thread's report before terminating it. */
-const REPORT_MARGIN_MS = 10_000;
 /** A loop sleeps this long after an error before trying again (no hot error loops). */
 const ERROR_BACKOFF_MS = 10;
 /** A pop loop (no BLOCK) sleeps this long after an empty pop. */
@@ -135,10 +145,6 @@ type Kind = 'push' | 'pop' | 'e2e';
 type Part = 'push' | 'pop' | 'e2e' | 'redis';
 const ALL_PARTS: Part[] = ['push', 'pop', 'e2e', 'redis'];
 
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-/** Wall-clock ms with sub-ms precision, comparable across threads. */
-const nowAbs = () => performance.timeOrigin + performance.now();
-
 // ---- client side (runs in the client threads) ----
 
 interface Msg {
@@ -162,21 +168,8 @@ interface Consumer {
   close(): void;
 }
 
-async function respClient(port: number): Promise<Redis> {
-  const c = new Redis({
-    host: '127.0.0.1',
-    port,
-    lazyConnect: true,
-    enableOfflineQueue: false,
-    maxRetriesPerRequest: 0,
-    retryStrategy: () => null,
-    commandTimeout: COMMAND_TIMEOUT_MS + BLOCK_MS,
-  });
-  c.on('error', () => {
-    // surfaced through the failing commands
-  });
-  await c.connect();
-  return c;
+function respClient(port: number): Promise<Redis> {
+  return connectResp(port, COMMAND_TIMEOUT_MS + BLOCK_MS);
 }
 
 async function lockstepProducer(port: number, queue: string): Promise<Producer> {
@@ -307,22 +300,13 @@ interface ThreadReport {
   aborted?: string;
 }
 
-type ToMain = { type: 'ready' } | { type: 'setup-failed'; message: string } | { type: 'done'; report: ThreadReport };
-interface GoMessage {
-  type: 'go';
-  /** Wall-clock ms (nowAbs): measured window [startAt, endAt]. */
-  startAt: number;
-  endAt: number;
-}
-
 /** A payload of `bytes` bytes (at least the prefix) starting with its creation time: "<ms since epoch>|xxxx...". */
 function makePayload(bytes: number, pad: string): string {
   const head = `${nowAbs().toFixed(3)}|`;
   return bytes > head.length ? head + pad.slice(0, bytes - head.length) : head;
 }
 
-async function threadMain(job: ThreadJob): Promise<void> {
-  const port = parentPort!;
+function threadMain(job: ThreadJob): Promise<void> {
   const { target, kind } = job;
   const i32 = new Int32Array(job.i32);
   const producers: Producer[] = [];
@@ -333,7 +317,7 @@ async function threadMain(job: ThreadJob): Promise<void> {
     for (const c of consumers) c.close();
     for (const nc of shared) void nc.close().catch(() => {});
   };
-  try {
+  const open = async (): Promise<void> => {
     if (target.system === 'nats') {
       const nats = await import('nats');
       const urls = target.urls!;
@@ -359,122 +343,106 @@ async function threadMain(job: ThreadJob): Promise<void> {
         consumers.push(await lockstepConsumer(ports[id % ports.length]!, target.queue, job.popCount, job.blockMs));
       }
     }
-  } catch (err) {
-    closeAll();
-    port.postMessage({ type: 'setup-failed', message: (err as Error).message } satisfies ToMain);
-    return;
-  }
-  const goMsg = new Promise<GoMessage>((resolve) => port.once('message', (m: GoMessage) => resolve(m)));
-  port.postMessage({ type: 'ready' } satisfies ToMain);
-  const go = await goMsg;
-  // This thread's clock: performance.now() at the window's edges.
-  const startAt = go.startAt - performance.timeOrigin;
-  const endAt = go.endAt - performance.timeOrigin;
-
-  const r: ThreadReport = {
-    pushLat: [], pushes: 0, cycleLat: [], e2eLat: [], acked: 0, popped: 0, ackMisses: 0, redeliveries: 0, emptyPops: 0,
-    lastAckAt: 0, firstEmptyAt: 0, badPayloads: 0, errors: 0, errorSamples: [], drainTimedOut: false,
-  };
-  const noteError = (err: unknown) => {
-    r.errors++;
-    const msg = (err as Error)?.message ?? String(err);
-    if (/unknown command/i.test(msg)) {
-      r.aborted = `unknown command: ${msg.slice(0, 200)}`;
-      Atomics.store(i32, 0, 1);
-    }
-    if (r.errorSamples.length < ERROR_SAMPLES_MAX) r.errorSamples.push(msg.slice(0, 300));
-  };
-  const running = () => Atomics.load(i32, 0) === 0 && performance.now() < endAt;
-  const pad = 'x'.repeat(job.payloadBytes);
-
-  const pushLoop = async (p: Producer): Promise<void> => {
-    while (running()) {
-      const a0 = performance.now();
-      try {
-        await p.push(makePayload(job.payloadBytes, pad));
-      } catch (err) {
-        noteError(err);
-        await sleep(ERROR_BACKOFF_MS);
-        continue;
-      }
-      const a1 = performance.now();
-      if (a0 >= startAt && a1 <= endAt) {
-        r.pushes++;
-        r.pushLat.push(a1 - a0);
-      }
-    }
   };
 
-  const popLoop = async (c: Consumer): Promise<void> => {
-    while (running()) {
-      const a0 = performance.now();
-      let msgs: Msg[];
-      try {
-        msgs = await c.take();
-      } catch (err) {
-        noteError(err);
-        await sleep(ERROR_BACKOFF_MS);
-        continue;
+  const start = ({ startAt, endAt }: ClientWindow): ThreadLoops<ThreadReport> => {
+    const r: ThreadReport = {
+      pushLat: [], pushes: 0, cycleLat: [], e2eLat: [], acked: 0, popped: 0, ackMisses: 0, redeliveries: 0, emptyPops: 0,
+      lastAckAt: 0, firstEmptyAt: 0, badPayloads: 0, errors: 0, errorSamples: [], drainTimedOut: false,
+    };
+    const noteError = (err: unknown) => {
+      r.errors++;
+      const msg = (err as Error)?.message ?? String(err);
+      if (/unknown command/i.test(msg)) {
+        r.aborted = `unknown command: ${msg.slice(0, 200)}`;
+        Atomics.store(i32, 0, 1);
       }
-      const a1 = performance.now();
-      if (msgs.length === 0) {
-        if (a1 >= startAt && a1 <= endAt) {
-          r.emptyPops++;
-          if (r.firstEmptyAt === 0) r.firstEmptyAt = a1 + performance.timeOrigin;
+      if (r.errorSamples.length < ERROR_SAMPLES_MAX) r.errorSamples.push(msg.slice(0, 300));
+    };
+    const running = () => Atomics.load(i32, 0) === 0 && performance.now() < endAt;
+    const pad = 'x'.repeat(job.payloadBytes);
+
+    const pushLoop = async (p: Producer): Promise<void> => {
+      while (running()) {
+        const a0 = performance.now();
+        try {
+          await p.push(makePayload(job.payloadBytes, pad));
+        } catch (err) {
+          noteError(err);
+          await sleep(ERROR_BACKOFF_MS);
+          continue;
         }
-        if (job.blockMs === 0) await sleep(EMPTY_BACKOFF_MS);
-        continue;
-      }
-      for (const m of msgs) {
-        if (m.deliveries > 1) r.redeliveries++;
-        if (kind === 'e2e' && m.receivedAt - performance.timeOrigin >= startAt && m.receivedAt - performance.timeOrigin <= endAt) {
-          const sent = parseFloat(m.payload);
-          if (Number.isFinite(sent)) r.e2eLat.push(m.receivedAt - sent);
-          else r.badPayloads++;
+        const a1 = performance.now();
+        if (a0 >= startAt && a1 <= endAt) {
+          r.pushes++;
+          r.pushLat.push(a1 - a0);
         }
       }
-      let acked: number;
-      try {
-        acked = await c.ack(msgs);
-      } catch (err) {
-        noteError(err);
-        await sleep(ERROR_BACKOFF_MS);
-        continue;
+    };
+
+    const popLoop = async (c: Consumer): Promise<void> => {
+      while (running()) {
+        const a0 = performance.now();
+        let msgs: Msg[];
+        try {
+          msgs = await c.take();
+        } catch (err) {
+          noteError(err);
+          await sleep(ERROR_BACKOFF_MS);
+          continue;
+        }
+        const a1 = performance.now();
+        if (msgs.length === 0) {
+          if (a1 >= startAt && a1 <= endAt) {
+            r.emptyPops++;
+            if (r.firstEmptyAt === 0) r.firstEmptyAt = a1 + performance.timeOrigin;
+          }
+          if (job.blockMs === 0) await sleep(EMPTY_BACKOFF_MS);
+          continue;
+        }
+        for (const m of msgs) {
+          if (m.deliveries > 1) r.redeliveries++;
+          if (kind === 'e2e' && m.receivedAt - performance.timeOrigin >= startAt && m.receivedAt - performance.timeOrigin <= endAt) {
+            const sent = parseFloat(m.payload);
+            if (Number.isFinite(sent)) r.e2eLat.push(m.receivedAt - sent);
+            else r.badPayloads++;
+          }
+        }
+        let acked: number;
+        try {
+          acked = await c.ack(msgs);
+        } catch (err) {
+          noteError(err);
+          await sleep(ERROR_BACKOFF_MS);
+          continue;
+        }
+        const a2 = performance.now();
+        if (a0 >= startAt && a2 <= endAt) {
+          r.popped += msgs.length;
+          r.acked += acked;
+          r.ackMisses += msgs.length - acked;
+          r.cycleLat.push(a2 - a0);
+          r.lastAckAt = Math.max(r.lastAckAt, a2 + performance.timeOrigin);
+        }
       }
-      const a2 = performance.now();
-      if (a0 >= startAt && a2 <= endAt) {
-        r.popped += msgs.length;
-        r.acked += acked;
-        r.ackMisses += msgs.length - acked;
-        r.cycleLat.push(a2 - a0);
-        r.lastAckAt = Math.max(r.lastAckAt, a2 + performance.timeOrigin);
-      }
-    }
+    };
+
+    const loops: Promise<void>[] = [];
+    if (kind !== 'pop') for (const p of producers) for (let k = 0; k < job.inflight; k++) loops.push(pushLoop(p));
+    if (kind !== 'push') for (const c of consumers) loops.push(popLoop(c));
+    return {
+      loops: Promise.all(loops),
+      report(drainTimedOut) {
+        r.drainTimedOut = drainTimedOut;
+        return r;
+      },
+    };
   };
 
-  const loops: Promise<void>[] = [];
-  if (kind !== 'pop') for (const p of producers) for (let k = 0; k < job.inflight; k++) loops.push(pushLoop(p));
-  if (kind !== 'push') for (const c of consumers) loops.push(popLoop(c));
-  const all = Promise.all(loops);
-  const drainBound = Math.max(0, endAt - performance.now()) + COMMAND_TIMEOUT_MS + DRAIN_MARGIN_MS;
-  const finished = await Promise.race([all.then(() => true), sleep(drainBound).then(() => false)]);
-  closeAll();
-  if (!finished) {
-    r.drainTimedOut = true;
-    await Promise.race([all, sleep(CLOSE_GRACE_MS)]);
-  }
-  port.postMessage({ type: 'done', report: r } satisfies ToMain);
+  return clientThreadMain<ThreadReport>({ open, start, drainMs: COMMAND_TIMEOUT_MS + DRAIN_MARGIN_MS, close: closeAll });
 }
 
 // ---- main thread ----
-
-interface Latency {
-  n: number;
-  p50Ms: number | null;
-  p99Ms: number | null;
-  maxMs: number | null;
-  meanMs: number | null;
-}
 
 interface RunResult {
   system: SystemName;
@@ -519,7 +487,7 @@ interface RunResult {
   drainTimedOut: boolean;
   aborted?: string;
   /** Lockstep: INFO counter deltas over the window, summed over the nodes. */
-  counters?: { commands: number; forwarded: number; workerErrors: number; failedCalls: number; termBumps: number };
+  counters?: CounterDeltas;
 }
 
 interface RbResult {
@@ -533,47 +501,6 @@ interface RbResult {
   requests: number;
   elapsedMs: number;
   error?: string;
-}
-
-function latency(xs: number[]): Latency {
-  if (xs.length === 0) return { n: 0, p50Ms: null, p99Ms: null, maxMs: null, meanMs: null };
-  const s = Float64Array.from(xs).sort();
-  const q = (p: number) => s[Math.min(s.length - 1, Math.max(0, Math.ceil(p * s.length) - 1))]!;
-  const r = (x: number) => Math.round(x * 1000) / 1000;
-  return { n: s.length, p50Ms: r(q(0.5)), p99Ms: r(q(0.99)), maxMs: r(s[s.length - 1]!), meanMs: r(s.reduce((a, b) => a + b, 0) / s.length) };
-}
-
-let clkTck = 100;
-
-/** CPU seconds (user + system, all threads) a process has used, from /proc; undefined if it is gone. */
-function procCpuSeconds(pid: number): number | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    // after "pid (comm) ", f[0] is field 3 (state); utime and stime are fields 14 and 15, i.e. f[11] and f[12]
-    return (Number(f[11]) + Number(f[12])) / clkTck;
-  } catch {
-    return undefined;
-  }
-}
-
-function sumCpu(pids: number[]): number | undefined {
-  if (pids.length === 0) return undefined;
-  let total = 0;
-  for (const p of pids) {
-    const c = procCpuSeconds(p);
-    if (c === undefined) return undefined;
-    total += c;
-  }
-  return total;
-}
-
-async function snapshotCounters(ports: number[]): Promise<NodeCounters[] | undefined> {
-  try {
-    return await Promise.all(ports.map((p) => nodeCounters(p)));
-  } catch {
-    return undefined;
-  }
 }
 
 /** Options, parsed on the main thread only (client threads get what they need in ThreadJob). */
@@ -622,87 +549,29 @@ async function runScenario(spec: RunSpec): Promise<RunResult> {
   const consumers = kind === 'push' ? 0 : opts.consumers;
   const nThreads = Math.max(1, Math.min(opts.clientThreads, Math.max(producers, consumers)));
   const i32 = new SharedArrayBuffer(Int32Array.BYTES_PER_ELEMENT);
-  const self = fileURLToPath(import.meta.url);
-  const threads = Array.from({ length: nThreads }, (_, t) => {
-    const job: ThreadJob = {
+  const producerIds = dealClients(producers, nThreads);
+  const consumerIds = dealClients(consumers, nThreads);
+  const run = await runClientThreads<ThreadJob, ThreadReport>({
+    entry: fileURLToPath(import.meta.url),
+    jobs: Array.from({ length: nThreads }, (_, t) => ({
       target: spec.target,
       kind,
-      producerIds: Array.from({ length: producers }, (_, i) => i).filter((i) => i % nThreads === t),
-      consumerIds: Array.from({ length: consumers }, (_, i) => i).filter((i) => i % nThreads === t),
+      producerIds: producerIds[t]!,
+      consumerIds: consumerIds[t]!,
       inflight: spec.inflight,
       payloadBytes: opts.payload,
       popCount: opts.popCount,
       blockMs: kind === 'e2e' ? BLOCK_MS : 0,
       i32,
-    };
-    const w = new Worker(self, { workerData: job });
-    let onReady!: () => void;
-    let onSetupFail!: (e: Error) => void;
-    let onDone!: (r: ThreadReport | undefined) => void;
-    const ready = new Promise<void>((res, rej) => ((onReady = res), (onSetupFail = rej)));
-    const done = new Promise<ThreadReport | undefined>((res) => (onDone = res));
-    w.on('message', (m: ToMain) => {
-      if (m.type === 'ready') onReady();
-      else if (m.type === 'setup-failed') onSetupFail(new Error(m.message));
-      else onDone(m.report);
-    });
-    w.on('error', (e) => {
-      onSetupFail(e);
-      onDone(undefined);
-    });
-    w.on('exit', () => {
-      onSetupFail(new Error('client thread exited before it was ready'));
-      onDone(undefined);
-    });
-    return { w, ready, done };
+    })),
+    seconds,
+    drainMs: COMMAND_TIMEOUT_MS + DRAIN_MARGIN_MS,
+    serverPids: spec.serverPids,
+    ...(spec.counterPorts ? { counterPorts: spec.counterPorts } : {}),
   });
-  const terminateAll = () => Promise.all(threads.map((t) => t.w.terminate()));
-  try {
-    await Promise.race([
-      Promise.all(threads.map((t) => t.ready)),
-      sleep(SETUP_TIMEOUT_MS).then(() => {
-        throw new Error(`client connections not open within ${SETUP_TIMEOUT_MS} ms`);
-      }),
-    ]);
-  } catch (err) {
-    await terminateAll();
-    throw err;
-  }
+  const got = run.reports;
+  const { missing, reportBoundMs: reportBound, startAt, windowS } = run;
 
-  const startAt = nowAbs() + WARMUP_MS;
-  const endAt = startAt + seconds * 1000;
-  for (const t of threads) t.w.postMessage({ type: 'go', startAt, endAt } satisfies GoMessage);
-  let cpuStart: NodeJS.CpuUsage | undefined;
-  let cpuEnd: NodeJS.CpuUsage | undefined;
-  let srvStart: number | undefined;
-  let srvEnd: number | undefined;
-  let wallStart = 0;
-  let wallEnd = 0;
-  let countersBefore: Promise<NodeCounters[] | undefined> | undefined;
-  let countersAfter: Promise<NodeCounters[] | undefined> | undefined;
-  const startTimer = setTimeout(() => {
-    wallStart = nowAbs();
-    cpuStart = process.cpuUsage();
-    srvStart = sumCpu(spec.serverPids);
-    if (spec.counterPorts) countersBefore = snapshotCounters(spec.counterPorts);
-  }, Math.max(0, startAt - nowAbs()));
-  const endTimer = setTimeout(() => {
-    wallEnd = nowAbs();
-    cpuEnd = process.cpuUsage();
-    srvEnd = sumCpu(spec.serverPids);
-    if (spec.counterPorts) countersAfter = snapshotCounters(spec.counterPorts);
-  }, Math.max(0, endAt - nowAbs()));
-
-  const reportBound = Math.max(0, endAt - nowAbs()) + COMMAND_TIMEOUT_MS + DRAIN_MARGIN_MS + CLOSE_GRACE_MS + REPORT_MARGIN_MS;
-  const reports = await Promise.race([Promise.all(threads.map((t) => t.done)), sleep(reportBound).then(() => undefined)]);
-  clearTimeout(startTimer);
-  clearTimeout(endTimer);
-  await terminateAll();
-  const got = (reports ?? []).filter((x): x is ThreadReport => x !== undefined);
-  const missing = nThreads - got.length;
-
-  const windowS = wallEnd > wallStart ? (wallEnd - wallStart) / 1000 : seconds;
-  const cpuUs = cpuStart && cpuEnd ? cpuEnd.user - cpuStart.user + cpuEnd.system - cpuStart.system : 0;
   const sum = (f: (r: ThreadReport) => number) => got.reduce((s, r) => s + f(r), 0);
   let backlogAfter: number | null = null;
   if (spec.backlog) {
@@ -746,28 +615,16 @@ async function runScenario(spec: RunSpec): Promise<RunResult> {
     backlogAfter,
     errors: sum((r) => r.errors),
     errorSamples: got.flatMap((r) => r.errorSamples).slice(0, ERROR_SAMPLES_MAX),
-    clientCpuPct: Math.round(cpuUs / 1e4 / windowS),
-    serverCpuPct: srvStart !== undefined && srvEnd !== undefined ? Math.round(((srvEnd - srvStart) * 100) / windowS) : null,
+    clientCpuPct: run.clientCpuPct,
+    serverCpuPct: run.serverCpuPct,
     serverCpuUsPerMsg: null,
     drainTimedOut: got.some((r) => r.drainTimedOut) || missing > 0,
   };
   const perSec = kind === 'pop' ? result.ackedPerSec : result.pushesPerSec;
-  if (srvStart !== undefined && srvEnd !== undefined && perSec > 0) result.serverCpuUsPerMsg = Math.round(((srvEnd - srvStart) * 1e6) / windowS / perSec);
+  if (run.serverCpuS !== null && perSec > 0) result.serverCpuUsPerMsg = Math.round((run.serverCpuS * 1e6) / windowS / perSec);
   if (missing > 0) result.errorSamples.push(`${missing} client thread(s) did not report within ${reportBound} ms and were terminated`);
   if (aborted !== undefined) result.aborted = aborted;
-  if (countersBefore && countersAfter) {
-    const [b, a] = await Promise.all([countersBefore, countersAfter]);
-    if (a && b) {
-      const d = (f: keyof NodeCounters) => a.reduce((s, x, i) => s + x[f] - b[i]![f], 0);
-      result.counters = {
-        commands: d('commands'),
-        forwarded: d('forwarded'),
-        workerErrors: d('workerErrors'),
-        failedCalls: d('failedCalls'),
-        termBumps: Math.max(...a.map((x, i) => x.termSum - b[i]!.termSum)),
-      };
-    }
-  }
+  if (run.counters) result.counters = run.counters;
   return result;
 }
 
@@ -781,9 +638,6 @@ const infra: Record<string, unknown> = {};
 const startedAt = new Date();
 const load0 = loadavg();
 
-function fmtMs(x: number | null): string {
-  return x === null ? '-' : x < 10 ? x.toFixed(2) : x.toFixed(1);
-}
 
 function badList(r: RunResult): string[] {
   return [
@@ -1371,11 +1225,6 @@ function parseOptions(): Options {
 async function main(): Promise<void> {
   opts = parseOptions();
   process.chdir(findRoot());
-  try {
-    clkTck = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || clkTck;
-  } catch {
-    // keep the Linux default
-  }
   const { seconds, skipRedis, skipLockstep, skipNats } = opts;
   const rbWanted = wants('redis');
   if ((rbWanted && !skipRedis) || !skipLockstep) await requireRedisTools();
@@ -1420,7 +1269,7 @@ async function main(): Promise<void> {
 }
 
 if (isMainThread) {
-  // SIGINT / SIGTERM (bench/lib/cluster.ts and bench/lib/nats.ts exit with 130 after killing their processes) or an
+  // SIGINT / SIGTERM (bench/lib/procs.ts and bench/lib/cluster.ts exit with 130 after killing their processes) or an
   // uncaught error: print and write what was measured so far.
   process.on('exit', () => {
     if (!finished && (results.length > 0 || rbResults.length > 0)) finish(true);

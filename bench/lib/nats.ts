@@ -2,18 +2,27 @@
  * NATS peer plumbing for the benchmarks (used by bench/queues.ts): finding the nats-server binary, starting an
  * N-server NATS cluster with JetStream (file storage) on loopback (free client, cluster-route and monitoring ports,
  * one config file and one store dir per server under one temp root), waiting until every server's /healthz says
- * ok (in 2.9 that needs JetStream enabled and current with the meta leader), and stopping the servers by PID.
+ * ok (in 2.9 that needs JetStream enabled and current with the meta leader), and stopping the servers.
  *
- * Invariants: every nats-server started here is registered by PID until it has exited and is SIGKILLed when this
- * process exits (normally, by SIGINT/SIGTERM/SIGHUP, or on an uncaught error); the temp root is removed on stop(),
- * when the start fails, and again on exit. A server's stdout/stderr go to a log file in the temp root; a failed
- * start reports the tail of each log before the root is removed. Limits are named constants below.
+ * Invariants: every nats-server started here is registered (bench/lib/procs.ts) until it has exited and is SIGKILLed
+ * when this process exits (normally, by SIGINT/SIGTERM/SIGHUP, or on an uncaught error); the temp root is removed on
+ * stop(), when the start fails, and again on exit. A server's stdout/stderr go to a log file in the temp root; a
+ * failed start reports the tail of each log before the root is removed. Limits are named constants below.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { delimiter, join } from 'node:path';
-import { freePort } from './procs.js';
+import { type ChildProcess } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import {
+  distinctFreePorts,
+  findBinary,
+  httpJson,
+  logTail,
+  makeTempDir,
+  removeTempDir,
+  spawnTracked,
+  stopProcess,
+  waitAllHealthy,
+} from './procs.js';
 
 /** Where Debian's nats-server package puts the binary; PATH is searched when it is not there. */
 export const NATS_DEFAULT_BINS = ['/usr/sbin/nats-server', '/usr/bin/nats-server'];
@@ -32,34 +41,9 @@ const LOG_TAIL_BYTES = 1_500;
 /** Attempts to draw distinct free ports (freePort can hand out the same port twice in a row). */
 const PORT_ATTEMPTS = 300;
 
-const running = new Map<number, ChildProcess>();
-const roots = new Set<string>();
-
-function cleanupSync(): void {
-  for (const [pid] of running) {
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {
-      // already gone
-    }
-  }
-  for (const d of roots) rmSync(d, { recursive: true, force: true, maxRetries: 3 });
-}
-process.on('exit', cleanupSync);
-for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-  process.once(sig, () => {
-    console.error(`\n${sig}: stopping every nats-server started by the benchmark`);
-    process.exit(130);
-  });
-}
-
 /** The nats-server binary: a Debian location, else the first `nats-server` on PATH; undefined when not installed. */
 export function findNatsServer(): string | undefined {
-  for (const b of NATS_DEFAULT_BINS) if (existsSync(b)) return b;
-  for (const dir of (process.env.PATH ?? '').split(delimiter)) {
-    if (dir !== '' && existsSync(join(dir, 'nats-server'))) return join(dir, 'nats-server');
-  }
-  return undefined;
+  return findBinary('nats-server', NATS_DEFAULT_BINS);
 }
 
 export interface NatsServerInfo {
@@ -95,55 +79,9 @@ export interface NatsOptions {
   servers: number;
 }
 
-async function distinctFreePorts(n: number): Promise<number[]> {
-  const ports: number[] = [];
-  for (let i = 0; i < PORT_ATTEMPTS && ports.length < n; i++) {
-    const p = await freePort();
-    if (!ports.includes(p)) ports.push(p);
-  }
-  if (ports.length < n) throw new Error(`could not find ${n} distinct free ports`);
-  return ports;
-}
-
 async function healthy(monitorPort: number): Promise<boolean> {
-  try {
-    const res = await fetch(`http://127.0.0.1:${monitorPort}/healthz`, { signal: AbortSignal.timeout(NATS_HEALTH_REQUEST_TIMEOUT_MS) });
-    if (!res.ok) return false;
-    const body = (await res.json()) as { status?: unknown };
-    return body.status === 'ok';
-  } catch {
-    return false;
-  }
-}
-
-function logTail(file: string): string {
-  try {
-    return readFileSync(file, 'utf8').slice(-LOG_TAIL_BYTES).trim();
-  } catch {
-    return '(no log)';
-  }
-}
-
-async function stopServer(child: ChildProcess, exited: Promise<unknown>): Promise<void> {
-  const pid = child.pid;
-  if (pid === undefined || child.exitCode !== null || child.signalCode !== null) {
-    await exited;
-    return;
-  }
-  try {
-    process.kill(pid, 'SIGTERM');
-  } catch {
-    // already gone
-  }
-  const t = setTimeout(() => {
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {
-      // already gone
-    }
-  }, NATS_STOP_GRACE_MS);
-  await exited;
-  clearTimeout(t);
+  const body = (await httpJson(`http://127.0.0.1:${monitorPort}/healthz`, NATS_HEALTH_REQUEST_TIMEOUT_MS)) as { status?: unknown } | undefined;
+  return body?.status === 'ok';
 }
 
 /** nats-server's config syntax takes JSON-style quoted strings. */
@@ -151,9 +89,8 @@ const q = (s: string) => JSON.stringify(s);
 
 /** Starts `servers` nats-server processes forming one JetStream cluster and waits until each reports healthy. */
 export async function startNatsCluster(o: NatsOptions): Promise<NatsCluster> {
-  const ports = await distinctFreePorts(3 * o.servers);
-  const root = mkdtempSync(join(tmpdir(), 'bench-nats-'));
-  roots.add(root);
+  const ports = await distinctFreePorts(3 * o.servers, PORT_ATTEMPTS);
+  const root = makeTempDir('bench-nats-');
   const specs = Array.from({ length: o.servers }, (_, i) => ({
     name: `n${i + 1}`,
     clientPort: ports[3 * i]!,
@@ -165,9 +102,8 @@ export async function startNatsCluster(o: NatsOptions): Promise<NatsCluster> {
   const procs: { server: NatsServerInfo; child: ChildProcess; exited: Promise<void>; log: string }[] = [];
   const stopAll = async (): Promise<NatsExit[]> => {
     stopping = true;
-    await Promise.all(procs.map((p) => stopServer(p.child, p.exited)));
-    rmSync(root, { recursive: true, force: true, maxRetries: 3 });
-    roots.delete(root);
+    await Promise.all(procs.map((p) => stopProcess(p.child, p.exited, NATS_STOP_GRACE_MS)));
+    removeTempDir(root);
     return exits;
   };
   const t0 = Date.now();
@@ -197,31 +133,24 @@ export async function startNatsCluster(o: NatsOptions): Promise<NatsCluster> {
         ].join('\n'),
       );
       const log = join(root, `${s.name}.log`);
-      const fd = openSync(log, 'a');
-      const child = spawn(o.bin, ['-c', conf], { stdio: ['ignore', fd, fd] });
-      closeSync(fd);
-      // spawn reports a missing binary asynchronously via 'error' (and then no 'exit'); treat it as an exit.
-      const exited = new Promise<void>((resolve) => {
-        const done = (code: number | null, signal: NodeJS.Signals | null) => {
-          if (child.pid !== undefined) running.delete(child.pid);
-          exits.push({ name: s.name, code, signal, unexpected: !stopping });
-          resolve();
-        };
-        child.once('exit', done);
-        child.once('error', () => done(null, null));
+      const t = spawnTracked(o.bin, ['-c', conf], { logFile: log });
+      const exited = t.exited.then(({ code, signal }) => {
+        exits.push({ name: s.name, code, signal, unexpected: !stopping });
       });
-      if (child.pid !== undefined) running.set(child.pid, child);
-      procs.push({ server: { ...s, pid: child.pid ?? -1, url: `nats://127.0.0.1:${s.clientPort}` }, child, exited, log });
+      procs.push({ server: { ...s, pid: t.child.pid ?? -1, url: `nats://127.0.0.1:${s.clientPort}` }, child: t.child, exited, log });
     }
-    const pending = new Set(specs.map((s) => s.monitorPort));
-    while (pending.size > 0) {
-      if (Date.now() - t0 > NATS_START_TIMEOUT_MS) throw new Error(`nats-servers with monitor ports ${[...pending].join(',')} not healthy within ${NATS_START_TIMEOUT_MS} ms`);
-      if (exits.length > 0) throw new Error(`nats-server(s) exited while starting: ${JSON.stringify(exits)}`);
-      for (const port of [...pending]) if (await healthy(port)) pending.delete(port);
-      if (pending.size > 0) await new Promise((r) => setTimeout(r, NATS_HEALTH_POLL_MS));
-    }
+    await waitAllHealthy(
+      specs.map((s) => s.monitorPort),
+      healthy,
+      {
+        timeoutMs: NATS_START_TIMEOUT_MS,
+        pollMs: NATS_HEALTH_POLL_MS,
+        timeoutMessage: (pending) => `nats-servers with monitor ports ${pending.join(',')} not healthy within ${NATS_START_TIMEOUT_MS} ms`,
+        failure: () => (exits.length > 0 ? `nats-server(s) exited while starting: ${JSON.stringify(exits)}` : undefined),
+      },
+    );
   } catch (err) {
-    const tails = procs.map((p) => `--- ${p.server.name}.log ---\n${logTail(p.log)}`).join('\n');
+    const tails = procs.map((p) => `--- ${p.server.name}.log ---\n${logTail(p.log, LOG_TAIL_BYTES)}`).join('\n');
     await stopAll();
     throw new Error(`${(err as Error).message}\n${tails}`);
   }

@@ -1,20 +1,140 @@
 /**
- * Benchmark plumbing shared by the scripts in bench/: free loopback ports, starting and stopping a Lockstep node
- * and a redis-server as child processes, running redis-benchmark and parsing its CSV, and printing a table plus a
- * JSON result file. Every process started here is killed on exit.
+ * Benchmark plumbing shared by the scripts in bench/: a registry of the child processes and temp dirs a benchmark
+ * makes, spawning and stopping tracked processes (optionally logging to a file), finding a binary, free loopback
+ * ports, polling servers until healthy, starting and stopping a Lockstep node and a redis-server as child processes,
+ * running redis-benchmark and parsing its CSV, and printing a table plus a JSON result file.
+ *
+ * Invariants: every process spawned here (spawnTracked, startRedis, startLockstepNode, startFrontEndNode) is
+ * registered until it has exited and is SIGKILLed when this process exits (normally, by SIGINT / SIGTERM / SIGHUP,
+ * which exit with 130, or on an uncaught error); every temp dir made here (makeTempDir) is removed by its owner's
+ * stop() and again on exit. A spawn that fails ('error', e.g. a missing binary) counts as an exit. Limits are named
+ * constants below or parameters of the helpers.
  */
-import { spawn, type ChildProcess, execFile } from 'node:child_process';
-import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { spawn, type ChildProcess, execFile, type SpawnOptions } from 'node:child_process';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { delimiter, join } from 'node:path';
 import { promisify } from 'node:util';
 
 const exec = promisify(execFile);
+
+/** Grace between SIGTERM and SIGKILL for the processes started by startRedis / startLockstepNode / startFrontEndNode. */
+export const PROC_STOP_GRACE_MS = 5_000;
+/** How long startRedis / startLockstepNode / startFrontEndNode wait for PING by default. */
+export const PING_TIMEOUT_MS = 15_000;
+/** Attempts distinctFreePorts makes by default (freePort can hand out the same port twice in a row). */
+export const FREE_PORT_ATTEMPTS = 200;
+
 const children = new Set<ChildProcess>();
-process.on('exit', () => {
-  for (const c of children) c.kill('SIGKILL');
-});
+const tempDirs = new Set<string>();
+
+function cleanupSync(): void {
+  for (const c of children) {
+    try {
+      c.kill('SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+  for (const d of tempDirs) rmSync(d, { recursive: true, force: true, maxRetries: 3 });
+}
+process.on('exit', cleanupSync);
+for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+  process.once(sig, () => {
+    console.error(`\n${sig}: stopping every process started by the benchmark`);
+    process.exit(130);
+  });
+}
+
+/** A new temp dir under the OS temp dir, removed by removeTempDir or on exit. */
+export function makeTempDir(prefix: string): string {
+  const d = mkdtempSync(join(tmpdir(), prefix));
+  tempDirs.add(d);
+  return d;
+}
+
+export function removeTempDir(d: string): void {
+  rmSync(d, { recursive: true, force: true, maxRetries: 3 });
+  tempDirs.delete(d);
+}
+
+export interface ProcExit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+}
+
+export interface TrackedProc {
+  child: ChildProcess;
+  /** Resolves once, when the process exited or could not be spawned ('error': code and signal null). */
+  exited: Promise<ProcExit>;
+}
+
+/**
+ * Spawns `bin args` and registers it until it exits. With logFile, stdout and stderr are appended to that file
+ * (stdin ignored); otherwise options.stdio applies.
+ */
+export function spawnTracked(bin: string, args: string[], options: SpawnOptions & { logFile?: string } = {}): TrackedProc {
+  const { logFile, ...spawnOptions } = options;
+  let child: ChildProcess;
+  if (logFile !== undefined) {
+    const fd = openSync(logFile, 'a');
+    try {
+      child = spawn(bin, args, { ...spawnOptions, stdio: ['ignore', fd, fd] });
+    } finally {
+      closeSync(fd);
+    }
+  } else {
+    child = spawn(bin, args, spawnOptions);
+  }
+  children.add(child);
+  const exited = new Promise<ProcExit>((resolve) => {
+    const done = (code: number | null, signal: NodeJS.Signals | null) => {
+      children.delete(child);
+      resolve({ code, signal });
+    };
+    child.once('exit', done);
+    child.once('error', () => done(null, null));
+  });
+  return { child, exited };
+}
+
+/** SIGTERM, then SIGKILL after graceMs; resolves when the process has exited (at once if it already has). */
+export async function stopProcess(child: ChildProcess, exited: Promise<unknown>, graceMs: number): Promise<void> {
+  if (child.pid === undefined || child.exitCode !== null || child.signalCode !== null) {
+    await exited;
+    return;
+  }
+  const kill = (sig: NodeJS.Signals) => {
+    try {
+      child.kill(sig);
+    } catch {
+      // already gone
+    }
+  };
+  kill('SIGTERM');
+  const t = setTimeout(() => kill('SIGKILL'), graceMs);
+  await exited;
+  clearTimeout(t);
+}
+
+/** The first of `defaults` that exists, else the first `name` on PATH; undefined when not installed. */
+export function findBinary(name: string, defaults: readonly string[] = []): string | undefined {
+  for (const b of defaults) if (existsSync(b)) return b;
+  for (const dir of (process.env.PATH ?? '').split(delimiter)) {
+    if (dir !== '' && existsSync(join(dir, name))) return join(dir, name);
+  }
+  return undefined;
+}
+
+/** The last `bytes` bytes of a log file, trimmed ('(no log)' when it cannot be read). */
+export function logTail(file: string, bytes: number): string {
+  try {
+    return readFileSync(file, 'utf8').slice(-bytes).trim();
+  } catch {
+    return '(no log)';
+  }
+}
 
 export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -26,7 +146,51 @@ export function freePort(): Promise<number> {
   });
 }
 
-export async function waitForPing(port: number, timeoutMs = 15_000): Promise<void> {
+/** n distinct free ports, drawing at most `attempts` times. */
+export async function distinctFreePorts(n: number, attempts = FREE_PORT_ATTEMPTS): Promise<number[]> {
+  const ports: number[] = [];
+  for (let i = 0; i < attempts && ports.length < n; i++) {
+    const p = await freePort();
+    if (!ports.includes(p)) ports.push(p);
+  }
+  if (ports.length < n) throw new Error(`could not find ${n} distinct free ports`);
+  return ports;
+}
+
+/** GET url and parse the body as JSON; undefined on any failure (refused, timeout, non-2xx, not JSON). */
+export async function httpJson(url: string, timeoutMs: number): Promise<unknown> {
+  try {
+    const res = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) });
+    if (!res.ok) return undefined;
+    return await res.json();
+  } catch {
+    return undefined;
+  }
+}
+
+export interface HealthWait {
+  timeoutMs: number;
+  pollMs: number;
+  /** The timeout error message, given the keys still pending. */
+  timeoutMessage(pending: number[]): string;
+  /** A reason to give up at once (e.g. a process exited), checked before every round. */
+  failure?(): string | undefined;
+}
+
+/** Polls `healthy(key)` for every key, each round every pending one, until all are healthy; throws on timeout. */
+export async function waitAllHealthy(keys: number[], healthy: (key: number) => Promise<boolean>, w: HealthWait): Promise<void> {
+  const t0 = Date.now();
+  const pending = new Set(keys);
+  while (pending.size > 0) {
+    if (Date.now() - t0 > w.timeoutMs) throw new Error(w.timeoutMessage([...pending]));
+    const failed = w.failure?.();
+    if (failed !== undefined) throw new Error(failed);
+    for (const k of [...pending]) if (await healthy(k)) pending.delete(k);
+    if (pending.size > 0) await new Promise((r) => setTimeout(r, w.pollMs));
+  }
+}
+
+export async function waitForPing(port: number, timeoutMs = PING_TIMEOUT_MS): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     try {
@@ -46,45 +210,47 @@ export interface Proc {
   stop(): Promise<void>;
 }
 
-function track(child: ChildProcess, port: number): Proc {
-  children.add(child);
-  const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()));
+/** A tracked process on `port`; stop() ends it and then removes `dir` (its temp dir), if any. */
+function asProc(t: TrackedProc, port: number, dir?: string): Proc {
   return {
     port,
-    child,
+    child: t.child,
     async stop() {
-      child.kill('SIGTERM');
-      const t = setTimeout(() => child.kill('SIGKILL'), 5000);
-      await exited;
-      clearTimeout(t);
-      children.delete(child);
+      await stopProcess(t.child, t.exited, PROC_STOP_GRACE_MS);
+      if (dir !== undefined) removeTempDir(dir);
     },
   };
 }
 
+/** Waits for PING; on failure stops the process (and removes its dir) before rethrowing. */
+async function pinged(p: Proc): Promise<Proc> {
+  try {
+    await waitForPing(p.port);
+  } catch (err) {
+    await p.stop();
+    throw err;
+  }
+  return p;
+}
+
 export async function startRedis(opts: { appendfsync?: 'always' | 'everysec' | 'no' } = {}): Promise<Proc> {
   const port = await freePort();
-  const dir = mkdtempSync(join(tmpdir(), 'bench-redis-'));
+  const dir = makeTempDir('bench-redis-');
   const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--dir', dir];
   if (opts.appendfsync) args.push('--appendonly', 'yes', '--appendfsync', opts.appendfsync);
   else args.push('--appendonly', 'no');
-  const child = spawn('redis-server', args, { stdio: 'ignore' });
-  const p = track(child, port);
-  await waitForPing(port);
-  return p;
+  return pinged(asProc(spawnTracked('redis-server', args, { stdio: 'ignore' }), port, dir));
 }
 
 export async function startLockstepNode(extraArgs: string[] = [], nodeFlags: string[] = []): Promise<Proc> {
   const port = await freePort();
-  const dir = mkdtempSync(join(tmpdir(), 'bench-lockstep-'));
-  const child = spawn(
+  const dir = makeTempDir('bench-lockstep-');
+  const t = spawnTracked(
     process.execPath,
     [...nodeFlags, 'bin/lockstep.js', 'node', '--port', String(port), '--data-dir', dir, '--log-level', 'warn', ...extraArgs],
     { stdio: ['ignore', 'ignore', 'inherit'] },
   );
-  const p = track(child, port);
-  await waitForPing(port);
-  return p;
+  return pinged(asProc(t, port, dir));
 }
 
 export interface BenchRow {
@@ -134,10 +300,8 @@ export function argValue(name: string, fallback: string): string {
 /** The RESP front end + node-local store only (bench/lib/front-end-node.ts), for measuring that layer. */
 export async function startFrontEndNode(extraArgs: string[] = [], nodeFlags: string[] = []): Promise<Proc> {
   const port = await freePort();
-  const child = spawn(process.execPath, [...nodeFlags, 'dist/bench/lib/front-end-node.js', '--port', String(port), '--log-level', 'warn', ...extraArgs], {
+  const t = spawnTracked(process.execPath, [...nodeFlags, 'dist/bench/lib/front-end-node.js', '--port', String(port), '--log-level', 'warn', ...extraArgs], {
     stdio: ['ignore', 'ignore', 'inherit'],
   });
-  const p = track(child, port);
-  await waitForPing(port);
-  return p;
+  return pinged(asProc(t, port));
 }
