@@ -266,6 +266,18 @@ export class CacheStore {
     return e;
   }
 
+  /** get() by the key's latin1 string. */
+  getLatin1(keyLatin1: string): CacheEntry | undefined {
+    const e = this.lookup(keyLatin1);
+    if (e === undefined) {
+      this.counters.misses++;
+      return undefined;
+    }
+    this.counters.hits++;
+    this.touch(e);
+    return e;
+  }
+
   /** The live entry for key without touching the LRU or the counters (still expires a stale entry). */
   peek(key: Buffer): CacheEntry | undefined {
     return this.lookup(key.toString('latin1'));
@@ -367,7 +379,12 @@ export class CacheStore {
 
   /** Removes key. False if it was absent (or had already expired: an expired entry is removed all the same). */
   delete(key: Buffer): boolean {
-    const e = this.lookupForWrite(key.toString('latin1'));
+    return this.deleteLatin1(key.toString('latin1'));
+  }
+
+  /** delete() by the key's latin1 string. */
+  deleteLatin1(keyLatin1: string): boolean {
+    const e = this.lookupForWrite(keyLatin1);
     if (e === undefined) return false;
     this.removeEntry(e);
     return true;

@@ -24,6 +24,8 @@ import { shardOfSlot } from './ring.js';
 import { keySlot } from './slots.js';
 import type { ShardRuntime } from './shard-runtime.js';
 import type { ShardReply } from './worker-protocol.js';
+import { failureReply, type ClusterCache } from '../cache/cluster-cache.js';
+import { writeKeysOf } from '../cache/coherence-wire.js';
 
 /** The RESP error for a failed shard request. */
 export function shardErrorText(r: Extract<ShardReply, { ok: false }>): string {
@@ -47,17 +49,34 @@ const B = (s: string): Buffer => Buffer.from(s);
 export interface ClusterKeyspaceDeps {
   runtime: ShardRuntime;
   shards: number;
+  /**
+   * The node's coherent cache (src/cache/cluster-cache.ts): GET is served from it, every write goes through the
+   * shard's home via it. Without it every command goes to the shard's leader.
+   */
+  cache?: ClusterCache;
 }
 
+const SPECS = new Map<string, CommandSpec>(STRING_COMMANDS.map((s) => [s.name, s]));
+
 export function clusterKeyspaceCommands(deps: ClusterKeyspaceDeps): CommandSpec[] {
-  const { runtime, shards } = deps;
+  const { runtime, shards, cache } = deps;
   const shardOf = (key: Buffer): number => shardOfSlot(keySlot(key), shards);
-  const exec = (shard: number, kind: 'write' | 'read', args: readonly Uint8Array[]): Promise<ShardReply> => runtime.execute(shard, kind, args);
+  /** Submits to the shard; a write goes through the cache (which invalidates every other copy first) when there is one. */
+  const submit = (shard: number, kind: 'write' | 'read', args: Buffer[], cb: (r: ShardReply) => void): void => {
+    if (kind === 'read' || cache === undefined) {
+      runtime.submit(shard, kind, args, cb);
+      return;
+    }
+    const spec = SPECS.get(args[0]!.toString('latin1').toLowerCase());
+    const keys = spec === undefined ? 'all' : writeKeysOf(spec, args);
+    cache.write(shard, keys, args, keys !== 'all' && keys.length === 1 ? keys[0] : undefined, cb);
+  };
+  const exec = (shard: number, kind: 'write' | 'read', args: Buffer[]): Promise<ShardReply> => new Promise((resolve) => submit(shard, kind, args, resolve));
 
   /** One shard: replay its record (or its error) into the client's reply. */
   const single = (ctx: CommandContext, shard: number, kind: 'write' | 'read', args: Buffer[]): Promise<void> =>
     new Promise((resolve) => {
-      runtime.submit(shard, kind, args, (r) => {
+      submit(shard, kind, args, (r) => {
         if (r.ok) replayReply(r.record, ctx.reply);
         else ctx.reply.error(shardErrorText(r));
         resolve();
@@ -103,6 +122,19 @@ export function clusterKeyspaceCommands(deps: ClusterKeyspaceDeps): CommandSpec[
   };
 
   const handlers: Record<string, CommandSpec['handler']> = {
+    ...(cache === undefined
+      ? {}
+      : {
+          get: (ctx: CommandContext, args: Buffer[]): Promise<void> =>
+            new Promise((resolve) => {
+              cache.get(shardOf(args[1]!), args[1]!, (r) => {
+                if (!r.ok) ctx.reply.error(shardErrorText(failureReply(r) as Extract<ShardReply, { ok: false }>));
+                else if (r.value === null) ctx.reply.nil();
+                else ctx.reply.bulk(r.value.v);
+                resolve();
+              });
+            }),
+        }),
     del: sumKeys('del', 'write'),
     unlink: sumKeys('unlink', 'write'),
     exists: sumKeys('exists', 'read'),
@@ -217,6 +249,18 @@ export function clusterKeyspaceCommands(deps: ClusterKeyspaceDeps): CommandSpec[
     if (special !== undefined) handler = special;
     else if (spec.firstKey === 1 && spec.lastKey === 1) handler = (ctx, args) => single(ctx, shardOf(args[1]!), kind, args);
     else throw new Error(`cluster keyspace: no routing for '${spec.name}'`);
+    if (spec.name === 'get' && cache !== undefined) {
+      // A hit answers synchronously, with no thread hop: the async handler runs only for a miss.
+      const fast = (ctx: CommandContext, args: Buffer[]): boolean => {
+        const key = args[1]!;
+        const value = cache.peekHit(shardOf(key), key);
+        if (value === undefined) return false;
+        if (value === null) ctx.reply.nil();
+        else ctx.reply.bulk(value.v);
+        return true;
+      };
+      return { ...spec, handler, async: true, fast };
+    }
     return { ...spec, handler, async: true };
   });
 }

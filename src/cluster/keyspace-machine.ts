@@ -211,6 +211,17 @@ export class KeyspaceMachine implements StateMachine {
   }
 
   /**
+   * The live string value of `key` at `nowMs` (never earlier than the last applied stamp), with its expiry; null if
+   * the key is absent or expired. Read-only, for the cache home (src/cache/cache-home.ts). Does not touch the LRU
+   * order of the replicated store (`peek`).
+   */
+  peekString(key: Buffer, nowMs: number): { value: Buffer; expireAt: number } | null {
+    this.nowMs = nowMs > this.lastStamp ? nowMs : this.lastStamp;
+    const e = this.db.peek(key);
+    return e === undefined ? null : { value: e.value, expireAt: e.expireAt };
+  }
+
+  /**
    * The shard's lock table (src/locks). Read it only; every change comes through apply(). Replaced by restore(),
    * which keeps its onEvent listener.
    */

@@ -21,6 +21,7 @@
  * Invariants: every submitted request's callback runs exactly once, never synchronously inside submit (so a
  * caller may submit in a loop without re-entrancy); callbacks of one worker run in the order its replies arrive.
  */
+import type { InvAck, InvMessage } from '../cache/coherence-types.js';
 import { Worker } from 'node:worker_threads';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -35,6 +36,7 @@ import {
   readReplies,
   RequestKind,
   writeRequest,
+  type EdgeToWorker,
   type InitMessage,
   type ShardReply,
   type ShardStatus,
@@ -54,6 +56,11 @@ export const SHARD_WORKER_TUNING_DEFAULT: ShardWorkerTuning = {
   snapshotEntries: 10_000,
   leaderBalanceMs: 1_000,
   keyspaceBytesMax: 0,
+  cacheLeaseMs: 1_000,
+  cacheLeaseMarginMs: 100,
+  cacheInvRetryMs: 100,
+  cacheDirectoryEntriesMax: 1_000_000,
+  cacheValueBytesMax: 64 * 1024,
 };
 
 export interface RuntimeNode {
@@ -253,6 +260,12 @@ export class ShardRuntime {
         case 'stopped':
           h.onStopped?.();
           return;
+        case 'cinv': {
+          // No cache on this edge (or it is not wired yet): nothing is held, so the invalidation is simply acknowledged.
+          const ack = this.onCacheInvalidate?.(msg.msg) ?? { t: 'invack', from: this.opts.nodeId, shard: msg.msg.shard, epoch: msg.msg.epoch, items: msg.msg.items };
+          worker.postMessage({ t: 'cack', id: msg.id, ack } satisfies EdgeToWorker);
+          return;
+        }
       }
     });
     worker.on('error', (err) => {
@@ -317,6 +330,9 @@ export class ShardRuntime {
       setImmediate(this.flush);
     }
   }
+
+  /** The edge's cache: answers invalidations from shard homes (src/cache/cluster-cache.ts sets it). */
+  onCacheInvalidate: ((msg: InvMessage) => InvAck) | null = null;
 
   /** submit() as a promise. */
   execute(shard: number, kind: RequestKindName, args: readonly Uint8Array[]): Promise<ShardReply> {

@@ -52,6 +52,19 @@ import { checkLockCommand, expiryArgs, isLockCommand, LOCK_PARKED, lockWaiterId,
 import type { LockEvent } from '../locks/lock-table.js';
 import { checkQueueCommand, isQueueCommand, popPartitionKey, queueBlockMs, queueExpiryArgs } from '../queue/queue-entries.js';
 import { recordValue } from './record-value.js';
+import { CacheHomeHost } from '../cache/cache-home-host.js';
+import type { NodeRequest, WrittenAnswer } from '../cache/coherence-types.js';
+import {
+  cacheWriteArgs,
+  checkCacheCommand,
+  decodeCacheRequest,
+  encodeAnswer,
+  isCacheCommand,
+  isCacheInvPayload,
+  writeKeysOf,
+  type CachedValue,
+} from '../cache/coherence-wire.js';
+import type { InvAck, InvMessage } from '../cache/coherence-types.js';
 import { isReplicatedWrite, KeyspaceMachine } from './keyspace-machine.js';
 import { ReplyRecorder } from './keyspace-reply.js';
 import { forwardRequest, parseForwardRequest, parseForwardResults, type ForwardItem, type ForwardResult } from './forward-protocol.js';
@@ -97,6 +110,19 @@ function lookup(table: Map<string, CommandSpec>, name: Buffer | undefined): Comm
 
 function arityOk(spec: CommandSpec, argc: number): boolean {
   return spec.arity > 0 ? argc === spec.arity : argc >= -spec.arity;
+}
+
+/** At most this many invalidations wait for the edge's acknowledgement (the edge answers each at once). */
+const EDGE_INVALIDATIONS_MAX = 100_000;
+
+/** A replicated string write of the keyspace (not a lock, queue or cache command). */
+function isStringWrite(args: Buffer[]): boolean {
+  return !isLockCommand(args) && !isQueueCommand(args) && !isCacheCommand(args) && lookup(WRITES, args[0]) !== undefined;
+}
+
+/** The entry a write proposes: its own args, or for `_c.write` the wrapped write's args. */
+function entryData(args: Buffer[], now: number): Uint8Array {
+  return encodeWrite(isCacheCommand(args) ? cacheWriteArgs(args) : args, now);
 }
 
 /** A batch of requests a peer forwarded here; answered in one reply once every request in it is settled. */
@@ -185,6 +211,10 @@ export class ShardWorker {
   private sweepTimer: NodeJS.Timeout | null = null;
   private balanceTimer: NodeJS.Timeout | null = null;
   private lockTimer: NodeJS.Timeout | null = null;
+  private cacheHomes!: CacheHomeHost;
+  /** Invalidations relayed to the edge, by id, waiting for its acknowledgement. */
+  private readonly edgeInvs = new Map<number, (ack: InvAck) => void>();
+  private nextInvId = 1;
   private stopping = false;
   private host!: RaftHost;
   private transport!: PeerTransport;
@@ -238,7 +268,7 @@ export class ShardWorker {
         if (msgs.length > 0) this.lastHeard.set(msgs[0]!.from, performance.now());
         host?.receive(msgs);
       },
-      onRequest: (from, payload) => this.serveForwarded(from, payload),
+      onRequest: (from, payload) => (isCacheInvPayload(payload) ? this.relayInvalidation(payload.c) : this.serveForwarded(from, payload)),
     });
     transport.onPeerDown((peer) => {
       this.upPeers.delete(peer);
@@ -271,6 +301,19 @@ export class ShardWorker {
         snapshotEntries: init.tuning.snapshotEntries,
       });
       this.host = host;
+      this.cacheHomes = new CacheHomeHost({
+        nodeId: init.nodeId,
+        tuning: init.tuning,
+        leaderTerm: (id) => {
+          const core = this.host.group(id);
+          return core !== undefined && core.role === Role.Leader && core.transferee === 0 ? core.term : null;
+        },
+        readBarrier: (id) => this.host.readBarrier(id),
+        propose: (id, data) => this.host.propose(id, data),
+        machine: (id) => this.shards.get(id)?.machine ?? null,
+        sendInv: (to, msg) => this.sendInvalidation(to, msg),
+        log: this.log,
+      });
       await transport.start();
     } catch (err) {
       await host?.stop();
@@ -306,6 +349,12 @@ export class ShardWorker {
       case 'init':
         this.log.warn('second init message ignored');
         return;
+      case 'cack': {
+        const settle = this.edgeInvs.get(msg.id);
+        this.edgeInvs.delete(msg.id);
+        settle?.(msg.ack);
+        return;
+      }
     }
   }
 
@@ -333,7 +382,7 @@ export class ShardWorker {
       return;
     }
     // Writes are stamped and encoded here, once, even when forwarded: the leader proposes these exact bytes.
-    const data = r.kind === RequestKind.Write ? encodeWrite(r.args, now) : null;
+    const data = r.kind === RequestKind.Write ? entryData(r.args, now) : null;
     const t = this.init.tuning;
     const blockMs = r.kind === RequestKind.Write ? blockMsOf(r.args) : 0;
     const req: Req = {
@@ -369,6 +418,14 @@ export class ShardWorker {
   private checkCommand(kind: RequestKind, args: Buffer[]): string | null {
     if (isLockCommand(args)) return checkLockCommand(kind === RequestKind.Write ? 'write' : 'read', args);
     if (isQueueCommand(args)) return checkQueueCommand(kind === RequestKind.Write ? 'write' : 'read', args);
+    if (isCacheCommand(args)) {
+      const bad = checkCacheCommand(kind === RequestKind.Write ? 'write' : 'read', args);
+      if (bad !== null || kind !== RequestKind.Write) return bad;
+      const inner = cacheWriteArgs(args);
+      const spec = lookup(WRITES, inner[0]);
+      if (spec === undefined || !arityOk(spec, inner.length)) return `not a keyspace write with a valid arity: ${inner[0]?.toString('latin1').slice(0, 40) ?? '(none)'}`;
+      return null;
+    }
     if (kind === RequestKind.Write) {
       const spec = lookup(WRITES, args[0]);
       if (spec === undefined || !arityOk(spec, args.length)) return `not a keyspace write with a valid arity: ${args[0]?.toString('latin1').slice(0, 40) ?? '(none)'}`;
@@ -407,6 +464,10 @@ export class ShardWorker {
       const leader = core.role === Role.Leader ? 0 : core.leader;
       if (leader !== 0 && leader !== this.init.nodeId) this.forwardOrPark(req, leader);
       else this.park(req);
+      return;
+    }
+    if (isCacheCommand(req.args) || (req.kind === RequestKind.Write && isStringWrite(req.args))) {
+      this.serveCache(req);
       return;
     }
     if (req.kind === RequestKind.Write) {
@@ -574,7 +635,7 @@ export class ShardWorker {
           hops: 0,
           kind: it.kind,
           args: it.args,
-          data: it.kind === RequestKind.Write ? encodeWrite(it.args, now) : null,
+          data: it.kind === RequestKind.Write ? entryData(it.args, now) : null,
           waiterId: '',
           blockMs: 0,
           blockUntil: 0,
@@ -600,6 +661,61 @@ export class ShardWorker {
   private settleForwarded(batch: ForwardedBatch, index: number, result: ForwardResult): void {
     batch.results[index] = result;
     if (--batch.remaining === 0) batch.resolve(batch.results);
+  }
+
+  /**
+   * A cache request (`_c.*`), or a plain string write, on a shard this replica leads: served by the shard's cache
+   * home, which invalidates every cached copy before a write reaches memory (docs/cache-coherence.md). A plain write
+   * comes from no cache (node 0): every holder is invalidated.
+   */
+  private serveCache(req: Req): void {
+    let creq: NodeRequest<Uint8Array>;
+    const internal = isCacheCommand(req.args);
+    try {
+      if (internal) {
+        const d = decodeCacheRequest(req.args);
+        creq = d.t === 'write' ? { ...d, shard: req.shard.id, op: req.data! } : { ...d, shard: req.shard.id };
+      } else {
+        const spec = lookup(WRITES, req.args[0])!;
+        creq = { t: 'write', from: 0, shard: req.shard.id, keys: writeKeysOf(spec, req.args), op: req.data! };
+      }
+    } catch (err) {
+      this.fail(req, ShardErrorIndex.Err, 0, (err as Error).message);
+      return;
+    }
+    if (req.kind === RequestKind.Write) this.stats.writes++;
+    else this.stats.reads++;
+    this.cacheHomes.serve(req.shard.id, creq, (a) => {
+      if (req.done) return;
+      if (!a.ok) {
+        if (a.cause !== undefined) this.onError(req, a.cause);
+        else this.fail(req, ShardErrorIndex.Err, 0, a.message);
+        return;
+      }
+      if (internal) {
+        this.recorder.bulk(encodeAnswer(a));
+        this.succeed(req, this.recorder.take());
+      } else {
+        this.succeed(req, (a as WrittenAnswer<CachedValue, Uint8Array>).result);
+      }
+    });
+  }
+
+  /** An invalidation for this node's cache, from a home on a peer or on this node: relayed to the edge. */
+  private relayInvalidation(msg: InvMessage): Promise<InvAck> {
+    if (this.stopping || this.edgeInvs.size >= EDGE_INVALIDATIONS_MAX) return Promise.reject(new Error('edge cache unavailable'));
+    return new Promise((resolve) => {
+      const id = this.nextInvId;
+      this.nextInvId = (id + 1) >>> 0;
+      this.edgeInvs.set(id, resolve);
+      this.post({ t: 'cinv', id, msg });
+    });
+  }
+
+  private sendInvalidation(to: NodeId, msg: InvMessage): Promise<unknown> {
+    if (to === this.init.nodeId) return this.relayInvalidation(msg);
+    if (!this.upPeers.has(to)) return Promise.reject(new Error(`no link to node ${to}`));
+    return this.transport.request(to, { c: msg }, this.init.tuning.cacheLeaseMs);
   }
 
   private serveRead(req: Req): void {
@@ -838,8 +954,15 @@ export class ShardWorker {
    * leader first waits out one maximum election timeout (2 x the minimum), so a lease the previous leader's clock
    * still honoured is never cut short by a failover. One expiry entry in flight per shard at most.
    */
+  private hostedIds(): number[] {
+    const ids: number[] = [];
+    for (const s of this.shards.values()) if (s.hosted) ids.push(s.id);
+    return ids;
+  }
+
   private expireLocks(): void {
     if (this.stopping) return;
+    this.cacheHomes.tick(this.hostedIds());
     const graceMs = 2 * this.init.raft.electionTicksMin * this.init.raft.tickMs;
     const t0 = performance.now();
     let now = 0;
@@ -982,7 +1105,7 @@ export class ShardWorker {
   }
 
   private currentStats(): WorkerStats {
-    return { ...this.stats, fsyncs: this.wal.stats.syncs, raftRounds: this.host.stats.rounds, peersUp: [...this.upPeers] };
+    return { ...this.stats, fsyncs: this.wal.stats.syncs, raftRounds: this.host.stats.rounds, peersUp: [...this.upPeers], cache: this.cacheHomes.stats() };
   }
 
   /** Answers every request (STOPPED), stops Raft, the transport and the WAL. */
@@ -991,6 +1114,9 @@ export class ShardWorker {
     this.stopping = true;
     for (const t of [this.leaderPoll, this.timeoutScan, this.sweepTimer, this.balanceTimer, this.lockTimer]) if (t !== null) clearInterval(t);
     this.leaderPoll = this.timeoutScan = this.sweepTimer = this.balanceTimer = this.lockTimer = null;
+    this.cacheHomes?.close();
+    for (const settle of this.edgeInvs.values()) settle({ t: 'invack', from: this.init.nodeId, shard: -1, epoch: -1, items: [] });
+    this.edgeInvs.clear();
     await this.host.stop();
     // The host rejected its proposals and reads; those rejections run as microtasks before this continues.
     await Promise.resolve();

@@ -10,6 +10,7 @@
  *                        edge turn)                                settled in that turn)
  *   StatusQueryMessage                          StatusReplyMessage
  *   StopMessage                                 StoppedMessage
+ *   CacheAckMessage (answers a CacheInvMessage) CacheInvMessage (an invalidation for the edge's cache lines)
  *
  * Request batch layout (little-endian, one ArrayBuffer, `count` requests back to back):
  *   u32 reqId | u16 shard | u8 kind (0 write, 1 read) | u32 argc | argc x (u32 length | bytes)
@@ -23,6 +24,7 @@
  * length against the end of the buffer and throw WorkerProtocolError on a malformed batch (a bug: both sides are
  * this file's code).
  */
+import type { InvAck, InvMessage } from '../cache/coherence-types.js';
 import type { FsyncMode } from '../storage/wal.js';
 import type { NodeId } from '../raft/types.js';
 import type { RaftLimits } from '../config/limits.js';
@@ -95,6 +97,16 @@ export interface ShardWorkerTuning {
   leaderBalanceMs: number;
   /** The replicated memory limit of each shard's keyspace (0 = unbounded); must be the same on every node. */
   keyspaceBytesMax: number;
+  /** Cache line lease a home grants to nodes, ms (docs/cache-coherence.md); the same on every node. */
+  cacheLeaseMs: number;
+  /** Safety margin a home adds to every lease it tracks (clock-rate drift between nodes), ms. */
+  cacheLeaseMarginMs: number;
+  /** Unacknowledged invalidations are resent this often, ms. */
+  cacheInvRetryMs: number;
+  /** Most directory entries per shard home; fills beyond it are answered uncached. */
+  cacheDirectoryEntriesMax: number;
+  /** Values longer than this are never cached (always read from the home). */
+  cacheValueBytesMax: number;
 }
 
 export interface InitMessage {
@@ -140,7 +152,14 @@ export interface StopMessage {
   t: 'stop';
 }
 
-export type EdgeToWorker = InitMessage | RequestBatchMessage | StatusQueryMessage | StopMessage;
+/** The edge's cache acknowledges an invalidation the worker relayed (answer to CacheInvMessage `id`). */
+export interface CacheAckMessage {
+  t: 'cack';
+  id: number;
+  ack: InvAck;
+}
+
+export type EdgeToWorker = InitMessage | RequestBatchMessage | StatusQueryMessage | StopMessage | CacheAckMessage;
 
 export interface ShardStatus {
   shard: number;
@@ -172,6 +191,8 @@ export interface WorkerStats {
   raftRounds: number;
   /** Peers this worker has an up outbound link to. */
   peersUp: NodeId[];
+  /** The cache homes of the shards this worker leads (src/cache/cache-home-host.ts). */
+  cache?: { homes: number; directory: number; counters: import('../cache/cache-home.js').HomeStats };
 }
 
 export interface ReadyMessage {
@@ -201,7 +222,14 @@ export interface StoppedMessage {
   t: 'stopped';
 }
 
-export type WorkerToEdge = ReadyMessage | FatalMessage | ReplyBatchMessage | StatusReplyMessage | StoppedMessage;
+/** An invalidation from a shard's home (this node's or a peer's) for the edge's cache; answered by CacheAckMessage. */
+export interface CacheInvMessage {
+  t: 'cinv';
+  id: number;
+  msg: InvMessage;
+}
+
+export type WorkerToEdge = ReadyMessage | FatalMessage | ReplyBatchMessage | StatusReplyMessage | StoppedMessage | CacheInvMessage;
 
 export const ROLE_NAMES: readonly ShardStatus['role'][] = ['follower', 'precandidate', 'candidate', 'leader'];
 

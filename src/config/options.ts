@@ -74,6 +74,7 @@ export const NODE_OPTIONS: readonly OptionSpec[] = [
   { name: 'snapshot-entries', kind: 'int', default: 10_000, min: 0, max: 1e9, unit: 'entries', help: 'snapshot a shard after this many applied entries (0 = never)' },
   { name: 'keyspace-max-bytes', kind: 'bytes', default: 0, min: 0, max: 1024 * GiB, unit: 'bytes', help: 'replicated memory limit per shard; writes beyond it get -OOM (0 = unbounded); the same on every node' },
   { name: 'deadlock-detect', kind: 'int', default: 1000, min: 30, max: 600_000, unit: 'ms', help: 'a lock deadlock (a cycle of waiting owners across the cluster) is found and broken within this time' },
+  { name: 'cache-lease', kind: 'int', default: 1000, min: 20, max: 600_000, unit: 'ms', help: 'coherent cache line lease: a node cut off from a shard\'s home stops serving its lines within this time, and a new home waits this long before its first write; the same on every node' },
   { name: 'election-timeout', kind: 'int', default: 150, min: 20, max: 60_000, unit: 'ms', help: 'lower bound of the randomized Raft election timeout (heartbeat = a third of it)' },
   { name: 'log-level', kind: 'enum', default: 'info', choices: ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'], help: 'pino log level' },
   { name: 'log-format', kind: 'enum', default: 'auto', choices: ['auto', 'json', 'pretty'], help: 'auto = pretty on a TTY, JSON otherwise' },
@@ -104,6 +105,7 @@ export interface ClusterOptions {
   keyspaceBytesMax: number;
   electionTimeoutMs: number;
   deadlockDetectMs: number;
+  cacheLeaseMs: number;
 }
 
 export interface NodeOptions {
@@ -329,6 +331,7 @@ export function loadNodeOptions(
       keyspaceBytesMax: num('keyspace-max-bytes'),
       electionTimeoutMs: num('election-timeout'),
       deadlockDetectMs: num('deadlock-detect'),
+      cacheLeaseMs: num('cache-lease'),
     },
   };
   options.cluster.members = parseMembers(str('peers'), { id: num('id'), host: str('host'), port: num('port'), peerPort: num('peer-port') });

@@ -11,7 +11,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
-import { CacheStore } from '../cache/store.js';
+import { ClusterCache } from '../cache/cluster-cache.js';
 import type { NodeOptions } from '../config/options.js';
 import { clusterCommand, clusterInfoLines, leaderOf, nodeName, type ClusterView } from '../cluster/cluster-command.js';
 import { clusterKeyspaceCommands } from '../cluster/cluster-keyspace.js';
@@ -39,6 +39,26 @@ export interface ClusterNode {
   close(): Promise<void>;
 }
 
+/** The margin added to cache leases (clock-rate drift) and taken off cached TTLs (clock skew): 10% of the lease, at least 20 ms. */
+function cacheMarginMs(leaseMs: number): number {
+  return Math.max(20, Math.ceil(leaseMs / 10));
+}
+
+/** INFO cache lines of the homes this node runs (the shards it leads), summed over its workers. */
+function homeInfoLines(ws: (WorkerStats | null)[]): string[] {
+  let homes = 0;
+  let directory = 0;
+  const sum: Record<string, number> = {};
+  for (const w of ws) {
+    if (w?.cache === undefined) continue;
+    homes += w.cache.homes;
+    directory += w.cache.directory;
+    for (const [k, v] of Object.entries(w.cache.counters)) sum[k] = (sum[k] ?? 0) + v;
+  }
+  const snake = (k: string): string => k.replace(/[A-Z]/g, (m) => `_${m.toLowerCase()}`);
+  return [`cache_homes:${homes}`, `cache_directory_entries:${directory}`, ...Object.entries(sum).map(([k, v]) => `cache_home_${snake(k)}:${v}`)];
+}
+
 export async function startClusterNode(options: NodeOptions, logger: Logger): Promise<ClusterNode> {
   const c = options.cluster;
   const acl = new Acl(options.requirepass);
@@ -61,6 +81,8 @@ export async function startClusterNode(options: NodeOptions, logger: Logger): Pr
       requestTimeoutMs: c.requestTimeoutMs,
       snapshotEntries: c.snapshotEntries,
       keyspaceBytesMax: c.keyspaceBytesMax,
+      cacheLeaseMs: c.cacheLeaseMs,
+      cacheLeaseMarginMs: cacheMarginMs(c.cacheLeaseMs),
     },
     logLevel: options.logLevel,
     logger,
@@ -98,12 +120,13 @@ export async function startClusterNode(options: NodeOptions, logger: Logger): Pr
   const refresher = setInterval(() => void refresh().catch((err: unknown) => logger.error({ err }, 'shard view refresh failed')), VIEW_REFRESH_MS);
   refresher.unref();
 
-  const db = new CacheStore(options.cache, Date.now);
+  // The node's coherent cache keeps its lines in the node-local store (docs/cache-coherence.md).
+  const cache = new ClusterCache({ nodeId: c.id, runtime, limits: options.cache, leaseMs: c.cacheLeaseMs, ttlMarginMs: cacheMarginMs(c.cacheLeaseMs) });
   const server = new RespServer(
     { host: options.host, port: options.port, resp: options.resp, server: options.server, protectedMode: options.protectedMode },
-    db,
+    cache.store,
     acl,
-    clusterKeyspaceCommands({ runtime, shards: c.shards }),
+    clusterKeyspaceCommands({ runtime, shards: c.shards, cache }),
     logger.child({ module: 'resp' }),
   );
 
@@ -145,6 +168,7 @@ export async function startClusterNode(options: NodeOptions, logger: Logger): Pr
         return out;
       },
     },
+    { section: 'cache', lines: () => [...cache.infoLines(), ...homeInfoLines(workerStats)] },
     {
       section: 'keyspace',
       lines: () => {
@@ -226,6 +250,7 @@ export async function startClusterNode(options: NodeOptions, logger: Logger): Pr
     },
     async close() {
       clearInterval(refresher);
+      cache.stop();
       clearInterval(detectTimer);
       await server.close();
       await runtime.stop();

@@ -98,6 +98,12 @@ export interface CommandSpec {
   handler(ctx: CommandContext, args: Buffer[]): void | Promise<void>;
   /** The handler waits for something (replication, a lock): it gets its own reply buffer. */
   async?: boolean;
+  /**
+   * For an `async` command that can often answer at once (a GET that hits the node's coherent cache): writes its
+   * reply and returns true, or returns false having written nothing, and the async handler runs. Tried only when
+   * the connection has no reply pending (so the answer is in order), after arity and auth checks passed.
+   */
+  fast?(ctx: CommandContext, args: Buffer[]): boolean;
   /** Short help line for COMMAND DOCS. */
   summary: string;
   /** Redis command group for COMMAND DOCS ('string', 'generic', 'connection', 'server', ...). */

@@ -72,6 +72,31 @@ export class Dispatcher {
     return spec ?? undefined;
   }
 
+  /**
+   * Tries `spec.fast` (see CommandSpec): true if it answered. False, with nothing written, when the command has no
+   * fast path, fails a check (dispatch() then answers the error), or the fast path declined.
+   */
+  tryFast(ctx: CommandContext, args: Buffer[], spec: CommandSpec): boolean {
+    const fast = spec.fast;
+    if (fast === undefined) return false;
+    const n = args.length;
+    if ((spec.arity > 0 && n !== spec.arity) || (spec.arity < 0 && n < -spec.arity)) return false;
+    if (!ctx.client.authenticated && this.authRequired() && !spec.flags.includes('noauth')) return false;
+    let done: boolean;
+    try {
+      done = fast(ctx, args);
+    } catch (err) {
+      this.logger.error({ err, command: spec.name }, 'command fast path failed');
+      return false;
+    }
+    if (done) {
+      this.stats.commands++;
+      ctx.client.lastCommand = spec.name;
+      this.calls.set(spec.name, (this.calls.get(spec.name) ?? 0) + 1);
+    }
+    return done;
+  }
+
   /** Runs one command; returns the handler's promise for `async` commands (it never rejects). */
   dispatch(ctx: CommandContext, args: Buffer[], looked?: CommandSpec): Promise<void> | undefined {
     const first = args[0];

@@ -232,7 +232,9 @@ export class RespServer {
       if (client.closeAfterReply || client.closed) return;
       const spec = this.dispatcher.lookup(args[0]!);
       if (client.slots.length === 0 && spec?.async !== true) this.dispatcher.dispatch(ctx, args, spec);
-      else this.dispatchOrdered(client, args, spec);
+      else if (client.slots.length === 0 && spec!.fast !== undefined && this.dispatcher.tryFast(ctx, args, spec!)) {
+        // answered at once (a cache hit)
+      } else this.dispatchOrdered(client, args, spec);
       // A large pipeline may produce far more reply bytes than it took to ask: hand them to the socket early and
       // enforce the output limit per command, not per read.
       if (client.writer.length > this.options.server.outputBufferPauseBytes) this.flush(client);

@@ -1,0 +1,206 @@
+/**
+ * CacheHomeHost: runs the CacheHome of every shard a shard worker leads (one per leadership term) and gives them
+ * their I/O: memory reads are a Raft read barrier then a peek at the shard's KeyspaceMachine, writes are Raft
+ * proposals of the write's own entry, invalidations go to the holder node's worker as peer requests (or straight to
+ * this node's edge). Lives in the worker thread; see docs/cache-coherence.md.
+ *
+ * Invariants:
+ *   - A home serves only while this replica leads the shard in the home's term: `homeFor` replaces a home whose term
+ *     is not the current one and `tick` closes homes whose shard this replica no longer leads (their waiting requests
+ *     fail with NOTLEADER, which the worker may route again: none of them reached memory).
+ *   - A home is created after this replica became leader (by the first tick or request that sees it leading), so its
+ *     takeover wait starts no earlier than its leadership (a longer wait is only safer).
+ */
+import type { Logger } from 'pino';
+import { HostError } from '../node/raft-host.js';
+import type { NodeId } from '../raft/types.js';
+import type { KeyspaceMachine } from '../cluster/keyspace-machine.js';
+import type { ShardWorkerTuning } from '../cluster/worker-protocol.js';
+import { CacheHome, type HomeStats, type MemoryRead, type MemoryWrite } from './cache-home.js';
+import type { CoherenceFailure, HomeAnswer, InvAck, InvMessage, NodeRequest } from './coherence-types.js';
+import type { CachedValue } from './coherence-wire.js';
+import { isInvAck } from './coherence-wire.js';
+
+type Home = CacheHome<CachedValue, Uint8Array, Uint8Array>;
+
+export interface HomeHostDeps {
+  nodeId: NodeId;
+  tuning: ShardWorkerTuning;
+  /** This replica's role for the shard: its term when it leads, else null. */
+  leaderTerm(shard: number): number | null;
+  readBarrier(shard: number): Promise<unknown>;
+  /** Proposes an encoded keyspace entry; resolves with the apply result (a reply record) after it applied. */
+  propose(shard: number, data: Uint8Array): Promise<unknown>;
+  machine(shard: number): KeyspaceMachine | null;
+  /** Delivers an invalidation to `to`'s cache; resolves with its acknowledgement. */
+  sendInv(to: NodeId, msg: InvMessage): Promise<unknown>;
+  log: Logger;
+}
+
+const failure = (err: unknown): CoherenceFailure => {
+  if (err instanceof HostError) return { ok: false, code: err.code, message: err.message, cause: err };
+  return { ok: false, code: 'ERR', message: err instanceof Error ? err.message : String(err), cause: err };
+};
+
+export class CacheHomeHost {
+  private readonly homes = new Map<number, Home>();
+  /** Stats of homes that ended, so INFO counters never go backwards. */
+  private readonly retired: HomeStats = {
+    fills: 0,
+    grantsE: 0,
+    grantsS: 0,
+    uncachedReads: 0,
+    writes: 0,
+    invalidationsSent: 0,
+    invalidationsAcked: 0,
+    invalidationsLapsed: 0,
+    invalidationRetries: 0,
+    leaseRenewals: 0,
+    leaseRefusals: 0,
+  };
+
+  constructor(private readonly deps: HomeHostDeps) {}
+
+  /** Serves one cache request on a shard this replica leads. `data`: the encoded entry of a write. */
+  serve(shard: number, req: NodeRequest<Uint8Array>, reply: (a: HomeAnswer<CachedValue, Uint8Array> | CoherenceFailure) => void): void {
+    const home = this.homeFor(shard);
+    if (home === null) {
+      reply(failure(new HostError('NOTLEADER', `not the leader of shard ${shard}`)));
+      return;
+    }
+    const now = performance.now();
+    switch (req.t) {
+      case 'gets':
+        home.getS(req, reply, now);
+        return;
+      case 'renew':
+        home.renew(req, reply, now);
+        return;
+      case 'write':
+        home.write(req, reply, now);
+        return;
+    }
+  }
+
+  onAck(ack: InvAck): void {
+    this.homes.get(ack.shard)?.onAck(ack);
+  }
+
+  /**
+   * Closes homes of shards no longer led in their term, opens one for each shard newly led (so its takeover wait
+   * starts at once, not at the first request), and drives their time. Call every few ms with the hosted shards.
+   */
+  tick(hosted: Iterable<number>): void {
+    for (const [shard, home] of this.homes) {
+      if (this.deps.leaderTerm(shard) !== home.epoch) this.retire(shard, home);
+      else home.tick();
+    }
+    for (const shard of hosted) if (!this.homes.has(shard) && this.deps.leaderTerm(shard) !== null) this.homeFor(shard);
+  }
+
+  /** Directory entries per led shard, and the homes' counters (INFO cache on the worker side). */
+  stats(): { homes: number; directory: number; counters: HomeStats } {
+    const c = { ...this.retired };
+    let directory = 0;
+    for (const h of this.homes.values()) {
+      directory += h.directorySize;
+      for (const k of Object.keys(c) as (keyof HomeStats)[]) c[k] += h.stats[k];
+    }
+    return { homes: this.homes.size, directory, counters: c };
+  }
+
+  /** The directory's view of a key on a led shard (CACHE.STATE), or null when this replica is not its home. */
+  holdersOf(shard: number, key: string): ReturnType<Home['holdersOf']> & { epoch: number; ready: boolean } | null {
+    const home = this.homes.get(shard);
+    if (home === undefined || this.deps.leaderTerm(shard) !== home.epoch) return null;
+    return { ...home.holdersOf(key), epoch: home.epoch, ready: home.ready() };
+  }
+
+  close(): void {
+    for (const [shard, home] of [...this.homes]) this.retire(shard, home);
+  }
+
+  private retire(shard: number, home: Home): void {
+    this.homes.delete(shard);
+    home.close(failure(new HostError('NOTLEADER', `shard ${shard}: leadership of term ${home.epoch} ended`)));
+    for (const k of Object.keys(this.retired) as (keyof HomeStats)[]) this.retired[k] += home.stats[k];
+  }
+
+  private homeFor(shard: number): Home | null {
+    const term = this.deps.leaderTerm(shard);
+    let home = this.homes.get(shard);
+    if (home !== undefined && home.epoch !== term) {
+      this.retire(shard, home);
+      home = undefined;
+    }
+    if (term === null) return null;
+    if (home === undefined) {
+      const t = this.deps.tuning;
+      home = new CacheHome<CachedValue, Uint8Array, Uint8Array>(
+        {
+          self: this.deps.nodeId,
+          shard,
+          epoch: term,
+          leaseMs: t.cacheLeaseMs,
+          marginMs: t.cacheLeaseMarginMs,
+          invRetryMs: t.cacheInvRetryMs,
+          directoryEntriesMax: t.cacheDirectoryEntriesMax,
+        },
+        this.io(shard),
+      );
+      this.homes.set(shard, home);
+    }
+    return home;
+  }
+
+  private io(shard: number): ConstructorParameters<typeof CacheHome<CachedValue, Uint8Array, Uint8Array>>[1] {
+    const d = this.deps;
+    const valueMax = d.tuning.cacheValueBytesMax;
+    const peek = (key: string): { value: CachedValue | null; cacheable: boolean } | null => {
+      const m = d.machine(shard);
+      if (m === null) return null;
+      const e = m.peekString(Buffer.from(key, 'latin1'), Date.now());
+      if (e === null) return { value: null, cacheable: true };
+      return { value: { v: e.value, x: e.expireAt }, cacheable: e.value.length <= valueMax };
+    };
+    return {
+      now: () => performance.now(),
+      send: (to, msg) => {
+        d.sendInv(to, msg).then(
+          (ack) => {
+            if (isInvAck(ack)) this.onAck(ack);
+          },
+          () => undefined, // lost: the home resends it every invRetryMs until the node acknowledges or its lease lapses
+        );
+      },
+      readMemory: (key, cb: (r: MemoryRead<CachedValue>) => void) => {
+        d.readBarrier(shard).then(
+          () => {
+            const p = peek(key);
+            if (p === null) cb(failure(new HostError('NOTLEADER', `shard ${shard} is not hosted here`)));
+            else cb({ ok: true, value: p.value, cacheable: p.cacheable });
+          },
+          (err: unknown) => cb(failure(err)),
+        );
+      },
+      confirm: (cb) => {
+        d.readBarrier(shard).then(
+          () => cb({ ok: true }),
+          (err: unknown) => cb(failure(err)),
+        );
+      },
+      writeMemory: (data, want, cb: (r: MemoryWrite<CachedValue, Uint8Array>) => void) => {
+        d.propose(shard, data).then(
+          (result) => {
+            const record = result instanceof Uint8Array ? result : new Uint8Array(0);
+            if (want === undefined) return cb({ ok: true, result: record });
+            const p = peek(want);
+            if (p === null || !p.cacheable) cb({ ok: true, result: record });
+            else cb({ ok: true, result: record, value: p.value });
+          },
+          (err: unknown) => cb(failure(err)),
+        );
+      },
+    };
+  }
+}

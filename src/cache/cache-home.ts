@@ -1,0 +1,518 @@
+/**
+ * CacheHome: the home of one shard's cache lines, living beside the shard's Raft leader (one per leadership term:
+ * a new leader is a new home, `epoch` = its term). Pure: no timers, sockets or clock of its own; time comes from
+ * `io.now()`, memory (the replicated keyspace) is reached through `io.readMemory` / `io.writeMemory`, and
+ * invalidations leave through `io.send`. docs/cache-coherence.md is the protocol this implements (write-through).
+ *
+ * What it owns:
+ *   - the directory: for each key some node may hold, the holders (node -> state E/S, or F while its fill is being
+ *     read from memory, each with the gen of its grant), the writes in flight on the key, the invalidations sent and
+ *     not yet acknowledged, and the requests waiting on the key;
+ *   - the node leases as the home sees them: node -> the time until which that node may serve lines of this shard
+ *     (receipt time of its last confirmed request + leaseMs + marginMs);
+ *   - the takeover wait: no line is granted and no write is performed before `readyAt` = start + leaseMs + marginMs,
+ *     so every line a previous home granted has lapsed before this home changes anything.
+ *
+ * Invariants (tests: test/cache/cache-home.test.ts, test/cache/coherence-sim.test.ts):
+ *   - A write is handed to memory only when no other node holds a live line of any key it touches: every holder was
+ *     invalidated and acknowledged, or its lease lapsed (its node dropped its lines itself).
+ *   - No fill reads memory while a write of its key is in flight (it waits), and a fill that a write overtook (its
+ *     holder entry was revoked while memory was being read) is answered without a grant.
+ *   - A grant is made only to a node whose holder entry still carries the gen the grant was prepared with.
+ *   - An E grant is made only when no other node is listed for the key.
+ *   - Every request is answered exactly once.
+ */
+import type { NodeId } from '../raft/types.js';
+import type {
+  CacheKey,
+  CoherenceFailure,
+  DataAnswer,
+  GetSRequest,
+  HomeMessage,
+  InvAck,
+  LeaseAnswer,
+  RenewRequest,
+  WriteRequest,
+  WrittenAnswer,
+} from './coherence-types.js';
+
+export interface HomeConfig {
+  self: NodeId;
+  shard: number;
+  /** The Raft term of this leadership. */
+  epoch: number;
+  /** Line lease length granted to nodes, ms. */
+  leaseMs: number;
+  /** Added to every lease the home tracks: covers clock-rate drift between nodes, ms. */
+  marginMs: number;
+  /** Unacknowledged invalidations are sent again this often, ms. */
+  invRetryMs: number;
+  /** Directory entries beyond this are not created: fills are then answered without a line. */
+  directoryEntriesMax: number;
+}
+
+export type MemoryRead<V> = { ok: true; value: V | null; cacheable: boolean } | CoherenceFailure;
+/** `value`: the written key's value after the write; undefined when it must not be cached. */
+export type MemoryWrite<V, R> = { ok: true; result: R; value?: V | null } | CoherenceFailure;
+
+export interface HomeIO<V, Op, R> {
+  now(): number;
+  send(to: NodeId, msg: HomeMessage): void;
+  /** Confirms leadership (a read barrier), then reads the key's value. */
+  readMemory(key: CacheKey, cb: (r: MemoryRead<V>) => void): void;
+  /** Confirms leadership only. */
+  confirm(cb: (r: { ok: true } | CoherenceFailure) => void): void;
+  /** Replicates and applies the write; with `want`, also returns that key's value after it. */
+  writeMemory(op: Op, want: CacheKey | undefined, cb: (r: MemoryWrite<V, R>) => void): void;
+}
+
+export interface HomeStats {
+  fills: number;
+  grantsE: number;
+  grantsS: number;
+  uncachedReads: number;
+  writes: number;
+  invalidationsSent: number;
+  invalidationsAcked: number;
+  invalidationsLapsed: number;
+  invalidationRetries: number;
+  leaseRenewals: number;
+  leaseRefusals: number;
+}
+
+interface Holder {
+  /** 'F': its fill is reading memory; the grant decides E or S. */
+  state: 'E' | 'S' | 'F';
+  gen: number;
+  /**
+   * For 'F': the gen of the line this node was granted before this fill started (E or S), which it may hold or
+   * still install (a write's grant on its way). A fill that ends without a grant puts that entry back (as S) instead
+   * of forgetting the node, which would leave its line out of the next write's invalidations
+   * (test/cache/coherence-sim.test.ts, "a fill without a grant does not forget the node's earlier grant").
+   */
+  shadow?: number;
+}
+
+interface PendingInv {
+  gen: number;
+  /** First sent (a node that leaves it unanswered for half a lease gets no renewal). */
+  sentAt: number;
+  lastSentAt: number;
+}
+
+interface PendingWrite<Op, V, R> {
+  req: WriteRequest<Op>;
+  arrivedAt: number;
+  reply: (a: WrittenAnswer<V, R> | CoherenceFailure) => void;
+  keys: CacheKey[];
+  all: boolean;
+  /** Keys (and the 'all' barrier) whose invalidations it still waits for. */
+  blockers: number;
+}
+
+interface PendingFill<V> {
+  req: GetSRequest;
+  arrivedAt: number;
+  reply: (a: DataAnswer<V> | CoherenceFailure) => void;
+}
+
+interface DirEntry<Op, V, R> {
+  holders: Map<NodeId, Holder>;
+  /** Writes accepted on this key and not yet applied (or failed). */
+  writes: number;
+  inv: Map<NodeId, PendingInv>;
+  blockedWrites: PendingWrite<Op, V, R>[];
+  waitingFills: PendingFill<V>[];
+}
+
+export class CacheHome<V, Op, R> {
+  readonly epoch: number;
+  /** No grant and no write before this time (the takeover wait). */
+  readonly readyAt: number;
+  readonly stats: HomeStats = {
+    fills: 0,
+    grantsE: 0,
+    grantsS: 0,
+    uncachedReads: 0,
+    writes: 0,
+    invalidationsSent: 0,
+    invalidationsAcked: 0,
+    invalidationsLapsed: 0,
+    invalidationRetries: 0,
+    leaseRenewals: 0,
+    leaseRefusals: 0,
+  };
+
+  private readonly dir = new Map<CacheKey, DirEntry<Op, V, R>>();
+  private readonly leases = new Map<NodeId, number>();
+  /** Keys with unacknowledged invalidations. */
+  private readonly invKeys = new Set<CacheKey>();
+  /** Nodes with an invalidation unacknowledged for longer than half a lease: their leases are not renewed. */
+  private stuck = new Set<NodeId>();
+  /** Keyless writes ('all') in flight: fills of every key wait for them. */
+  private allWrites = 0;
+  private readonly fillsWaitingAll: PendingFill<V>[] = [];
+  /** Writes that arrived during the takeover wait. */
+  private readonly takeoverQueue: PendingWrite<Op, V, R>[] = [];
+  private gen = 0;
+  private closed = false;
+  /** Invalidations to send this turn, per node (flushed at the end of each public call). */
+  private readonly outbox = new Map<NodeId, [CacheKey, number][]>();
+
+  constructor(
+    private readonly cfg: HomeConfig,
+    private readonly io: HomeIO<V, Op, R>,
+  ) {
+    this.epoch = cfg.epoch;
+    this.readyAt = io.now() + cfg.leaseMs + cfg.marginMs;
+  }
+
+  /** Directory entries (for INFO and tests). */
+  get directorySize(): number {
+    return this.dir.size;
+  }
+
+  /** The directory's view of a key: node -> state (E/S/F) and the pending invalidations (tests, CACHE.STATE). */
+  holdersOf(key: CacheKey): { holders: [NodeId, 'E' | 'S' | 'F'][]; invalidating: NodeId[] } {
+    const de = this.dir.get(key);
+    if (de === undefined) return { holders: [], invalidating: [] };
+    return { holders: [...de.holders].map(([n, h]) => [n, h.state]), invalidating: [...de.inv.keys()] };
+  }
+
+  /** True once the takeover wait is over. */
+  ready(now = this.io.now()): boolean {
+    return now >= this.readyAt;
+  }
+
+  // ------------------------------------------------------------------ requests
+
+  getS(req: GetSRequest, reply: (a: DataAnswer<V> | CoherenceFailure) => void, arrivedAt = this.io.now()): void {
+    const fill: PendingFill<V> = { req, arrivedAt, reply };
+    if (!req.cacheable || !this.ready() || (!this.dir.has(req.key) && this.dir.size >= this.cfg.directoryEntriesMax)) {
+      this.uncachedRead(fill);
+      return;
+    }
+    const de = this.entry(req.key);
+    if (this.allWrites > 0) this.fillsWaitingAll.push(fill);
+    else if (de.writes > 0) de.waitingFills.push(fill);
+    else this.startFill(de, fill);
+    this.flush();
+  }
+
+  write(req: WriteRequest<Op>, reply: (a: WrittenAnswer<V, R> | CoherenceFailure) => void, arrivedAt = this.io.now()): void {
+    const w: PendingWrite<Op, V, R> = { req, arrivedAt, reply, keys: req.keys === 'all' ? [] : req.keys, all: req.keys === 'all', blockers: 0 };
+    if (!this.ready()) {
+      this.takeoverQueue.push(w);
+      return;
+    }
+    this.acceptWrite(w);
+    this.flush();
+  }
+
+  renew(req: RenewRequest, reply: (a: LeaseAnswer | CoherenceFailure) => void, arrivedAt = this.io.now()): void {
+    for (const [key, gen] of req.evicted) {
+      const de = this.dir.get(key);
+      if (de === undefined) continue;
+      const h = de.holders.get(req.from);
+      if (h !== undefined && h.gen === gen && h.state !== 'F') {
+        de.holders.delete(req.from);
+        this.maybeForget(key, de);
+      }
+    }
+    this.io.confirm((r) => {
+      if (!r.ok) return reply(r);
+      const lease = this.grantLease(req.from, arrivedAt);
+      if (lease) this.stats.leaseRenewals++;
+      reply({ t: 'lease', ok: true, epoch: this.epoch, home: this.cfg.self, lease });
+    });
+  }
+
+  onAck(ack: InvAck): void {
+    if (ack.epoch !== this.epoch) return;
+    for (const [key, gen] of ack.items) {
+      const de = this.dir.get(key);
+      const p = de?.inv.get(ack.from);
+      if (de === undefined || p === undefined || p.gen !== gen) continue;
+      this.stats.invalidationsAcked++;
+      de.inv.delete(ack.from);
+      if (de.inv.size === 0) this.invCleared(key, de);
+    }
+    this.flush();
+  }
+
+  /** Drives time: the end of the takeover wait, lapsed leases, invalidation retries. Call every few ms. */
+  tick(): void {
+    if (this.closed) return;
+    const now = this.io.now();
+    if (this.takeoverQueue.length > 0 && this.ready(now)) {
+      for (const w of this.takeoverQueue.splice(0)) this.acceptWrite(w);
+    }
+    const lapsed: NodeId[] = [];
+    for (const [node, until] of this.leases) if (until < now) lapsed.push(node);
+    for (const node of lapsed) this.leases.delete(node);
+    const stuckAfter = now - this.cfg.leaseMs / 2;
+    const stuck = new Set<NodeId>();
+    for (const key of [...this.invKeys]) {
+      const de = this.dir.get(key);
+      if (de === undefined) {
+        this.invKeys.delete(key);
+        continue;
+      }
+      for (const [node, p] of [...de.inv]) {
+        if (!this.leaseLive(node, now)) {
+          // Its lease ran out: that node has dropped every line of this shard by now.
+          this.stats.invalidationsLapsed++;
+          de.inv.delete(node);
+        } else {
+          if (p.sentAt < stuckAfter) stuck.add(node);
+          if (now - p.lastSentAt >= this.cfg.invRetryMs) {
+            this.stats.invalidationRetries++;
+            p.lastSentAt = now;
+            this.queueInv(node, key, p.gen);
+          }
+        }
+      }
+      if (de.inv.size === 0) this.invCleared(key, de);
+    }
+    this.stuck = stuck;
+    if (lapsed.length > 0) {
+      for (const [key, de] of this.dir) {
+        for (const node of lapsed) {
+          const h = de.holders.get(node);
+          if (h !== undefined && h.state !== 'F') de.holders.delete(node);
+        }
+        this.maybeForget(key, de);
+      }
+    }
+    this.flush();
+  }
+
+  /** Leadership ended: answer everything still waiting here (their writes never reached memory). */
+  close(failure: CoherenceFailure): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const w of this.takeoverQueue.splice(0)) w.reply(failure);
+    for (const f of this.fillsWaitingAll.splice(0)) f.reply(failure);
+    for (const de of this.dir.values()) {
+      for (const w of de.blockedWrites.splice(0)) if (w.blockers > 0) {
+        w.blockers = 0;
+        w.reply(failure);
+      }
+      for (const f of de.waitingFills.splice(0)) f.reply(failure);
+    }
+    this.dir.clear();
+    this.invKeys.clear();
+  }
+
+  // ------------------------------------------------------------------ internals
+
+  private entry(key: CacheKey): DirEntry<Op, V, R> {
+    let de = this.dir.get(key);
+    if (de === undefined) {
+      de = { holders: new Map(), writes: 0, inv: new Map(), blockedWrites: [], waitingFills: [] };
+      this.dir.set(key, de);
+    }
+    return de;
+  }
+
+  private maybeForget(key: CacheKey, de: DirEntry<Op, V, R>): void {
+    // `de` may be an entry already forgotten (a fill's callback holds the entry it started on, and a write may have
+    // revoked that fill and been forgotten since): never delete the key's newer entry through it, or its write count
+    // is lost and a grant is made while a write is in flight (test/cache/coherence-sim.test.ts, "a late fill answer
+    // does not forget the key's newer entry").
+    if (this.dir.get(key) !== de) return;
+    if (de.holders.size === 0 && de.writes === 0 && de.inv.size === 0 && de.waitingFills.length === 0 && de.blockedWrites.length === 0) {
+      this.dir.delete(key);
+    }
+  }
+
+  private leaseLive(node: NodeId, now: number): boolean {
+    return (this.leases.get(node) ?? Number.NEGATIVE_INFINITY) >= now;
+  }
+
+  /** Records a confirmed contact from `node`; false (lease not extended) while it sits on an old invalidation. */
+  private grantLease(node: NodeId, arrivedAt: number): boolean {
+    if (this.stuck.has(node)) {
+      this.stats.leaseRefusals++;
+      return false;
+    }
+    const until = arrivedAt + this.cfg.leaseMs + this.cfg.marginMs;
+    if (until > (this.leases.get(node) ?? Number.NEGATIVE_INFINITY)) this.leases.set(node, until);
+    return true;
+  }
+
+  private uncachedRead(fill: PendingFill<V>): void {
+    this.stats.uncachedReads++;
+    this.io.readMemory(fill.req.key, (r) => {
+      if (!r.ok) return fill.reply(r);
+      const lease = this.grantLease(fill.req.from, fill.arrivedAt);
+      fill.reply({ t: 'data', ok: true, epoch: this.epoch, home: this.cfg.self, lease, value: r.value, grant: null, gen: 0 });
+    });
+  }
+
+  private startFill(de: DirEntry<Op, V, R>, fill: PendingFill<V>): void {
+    const { from, key } = fill.req;
+    const gen = ++this.gen;
+    const prev = de.holders.get(from);
+    const shadow = prev === undefined ? undefined : prev.state === 'F' ? prev.shadow : prev.gen;
+    de.holders.set(from, shadow === undefined ? { state: 'F', gen } : { state: 'F', gen, shadow });
+    this.stats.fills++;
+    const ungranted = (): void => {
+      if (shadow === undefined) de.holders.delete(from);
+      else de.holders.set(from, { state: 'S', gen: shadow });
+    };
+    this.io.readMemory(key, (r) => {
+      const h = de.holders.get(from);
+      const current = h !== undefined && h.gen === gen && this.dir.get(key) === de && !this.closed;
+      if (!r.ok) {
+        if (current) ungranted();
+        this.maybeForget(key, de);
+        fill.reply(r);
+        return;
+      }
+      const lease = this.grantLease(from, fill.arrivedAt);
+      let grant: 'E' | 'S' | null = null;
+      if (current && lease && r.cacheable) {
+        let others = false;
+        for (const [n, o] of de.holders) {
+          if (n === from) continue;
+          others = true;
+          // Write-through: an E line is clean and never written locally, so the directory alone downgrades it.
+          if (o.state === 'E') o.state = 'S';
+        }
+        grant = others ? 'S' : 'E';
+        h!.state = grant;
+        if (grant === 'E') this.stats.grantsE++;
+        else this.stats.grantsS++;
+      } else if (current) {
+        ungranted();
+      }
+      this.maybeForget(key, de);
+      fill.reply({ t: 'data', ok: true, epoch: this.epoch, home: this.cfg.self, lease, value: r.value, grant, gen: grant === null ? 0 : gen });
+      this.flush();
+    });
+  }
+
+  private acceptWrite(w: PendingWrite<Op, V, R>): void {
+    if (this.closed) return;
+    const from = w.req.from;
+    const now = this.io.now();
+    this.stats.writes++;
+    if (w.all) {
+      this.allWrites++;
+      for (const [key, de] of this.dir) {
+        this.revokeOthers(key, de, from, now);
+        if (de.inv.size > 0) {
+          w.blockers++;
+          de.blockedWrites.push(w);
+        }
+      }
+    } else {
+      for (const key of w.keys) {
+        const de = this.entry(key);
+        de.writes++;
+        this.revokeOthers(key, de, from, now);
+        if (de.inv.size > 0) {
+          w.blockers++;
+          de.blockedWrites.push(w);
+        }
+      }
+    }
+    if (w.blockers === 0) this.perform(w);
+  }
+
+  /**
+   * Moves every holder of `key` to the invalidation set, the writer included when it is listed with a granted line.
+   * The writer dropped its copy when it sent this write, unless this is a request it gave up on (timed out, still in
+   * the network) and it filled the key again before the request arrived: skipping it would leave that line stale
+   * (test/cache/coherence-sim.test.ts, "a timed-out write arriving after its writer filled the key again"). It
+   * costs one invalidation round to a writer that held the key (the node keeps its write's grant: cache-node.ts
+   * writeInv). A writer whose fill is still out ('F') needs nothing: that fill is answered without a grant.
+   */
+  private revokeOthers(key: CacheKey, de: DirEntry<Op, V, R>, writer: NodeId, now: number): void {
+    for (const [node, h] of de.holders) {
+      if ((node !== writer || h.state !== 'F' || h.shadow !== undefined) && this.leaseLive(node, now)) {
+        const prev = de.inv.get(node);
+        if (prev === undefined || prev.gen < h.gen) {
+          de.inv.set(node, { gen: h.gen, sentAt: prev?.sentAt ?? now, lastSentAt: now });
+          this.invKeys.add(key);
+          this.stats.invalidationsSent++;
+          this.queueInv(node, key, h.gen);
+        }
+      }
+    }
+    de.holders.clear();
+  }
+
+  private invCleared(key: CacheKey, de: DirEntry<Op, V, R>): void {
+    this.invKeys.delete(key);
+    const blocked = de.blockedWrites.splice(0);
+    for (const w of blocked) {
+      w.blockers--;
+      if (w.blockers === 0) this.perform(w);
+    }
+    this.maybeForget(key, de);
+  }
+
+  private perform(w: PendingWrite<Op, V, R>): void {
+    const want = w.req.want;
+    this.io.writeMemory(w.req.op, want, (r) => {
+      let grant: WrittenAnswer<V, R>['grant'] = null;
+      let lease = false;
+      if (r.ok) lease = this.grantLease(w.req.from, w.arrivedAt);
+      for (const key of w.keys) {
+        const de = this.dir.get(key);
+        if (de === undefined) continue;
+        de.writes--;
+        if (
+          r.ok &&
+          lease &&
+          key === want &&
+          r.value !== undefined &&
+          de.writes === 0 &&
+          this.allWrites === (w.all ? 1 : 0) &&
+          de.holders.size === 0 &&
+          de.inv.size === 0 &&
+          !this.closed
+        ) {
+          const gen = ++this.gen;
+          de.holders.set(w.req.from, { state: 'E', gen });
+          this.stats.grantsE++;
+          grant = { key, value: r.value, gen };
+        }
+        if (de.writes === 0 && this.allWrites === 0) this.drainFills(de);
+        this.maybeForget(key, de);
+      }
+      if (w.all) {
+        this.allWrites--;
+        if (this.allWrites === 0) {
+          for (const f of this.fillsWaitingAll.splice(0)) this.getS(f.req, f.reply, f.arrivedAt);
+          for (const [, de] of this.dir) if (de.writes === 0) this.drainFills(de);
+        }
+      }
+      if (!r.ok) w.reply(r);
+      else w.reply({ t: 'written', ok: true, epoch: this.epoch, home: this.cfg.self, lease, result: r.result, grant });
+      this.flush();
+    });
+  }
+
+  private drainFills(de: DirEntry<Op, V, R>): void {
+    if (de.waitingFills.length === 0) return;
+    for (const f of de.waitingFills.splice(0)) this.startFill(de, f);
+  }
+
+  private queueInv(node: NodeId, key: CacheKey, gen: number): void {
+    let items = this.outbox.get(node);
+    if (items === undefined) {
+      items = [];
+      this.outbox.set(node, items);
+    }
+    items.push([key, gen]);
+  }
+
+  private flush(): void {
+    if (this.outbox.size === 0) return;
+    for (const [node, items] of this.outbox) this.io.send(node, { t: 'inv', shard: this.cfg.shard, epoch: this.epoch, items });
+    this.outbox.clear();
+  }
+}

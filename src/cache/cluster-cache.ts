@@ -1,0 +1,194 @@
+/**
+ * ClusterCache: the edge thread's coherent cache. It keeps the node's MESI lines in the node-local CacheStore (LRU by
+ * items and bytes, TTL), serves GET hits on the edge with no thread hop and no network, and sends misses, writes and
+ * lease renewals to the shard's home through the ShardRuntime as internal `_c.*` commands (coherence-wire.ts).
+ * Invalidations reach it through `ShardRuntime.onCacheInvalidate`. The protocol itself is CacheNode's
+ * (cache-node.ts); this file adapts it to the store and the runtime. docs/cache-coherence.md.
+ *
+ * Store entries: value = the cached bytes (empty for a cached "no such key"); expireAt = the key's expiry minus
+ * `ttlMarginMs` (the memory's expiry is the leader's clock: stopping early covers clock skew between nodes);
+ * state = gen * 2^17 + shard * 8 + absent * 4 + MESI state.
+ */
+import type { NodeId } from '../raft/types.js';
+import type { ShardRuntime } from '../cluster/shard-runtime.js';
+import type { ShardReply } from '../cluster/worker-protocol.js';
+import type { CacheLimits } from '../config/limits.js';
+import { recordValue } from '../cluster/record-value.js';
+import { CacheNode, type Line, type LineStore, type ReadResult } from './cache-node.js';
+import type { CacheKey, CoherenceFailure, HomeAnswer, NodeRequest } from './coherence-types.js';
+import { decodeAnswer, encodeCacheRequest, type CachedValue, type CacheWriteOp } from './coherence-wire.js';
+import { LineState, LINE_STATE_NAMES } from './mesi.js';
+import { CacheStore, type CacheEntry } from './store.js';
+
+export interface ClusterCacheOptions {
+  nodeId: NodeId;
+  runtime: ShardRuntime;
+  limits: CacheLimits;
+  /** Must equal the homes' lease (ShardWorkerTuning.cacheLeaseMs). */
+  leaseMs: number;
+  /** How often a shard with lines renews its lease; default leaseMs / 4. */
+  renewMs?: number;
+  /** A line stops being served this long before its key's TTL ends (clock skew between nodes), ms. */
+  ttlMarginMs: number;
+  /** How often the cache's timer runs (lease lapses, renewals, expiry sweep), ms. */
+  tickMs?: number;
+}
+
+const SHARD_BITS = 16384;
+const ABSENT = 4;
+const EMPTY = Buffer.alloc(0);
+
+function encodeState(line: Line<CachedValue>): number {
+  return (line.gen * SHARD_BITS + line.shard) * 8 + (line.value === null ? ABSENT : 0) + line.state;
+}
+
+const ERR_MAP: Record<CoherenceFailure['code'], ShardReply & { ok: false }> = {
+  TRYAGAIN: { ok: false, code: 'TRYAGAIN', leader: 0, message: '' },
+  NOTLEADER: { ok: false, code: 'NOTLEADER', leader: 0, message: '' },
+  NOQUORUM: { ok: false, code: 'NOQUORUM', leader: 0, message: '' },
+  ERR: { ok: false, code: 'ERR', leader: 0, message: '' },
+  STOPPED: { ok: false, code: 'STOPPED', leader: 0, message: '' },
+  BUSY: { ok: false, code: 'BUSY', leader: 0, message: '' },
+  NOSHARD: { ok: false, code: 'NOSHARD', leader: 0, message: '' },
+};
+
+/** A coherence failure as the runtime's reply shape (so callers format errors one way). */
+export function failureReply(f: CoherenceFailure): ShardReply {
+  return { ...ERR_MAP[f.code], message: f.message };
+}
+
+export class ClusterCache {
+  readonly store: CacheStore;
+  readonly node: CacheNode<CachedValue, CacheWriteOp, Uint8Array>;
+  private readonly timer: NodeJS.Timeout;
+  private readonly ttlMarginMs: number;
+  private readonly sweepKeysMax: number;
+
+  constructor(opts: ClusterCacheOptions) {
+    this.ttlMarginMs = opts.ttlMarginMs;
+    this.sweepKeysMax = Math.max(1, opts.limits.expireSweepKeysMax);
+    const onGone = (e: CacheEntry): void => this.node.onEvicted(e.keyLatin1, this.lineOf(e));
+    this.store = new CacheStore(opts.limits, Date.now, { onEvict: onGone, onExpire: onGone });
+    const store = this.store;
+    const lineOf = (e: CacheEntry | undefined): Line<CachedValue> | undefined => (e === undefined ? undefined : this.lineOf(e));
+    const lines: LineStore<CachedValue> = {
+      get: (key) => lineOf(store.getLatin1(key)),
+      peek: (key) => lineOf(store.peekLatin1(key)),
+      put: (key, line) => {
+        const v = line.value;
+        let expireAt = 0;
+        if (v !== null && v.x > 0) {
+          expireAt = v.x - this.ttlMarginMs;
+          // Too close to its end to be worth holding (and it must not be served past the memory's expiry).
+          if (expireAt <= Date.now()) return;
+        }
+        try {
+          store.set(Buffer.from(key, 'latin1'), v === null ? EMPTY : v.v, { expireAt, state: encodeState(line) });
+        } catch {
+          // Larger than the whole cache: not cached (CacheNode sees it absent and counts nothing).
+        }
+      },
+      delete: (key) => {
+        store.deleteLatin1(key);
+      },
+    };
+    const runtime = opts.runtime;
+    this.node = new CacheNode<CachedValue, CacheWriteOp, Uint8Array>(
+      { self: opts.nodeId, leaseMs: opts.leaseMs, renewMs: opts.renewMs ?? Math.max(1, Math.floor(opts.leaseMs / 4)), evictedBatchMax: 1024 },
+      lines,
+      {
+        now: () => performance.now(),
+        request: (shard, req: NodeRequest<CacheWriteOp>, cb: (a: HomeAnswer<CachedValue, Uint8Array> | CoherenceFailure) => void) => {
+          const { kind, args } = encodeCacheRequest(req);
+          runtime.submit(shard, kind, args, (r) => {
+            if (!r.ok) return cb({ ok: false, code: r.code, message: r.message });
+            let a: HomeAnswer<CachedValue, Uint8Array>;
+            try {
+              const v = recordValue(r.record);
+              if (!Buffer.isBuffer(v)) throw new Error('not a bulk string');
+              a = decodeAnswer(v);
+            } catch (err) {
+              return cb({ ok: false, code: 'ERR', message: `malformed cache answer: ${(err as Error).message}` });
+            }
+            cb(a);
+          });
+        },
+      },
+    );
+    runtime.onCacheInvalidate = (msg) => this.node.onInvalidate(msg);
+    this.timer = setInterval(() => {
+      this.node.tick();
+      this.store.sweepExpired(this.sweepKeysMax);
+    }, opts.tickMs ?? 10);
+    this.timer.unref();
+  }
+
+  /** The cached value if the key can be served locally now (a hit, counted); undefined if not (nothing counted). */
+  peekHit(shard: number, key: Buffer): CachedValue | null | undefined {
+    const line = this.node.tryHit(shard, key.toString('latin1'));
+    return line === undefined ? undefined : line.value;
+  }
+
+  /** GET: a hit answers synchronously (before this returns); a miss asks the home. */
+  get(shard: number, key: Buffer, cb: (r: ReadResult<CachedValue>) => void): void {
+    this.node.read(shard, key.toString('latin1'), cb);
+  }
+
+  /**
+   * A replicated write through the home (write-through): `keys` it touches ('all' for FLUSHALL/FLUSHDB), `want`: a
+   * key whose value after the write the node would hold in E. The reply is the write's own reply record.
+   */
+  write(shard: number, keys: CacheKey[] | 'all', args: Buffer[], want: CacheKey | undefined, cb: (r: ShardReply) => void): void {
+    this.node.write(shard, keys, args, want, (r) => {
+      if (!r.ok) cb(failureReply(r));
+      else cb({ ok: true, record: r.result });
+    });
+  }
+
+  /** This node's state of a key (CACHE.STATE). */
+  stateName(shard: number, key: Buffer): string {
+    return LINE_STATE_NAMES[this.node.stateOf(key.toString('latin1'), shard)];
+  }
+
+  /** INFO cache lines of this node. */
+  infoLines(): string[] {
+    const s = this.node.stats;
+    const reads = s.hits + s.misses;
+    const out = [
+      `cache_policy:write-through`,
+      `cache_lines:${this.store.size}`,
+      `cache_bytes:${this.store.bytes}`,
+      `cache_lines_m:${this.node.lines[LineState.M]}`,
+      `cache_lines_e:${this.node.lines[LineState.E]}`,
+      `cache_lines_s:${this.node.lines[LineState.S]}`,
+      `cache_hits:${s.hits}`,
+      `cache_misses:${s.misses}`,
+      `cache_hit_rate:${reads === 0 ? '0.0000' : (s.hits / reads).toFixed(4)}`,
+      `cache_fills:${s.fillsSent}`,
+      `cache_installs:${s.installs}`,
+      `cache_writes:${s.writesSent}`,
+      `cache_evictions:${s.evictions}`,
+      `cache_invalidations_received:${s.invalidationsReceived}`,
+      `cache_lease_lapsed_lines:${s.lapsedLines}`,
+      `cache_home_change_lines:${s.homeChangeLines}`,
+      `cache_lease_renewals_sent:${s.renewalsSent}`,
+      `cache_lease_renewals_refused:${s.renewalsRefused}`,
+    ];
+    for (const [name, n] of this.node.transitions.entries()) out.push(`cache_transition_${name.replace('->', '_to_')}:${n}`);
+    return out;
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+  }
+
+  private lineOf(e: CacheEntry): Line<CachedValue> {
+    const st = e.state;
+    const mesi = (st % 4) as LineState;
+    const absent = Math.floor(st / 4) % 2 === 1;
+    const rest = Math.floor(st / 8);
+    const shard = rest % SHARD_BITS;
+    const gen = Math.floor(rest / SHARD_BITS);
+    return { state: mesi, value: absent ? null : { v: e.value, x: e.expireAt === 0 ? 0 : e.expireAt + this.ttlMarginMs }, gen, shard };
+  }
+}

@@ -1,0 +1,111 @@
+/**
+ * The messages of the MESI coherence protocol between a node's cache (CacheNode, cache-node.ts) and a shard's home
+ * (CacheHome, cache-home.ts), and the I/O each side is given. Plain data: the cluster carries them over the
+ * request path (node -> home) and peer requests (home -> node); the simulator carries them over its lossy network.
+ *
+ * Keys are latin1 strings (1:1 with the key's bytes). `V` is the cached value type: a record of memory (the
+ * replicated keyspace) with its expiry; `null` stands for "no such key" (absent keys are cached too, so a miss on a
+ * missing key is not a round trip every time).
+ *
+ * Identity of a grant: (epoch, gen). `epoch` is the home's Raft term: a new leader is a new home with an empty
+ * directory. `gen` numbers the home's grants; an invalidation names the grant it revokes.
+ */
+import type { NodeId } from '../raft/types.js';
+
+export type CacheKey = string;
+
+/** Result codes of a failed request (mirrors the runtime's: the caller turns them into RESP errors). */
+export type CoherenceErrorCode = 'TRYAGAIN' | 'NOTLEADER' | 'NOQUORUM' | 'ERR' | 'STOPPED' | 'BUSY' | 'NOSHARD';
+
+export interface CoherenceFailure {
+  ok: false;
+  code: CoherenceErrorCode;
+  message: string;
+  /** The underlying error, when the failure came from the runtime (the worker re-routes by it). */
+  cause?: unknown;
+}
+
+// ---------------------------------------------------------------- node -> home (requests, answered once)
+
+/** Read miss: the value, and a line (E or S) when the node may cache it. */
+export interface GetSRequest {
+  t: 'gets';
+  from: NodeId;
+  shard: number;
+  key: CacheKey;
+  /** false: the node will not cache the answer (it has a write of this key in flight): just read memory. */
+  cacheable: boolean;
+}
+
+/** A write-through write: the home invalidates every other copy, then writes memory, then answers. */
+export interface WriteRequest<Op> {
+  t: 'write';
+  from: NodeId;
+  shard: number;
+  /** The keys the write touches; 'all' for a keyless write of the whole shard (FLUSHALL). */
+  keys: CacheKey[] | 'all';
+  op: Op;
+  /** The node wants an E line of this key with the written value (a single-key write whose result it can cache). */
+  want?: CacheKey;
+}
+
+/** Lease renewal, with the clean lines the node evicted since its last renewal (so the directory forgets them). */
+export interface RenewRequest {
+  t: 'renew';
+  from: NodeId;
+  shard: number;
+  evicted: [key: CacheKey, gen: number][];
+}
+
+export type NodeRequest<Op> = GetSRequest | WriteRequest<Op> | RenewRequest;
+
+/** Every successful answer renews the node's lease when `lease` is true (the home confirmed its leadership). */
+interface AnswerBase {
+  ok: true;
+  epoch: number;
+  home: NodeId;
+  lease: boolean;
+}
+
+export interface DataAnswer<V> extends AnswerBase {
+  t: 'data';
+  value: V | null;
+  /** 'E' or 'S' when the node may install the line; null when it must not cache it. */
+  grant: 'E' | 'S' | null;
+  gen: number;
+}
+
+export interface WrittenAnswer<V, R> extends AnswerBase {
+  t: 'written';
+  result: R;
+  /** An E line of `want` with its value after the write, when granted. */
+  grant: { key: CacheKey; value: V | null; gen: number } | null;
+}
+
+export interface LeaseAnswer extends AnswerBase {
+  t: 'lease';
+}
+
+export type HomeAnswer<V, R> = DataAnswer<V> | WrittenAnswer<V, R> | LeaseAnswer;
+
+// ---------------------------------------------------------------- home -> node (answered with an ack)
+
+export interface InvMessage {
+  t: 'inv';
+  shard: number;
+  epoch: number;
+  /** The keys to drop, each with the gen of the grant being revoked. */
+  items: [key: CacheKey, gen: number][];
+}
+
+export type HomeMessage = InvMessage;
+
+export interface InvAck {
+  t: 'invack';
+  from: NodeId;
+  shard: number;
+  epoch: number;
+  items: [key: CacheKey, gen: number][];
+}
+
+export type NodeAck = InvAck;

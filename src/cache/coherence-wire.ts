@@ -1,0 +1,152 @@
+/**
+ * How the coherence protocol rides the cluster runtime. Node -> home requests are internal keyspace commands, so
+ * routing to the shard's leader, forwarding, parking during elections and timeouts are the runtime's:
+ *
+ *   _c.gets  <from> <key> <cacheable 0|1>                          (read kind)
+ *   _c.renew <from> <evicted: msgpack [[key, gen], ...]>           (read kind)
+ *   _c.write <from> <want key or ''> <keys: msgpack string[] | '*'> <the write's own args...>   (write kind)
+ *
+ * The home's answer is one bulk string holding the msgpack of the HomeAnswer (a written answer carries the
+ * write's own reply record as bytes). Home -> node invalidations travel as peer requests `{ c: InvMessage }` whose
+ * response is the InvAck, relayed between the node's worker and its edge (worker-protocol.ts 'cinv' / 'cack').
+ *
+ * Values: a cached value is `{ v: bytes, x: expireAt unix ms (0 = none) }`; null = no such key.
+ */
+import { Packr } from 'msgpackr';
+import type { NodeId } from '../raft/types.js';
+import type { CacheKey, HomeAnswer, InvAck, InvMessage, NodeRequest } from './coherence-types.js';
+
+/** A string value as cached: bytes and absolute expiry (unix ms, 0 = none). */
+export interface CachedValue {
+  v: Buffer;
+  x: number;
+}
+
+/** The write's own RESP arguments (a replicated keyspace write). */
+export type CacheWriteOp = Buffer[];
+
+export const CACHE_GETS = '_c.gets';
+export const CACHE_RENEW = '_c.renew';
+export const CACHE_WRITE = '_c.write';
+
+const packr = new Packr({ useRecords: false, mapsAsObjects: true });
+const B = (s: string): Buffer => Buffer.from(s, 'latin1');
+
+/** True for the three internal cache commands (checked on the first bytes: '_c.'). */
+export function isCacheCommand(args: readonly Uint8Array[]): boolean {
+  const a = args[0];
+  return a !== undefined && a.length > 3 && a[0] === 0x5f && a[1] === 0x63 && a[2] === 0x2e;
+}
+
+export function encodeCacheRequest(req: NodeRequest<CacheWriteOp>): { kind: 'read' | 'write'; args: Buffer[] } {
+  switch (req.t) {
+    case 'gets':
+      return { kind: 'read', args: [B(CACHE_GETS), B(String(req.from)), B(req.key), B(req.cacheable ? '1' : '0')] };
+    case 'renew':
+      return { kind: 'read', args: [B(CACHE_RENEW), B(String(req.from)), packr.pack(req.evicted)] };
+    case 'write':
+      return {
+        kind: 'write',
+        args: [B(CACHE_WRITE), B(String(req.from)), B(req.want ?? ''), req.keys === 'all' ? B('*') : packr.pack(req.keys), ...req.op],
+      };
+  }
+}
+
+export class CacheWireError extends Error {
+  constructor(message: string) {
+    super(`cache wire: ${message}`);
+    this.name = 'CacheWireError';
+  }
+}
+
+function nodeIdOf(b: Buffer | undefined): NodeId {
+  const n = b === undefined ? NaN : Number(b.toString('latin1'));
+  if (!Number.isSafeInteger(n) || n <= 0) throw new CacheWireError('bad node id');
+  return n;
+}
+
+/** Why `args` is not a well-formed cache command, or null. Inner write args are checked by the caller. */
+export function checkCacheCommand(kind: 'read' | 'write', args: readonly Buffer[]): string | null {
+  const name = args[0]?.toString('latin1');
+  try {
+    if (name === CACHE_GETS && kind === 'read' && args.length === 4) nodeIdOf(args[1]);
+    else if (name === CACHE_RENEW && kind === 'read' && args.length === 3) nodeIdOf(args[1]);
+    else if (name === CACHE_WRITE && kind === 'write' && args.length >= 5) nodeIdOf(args[1]);
+    else return `malformed cache command ${name ?? '(none)'}`;
+  } catch (err) {
+    return (err as Error).message;
+  }
+  return null;
+}
+
+/** The inner write args of `_c.write`. */
+export function cacheWriteArgs(args: Buffer[]): Buffer[] {
+  return args.slice(4);
+}
+
+export function decodeCacheRequest(args: Buffer[]): NodeRequest<CacheWriteOp> & { shard: number } {
+  const name = args[0]!.toString('latin1');
+  const from = nodeIdOf(args[1]);
+  if (name === CACHE_GETS) return { t: 'gets', from, shard: -1, key: args[2]!.toString('latin1'), cacheable: args[3]![0] === 0x31 };
+  if (name === CACHE_RENEW) {
+    const evicted = packr.unpack(args[2]!) as unknown;
+    if (!Array.isArray(evicted)) throw new CacheWireError('bad evicted list');
+    return { t: 'renew', from, shard: -1, evicted: evicted as [CacheKey, number][] };
+  }
+  if (name === CACHE_WRITE) {
+    const want = args[2]!.toString('latin1');
+    const keysArg = args[3]!;
+    const keys = keysArg.length === 1 && keysArg[0] === 0x2a ? 'all' : (packr.unpack(keysArg) as unknown);
+    if (keys !== 'all' && !Array.isArray(keys)) throw new CacheWireError('bad key list');
+    return { t: 'write', from, shard: -1, keys: keys as CacheKey[] | 'all', op: cacheWriteArgs(args), ...(want !== '' ? { want } : {}) };
+  }
+  throw new CacheWireError(`unknown cache command ${name}`);
+}
+
+export function encodeAnswer(a: HomeAnswer<CachedValue, Uint8Array>): Buffer {
+  return packr.pack(a);
+}
+
+export function decodeAnswer(b: Uint8Array): HomeAnswer<CachedValue, Uint8Array> {
+  const a = packr.unpack(b) as HomeAnswer<CachedValue, Uint8Array> | null;
+  if (a === null || typeof a !== 'object' || a.ok !== true) throw new CacheWireError('bad answer');
+  if (a.t === 'data' && a.value !== null) a.value.v = Buffer.from(a.value.v.buffer, a.value.v.byteOffset, a.value.v.byteLength);
+  if (a.t === 'written' && a.grant !== null && a.grant.value !== null) {
+    const v = a.grant.value.v;
+    a.grant.value.v = Buffer.from(v.buffer, v.byteOffset, v.byteLength);
+  }
+  return a;
+}
+
+/** Peer payload of an invalidation. */
+export interface CacheInvPayload {
+  c: InvMessage;
+}
+
+export function isCacheInvPayload(p: unknown): p is CacheInvPayload {
+  if (p === null || typeof p !== 'object' || !('c' in p)) return false;
+  const m = (p as { c: unknown }).c as InvMessage | null;
+  return m !== null && typeof m === 'object' && m.t === 'inv' && Number.isInteger(m.shard) && Number.isInteger(m.epoch) && Array.isArray(m.items);
+}
+
+export function isInvAck(p: unknown): p is InvAck {
+  if (p === null || typeof p !== 'object') return false;
+  const a = p as InvAck;
+  return a.t === 'invack' && Number.isInteger(a.from) && Number.isInteger(a.shard) && Number.isInteger(a.epoch) && Array.isArray(a.items);
+}
+
+/**
+ * The keys a replicated keyspace write touches, from its command spec: 'all' for a keyless write (FLUSHALL,
+ * FLUSHDB), which the home treats as a write of every key of the shard.
+ */
+export function writeKeysOf(spec: { firstKey: number; lastKey: number; keyStep: number }, args: readonly Uint8Array[]): CacheKey[] | 'all' {
+  if (spec.firstKey === 0) return 'all';
+  const last = spec.lastKey < 0 ? args.length + spec.lastKey : spec.lastKey;
+  const step = spec.keyStep > 0 ? spec.keyStep : 1;
+  const keys: CacheKey[] = [];
+  for (let i = spec.firstKey; i <= last && i < args.length; i += step) {
+    const a = args[i]!;
+    keys.push(Buffer.from(a.buffer, a.byteOffset, a.byteLength).toString('latin1'));
+  }
+  return keys;
+}
