@@ -15,7 +15,10 @@
  *
  * Invariants (tests: test/cache/cache-home.test.ts, test/cache/coherence-sim.test.ts):
  *   - A write is handed to memory only when no other node holds a live line of any key it touches: every holder was
- *     invalidated and acknowledged, or its lease lapsed (its node dropped its lines itself).
+ *     invalidated and acknowledged, or its lease lapsed (its node dropped its lines itself). The writer is
+ *     invalidated too when the directory still lists a granted line of it (see revokeOthers).
+ *   - A node stays listed while it may hold a line: a fill that ends without a grant puts back the node's earlier
+ *     grant, and only the key's current entry is ever forgotten.
  *   - No fill reads memory while a write of its key is in flight (it waits), and a fill that a write overtook (its
  *     holder entry was revoked while memory was being read) is answered without a grant.
  *   - A grant is made only to a node whose holder entry still carries the gen the grant was prepared with.
@@ -210,7 +213,7 @@ export class CacheHome<V, Op, R> {
   }
 
   renew(req: RenewRequest, reply: (a: LeaseAnswer | CoherenceFailure) => void, arrivedAt = this.io.now()): void {
-    for (const [key, gen] of req.evicted) {
+    for (const [key, gen] of req.epoch === this.epoch ? req.evicted : []) {
       const de = this.dir.get(key);
       if (de === undefined) continue;
       const h = de.holders.get(req.from);

@@ -16,8 +16,11 @@
  *   - A grant installs only if nothing could have revoked it unseen: the answer's epoch is the lease's epoch, the
  *     shard's incarnation (bumped when its lease lapses) did not change since the request left, no invalidation of
  *     the key arrived meanwhile (`poisoned`), and no write of the key from this node is in flight.
- *   - A node never serves a key while it has a write of that key in flight (the home does not invalidate the
- *     writer, which dropped its copy when it sent the write).
+ *   - A node never serves a key while it has a write of that key in flight (it dropped its copy when it sent the
+ *     write; the home invalidates the writer only if it still lists a line of it, see cache-home.ts revokeOthers).
+ *   - A reader joining a fill already out takes its value only if the fill installed a line; only the last write
+ *     of a key sent from this node may install its grant; a lease found lapsed when an answer arrives lapses before
+ *     the answer can extend it.
  *   - Every state change goes through mesi.ts `transition` and is counted.
  */
 import type { NodeId } from '../raft/types.js';
@@ -361,7 +364,7 @@ export class CacheNode<V, Op, R> {
     lease.lastRenewSent = now;
     const evicted = lease.evicted.splice(0);
     this.stats.renewalsSent++;
-    this.io.request(shard, { t: 'renew', from: this.cfg.self, shard, evicted }, (a) => {
+    this.io.request(shard, { t: 'renew', from: this.cfg.self, shard, epoch: lease.epoch, evicted }, (a) => {
       lease.renewing = false;
       if (!a.ok) return;
       if (!(a as LeaseAnswer).lease) this.stats.renewalsRefused++;
@@ -393,9 +396,13 @@ export class CacheNode<V, Op, R> {
     if (!a.lease) return false;
     const until = sentAt + this.cfg.leaseMs;
     if (until > lease.until) lease.until = until;
-    const live = lease.until > this.io.now();
-    if (live) lease.lapsed = false;
-    return live;
+    const now = this.io.now();
+    if (lease.until > now) lease.lapsed = false;
+    // A grant rides on the lease of its own request, not on one a later request renewed: a request that waited at
+    // the home (takeover wait, invalidations) is granted under a lease that may have run out there before the answer
+    // arrived, and the home then dropped the grant without invalidating it (test/cache/coherence-sim.test.ts,
+    // "a grant whose own lease ran out does not install").
+    return until > now;
   }
 
   /** Reads of late joiners whose fill installed nothing: one new fill for all of them (or hits). */

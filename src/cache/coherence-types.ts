@@ -54,6 +54,8 @@ export interface RenewRequest {
   t: 'renew';
   from: NodeId;
   shard: number;
+  /** The home epoch the evicted gens were granted in: gens restart in every home, so another epoch's are ignored. */
+  epoch: number;
   evicted: [key: CacheKey, gen: number][];
 }
 

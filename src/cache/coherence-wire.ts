@@ -3,7 +3,7 @@
  * routing to the shard's leader, forwarding, parking during elections and timeouts are the runtime's:
  *
  *   _c.gets  <from> <key> <cacheable 0|1>                          (read kind)
- *   _c.renew <from> <evicted: msgpack [[key, gen], ...]>           (read kind)
+ *   _c.renew <from> <epoch> <evicted: msgpack [[key, gen], ...]>   (read kind)
  *   _c.write <from> <want key or ''> <keys: msgpack string[] | '*'> <the write's own args...>   (write kind)
  *
  * The home's answer is one bulk string holding the msgpack of the HomeAnswer (a written answer carries the
@@ -43,7 +43,7 @@ export function encodeCacheRequest(req: NodeRequest<CacheWriteOp>): { kind: 'rea
     case 'gets':
       return { kind: 'read', args: [B(CACHE_GETS), B(String(req.from)), B(req.key), B(req.cacheable ? '1' : '0')] };
     case 'renew':
-      return { kind: 'read', args: [B(CACHE_RENEW), B(String(req.from)), packr.pack(req.evicted)] };
+      return { kind: 'read', args: [B(CACHE_RENEW), B(String(req.from)), B(String(req.epoch)), packr.pack(req.evicted)] };
     case 'write':
       return {
         kind: 'write',
@@ -70,7 +70,7 @@ export function checkCacheCommand(kind: 'read' | 'write', args: readonly Buffer[
   const name = args[0]?.toString('latin1');
   try {
     if (name === CACHE_GETS && kind === 'read' && args.length === 4) nodeIdOf(args[1]);
-    else if (name === CACHE_RENEW && kind === 'read' && args.length === 3) nodeIdOf(args[1]);
+    else if (name === CACHE_RENEW && kind === 'read' && args.length === 4) nodeIdOf(args[1]);
     else if (name === CACHE_WRITE && kind === 'write' && args.length >= 5) nodeIdOf(args[1]);
     else return `malformed cache command ${name ?? '(none)'}`;
   } catch (err) {
@@ -89,9 +89,11 @@ export function decodeCacheRequest(args: Buffer[]): NodeRequest<CacheWriteOp> & 
   const from = nodeIdOf(args[1]);
   if (name === CACHE_GETS) return { t: 'gets', from, shard: -1, key: args[2]!.toString('latin1'), cacheable: args[3]![0] === 0x31 };
   if (name === CACHE_RENEW) {
-    const evicted = packr.unpack(args[2]!) as unknown;
+    const epoch = Number(args[2]!.toString('latin1'));
+    if (!Number.isSafeInteger(epoch)) throw new CacheWireError('bad epoch');
+    const evicted = packr.unpack(args[3]!) as unknown;
     if (!Array.isArray(evicted)) throw new CacheWireError('bad evicted list');
-    return { t: 'renew', from, shard: -1, evicted: evicted as [CacheKey, number][] };
+    return { t: 'renew', from, shard: -1, epoch, evicted: evicted as [CacheKey, number][] };
   }
   if (name === CACHE_WRITE) {
     const want = args[2]!.toString('latin1');

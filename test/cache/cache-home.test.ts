@@ -1,0 +1,443 @@
+// CacheHome alone, driven by a scripted IO: every memory call and invalidation is recorded and completed by hand,
+// time moves only when the test moves it. Checks the directory's rules: the takeover wait, E/S grants, invalidate
+// and acknowledge before a write reaches memory, lapsed leases, invalidation retries and stuck nodes, fills overtaken
+// by writes, and the regressions found by test/cache/coherence-sim.test.ts.
+import t from 'tap';
+import { CacheHome, type HomeConfig, type HomeIO, type MemoryRead, type MemoryWrite } from '../../src/cache/cache-home.js';
+import type { CacheKey, CoherenceFailure, DataAnswer, InvMessage, LeaseAnswer, WrittenAnswer } from '../../src/cache/coherence-types.js';
+import type { NodeId } from '../../src/raft/types.js';
+
+type Op = { key: string; value: string };
+type Home = CacheHome<string, Op, string>;
+
+const LEASE = 200;
+const MARGIN = 20;
+const RETRY = 30;
+const START = 1_000;
+const READY = START + LEASE + MARGIN;
+const EPOCH = 5;
+
+class ScriptedIO implements HomeIO<string, Op, string> {
+  t = START;
+  readonly sent: { to: NodeId; msg: InvMessage }[] = [];
+  readonly reads: { key: CacheKey; cb: (r: MemoryRead<string>) => void }[] = [];
+  readonly confirms: ((r: { ok: true } | CoherenceFailure) => void)[] = [];
+  readonly writes: { op: Op; want: CacheKey | undefined; cb: (r: MemoryWrite<string, string>) => void }[] = [];
+
+  now(): number {
+    return this.t;
+  }
+  send(to: NodeId, msg: InvMessage): void {
+    this.sent.push({ to, msg });
+  }
+  readMemory(key: CacheKey, cb: (r: MemoryRead<string>) => void): void {
+    this.reads.push({ key, cb });
+  }
+  confirm(cb: (r: { ok: true } | CoherenceFailure) => void): void {
+    this.confirms.push(cb);
+  }
+  writeMemory(op: Op, want: CacheKey | undefined, cb: (r: MemoryWrite<string, string>) => void): void {
+    this.writes.push({ op, want, cb });
+  }
+
+  /** Completes the oldest pending memory read. */
+  read(value: string | null, cacheable = true): void {
+    const r = this.reads.shift();
+    if (r === undefined) throw new Error('no memory read pending');
+    r.cb({ ok: true, value, cacheable });
+  }
+  /** Completes the oldest pending write; `value` is the wanted key's value after it. */
+  write(value?: string | null): void {
+    const w = this.writes.shift();
+    if (w === undefined) throw new Error('no memory write pending');
+    w.cb({ ok: true, result: `ok:${w.op.value}`, ...(value !== undefined ? { value } : {}) });
+  }
+  confirmAll(): void {
+    for (const c of this.confirms.splice(0)) c({ ok: true });
+  }
+  /** Invalidations sent, as "node:key@gen". */
+  invs(): string[] {
+    return this.sent.flatMap((s) => s.msg.items.map(([k, g]) => `${s.to}:${k}@${g}`));
+  }
+}
+
+function setup(over: Partial<HomeConfig> = {}): { home: Home; io: ScriptedIO } {
+  const io = new ScriptedIO();
+  const home = new CacheHome<string, Op, string>(
+    { self: 1, shard: 0, epoch: EPOCH, leaseMs: LEASE, marginMs: MARGIN, invRetryMs: RETRY, directoryEntriesMax: 100, ...over },
+    io,
+  );
+  return { home, io };
+}
+
+/** Past the takeover wait. */
+function ready(home: Home, io: ScriptedIO): void {
+  io.t = READY;
+  home.tick();
+}
+
+/** Collects the answers of one request and checks it is answered exactly once. */
+function answers<A>(): { cb: (a: A | CoherenceFailure) => void; all: (A | CoherenceFailure)[]; one(): A | CoherenceFailure } {
+  const all: (A | CoherenceFailure)[] = [];
+  return {
+    cb: (a) => {
+      all.push(a);
+    },
+    all,
+    one() {
+      if (all.length !== 1) throw new Error(`expected exactly one answer, got ${all.length}`);
+      return all[0]!;
+    },
+  };
+}
+
+function getS(home: Home, from: NodeId, key: string, cacheable = true) {
+  const a = answers<DataAnswer<string>>();
+  home.getS({ t: 'gets', from, shard: 0, key, cacheable }, a.cb);
+  return a;
+}
+
+function write(home: Home, from: NodeId, key: string, value: string, want: string | undefined = key) {
+  const a = answers<WrittenAnswer<string, string>>();
+  home.write({ t: 'write', from, shard: 0, keys: [key], op: { key, value }, ...(want !== undefined ? { want } : {}) }, a.cb);
+  return a;
+}
+
+function writeAll(home: Home, from: NodeId) {
+  const a = answers<WrittenAnswer<string, string>>();
+  home.write({ t: 'write', from, shard: 0, keys: 'all', op: { key: '*', value: 'flush' } }, a.cb);
+  return a;
+}
+
+function renew(home: Home, from: NodeId, evicted: [string, number][] = [], epoch = EPOCH) {
+  const a = answers<LeaseAnswer>();
+  home.renew({ t: 'renew', from, shard: 0, epoch, evicted }, a.cb);
+  return a;
+}
+
+function ack(home: Home, from: NodeId, key: string, gen: number, epoch = EPOCH): void {
+  home.onAck({ t: 'invack', from, shard: 0, epoch, items: [[key, gen]] });
+}
+
+/** A node holding `key`: its fill granted (returns the gen). */
+function hold(home: Home, io: ScriptedIO, from: NodeId, key: string, value = 'v'): number {
+  const a = getS(home, from, key);
+  io.read(value);
+  const d = a.one() as DataAnswer<string>;
+  if (!d.ok || d.grant === null) throw new Error(`no grant for node ${from}`);
+  return d.gen;
+}
+
+t.test('the takeover wait: nothing is granted and no write reaches memory before readyAt', async (t) => {
+  const { home, io } = setup();
+  t.equal(home.readyAt, READY);
+  t.notOk(home.ready());
+  const r = getS(home, 2, 'k');
+  t.equal(io.reads.length, 1, 'a read during the wait still reads memory');
+  io.read('v');
+  const d = r.one() as DataAnswer<string>;
+  t.same([d.ok, d.grant, d.value, d.lease, d.epoch], [true, null, 'v', true, EPOCH], 'answered with the value and a lease, without a line');
+  t.equal(home.stats.uncachedReads, 1);
+  t.same(home.holdersOf('k').holders, [], 'the directory lists nobody');
+  const w = write(home, 3, 'k', 'x');
+  t.equal(io.writes.length, 0, 'a write waits');
+  io.t = READY - 1;
+  home.tick();
+  t.equal(io.writes.length, 0, 'still waiting 1 ms before readyAt');
+  io.t = READY;
+  home.tick();
+  t.ok(home.ready());
+  t.equal(io.writes.length, 1, 'the first tick after readyAt hands it to memory');
+  io.write('x');
+  const wa = w.one() as WrittenAnswer<string, string>;
+  t.same([wa.ok, wa.result, wa.grant?.key, wa.grant?.value], [true, 'ok:x', 'k', 'x'], 'answered, with an E line of the written value');
+});
+
+t.test('E for a sole reader, S once another node holds the key (the first is downgraded in the directory)', async (t) => {
+  const { home, io } = setup();
+  ready(home, io);
+  const a = getS(home, 2, 'k');
+  t.same(home.holdersOf('k').holders, [[2, 'F']], 'listed as filling while memory is read');
+  io.read('v');
+  const da = a.one() as DataAnswer<string>;
+  t.equal(da.grant, 'E');
+  t.ok(da.gen > 0);
+  const b = getS(home, 3, 'k');
+  io.read('v');
+  const db = b.one() as DataAnswer<string>;
+  t.equal(db.grant, 'S');
+  t.ok(db.gen > da.gen, 'gens increase');
+  t.same(home.holdersOf('k').holders, [
+    [2, 'S'],
+    [3, 'S'],
+  ]);
+  t.same([home.stats.grantsE, home.stats.grantsS, home.stats.fills], [1, 1, 2]);
+  const c = getS(home, 4, 'k', false);
+  io.read('v');
+  t.equal((c.one() as DataAnswer<string>).grant, null, 'a read the node will not cache gets no line');
+});
+
+t.test('a write invalidates every other holder and reaches memory only after all acknowledged', async (t) => {
+  const { home, io } = setup();
+  ready(home, io);
+  const g2 = hold(home, io, 2, 'k');
+  const g3 = hold(home, io, 3, 'k');
+  const w = write(home, 4, 'k', 'x');
+  t.same(io.invs().sort(), [`2:k@${g2}`, `3:k@${g3}`], 'each holder is sent the gen of its grant');
+  t.same(home.holdersOf('k').invalidating.sort(), [2, 3]);
+  t.equal(io.writes.length, 0, 'memory is not written yet');
+  ack(home, 2, 'k', g2 + 100);
+  ack(home, 3, 'k', g3, EPOCH - 1);
+  t.equal(io.writes.length, 0, 'acks naming another gen or epoch do not count');
+  ack(home, 2, 'k', g2);
+  t.equal(io.writes.length, 0, 'one holder left');
+  ack(home, 3, 'k', g3);
+  t.equal(io.writes.length, 1, 'all acknowledged: handed to memory');
+  t.same(io.writes[0]!.want, 'k');
+  io.write('x');
+  const wa = w.one() as WrittenAnswer<string, string>;
+  t.equal(wa.grant?.value, 'x');
+  t.same(home.holdersOf('k').holders, [[4, 'E']], 'the writer is the only holder');
+  t.same([home.stats.invalidationsSent, home.stats.invalidationsAcked], [2, 2]);
+});
+
+t.test('no fill reads memory while a write of its key is in flight; it reads after the write', async (t) => {
+  const { home, io } = setup();
+  ready(home, io);
+  const w = write(home, 3, 'k', 'x', undefined);
+  const f = getS(home, 2, 'k');
+  t.equal(io.reads.length, 0, 'the fill waits');
+  io.write();
+  t.equal(w.all.length, 1);
+  t.equal(io.reads.length, 1, 'the write done, the fill reads memory');
+  io.read('x');
+  t.equal((f.one() as DataAnswer<string>).grant, 'E');
+});
+
+t.test('a fill overtaken by a write is answered without a grant', async (t) => {
+  for (const withLease of [false, true]) {
+    const { home, io } = setup();
+    ready(home, io);
+    if (withLease) hold(home, io, 2, 'other'); // node 2 has a live lease: its filling entry gets an invalidation
+    const f = getS(home, 2, 'k');
+    const w = write(home, 3, 'k', 'x');
+    if (withLease) {
+      t.same(
+        io.sent.map((s) => [s.to, s.msg.items[0]![0]]),
+        [[2, 'k']],
+        'the filling node is invalidated',
+      );
+      t.equal(io.writes.length, 0, 'the write waits for its ack');
+      ack(home, 2, 'k', io.sent[0]!.msg.items[0]![1]);
+    } else t.same(io.invs(), [], 'a node without a live lease is not sent anything');
+    t.equal(io.writes.length, 1);
+    io.write('x');
+    t.equal(w.all.length, 1);
+    io.read('old');
+    const d = f.one() as DataAnswer<string>;
+    t.same([d.ok, d.grant, d.gen], [true, null, 0], `no grant (${withLease ? 'with' : 'without'} a lease)`);
+    t.same(home.holdersOf('k').holders, [[3, 'E']], 'the directory lists only the writer');
+  }
+});
+
+t.test('a lapsed lease releases a waiting write', async (t) => {
+  const { home, io } = setup();
+  ready(home, io);
+  const arrived = io.t;
+  hold(home, io, 2, 'k');
+  const w = write(home, 3, 'k', 'x');
+  t.equal(io.writes.length, 0);
+  io.t = arrived + LEASE + MARGIN;
+  home.tick();
+  t.equal(io.writes.length, 0, 'the lease still runs at its last ms');
+  io.t = arrived + LEASE + MARGIN + 1;
+  home.tick();
+  t.equal(io.writes.length, 1, 'lapsed: the node dropped its lines itself, the write goes on');
+  t.equal(home.stats.invalidationsLapsed, 1);
+  io.write('x');
+  t.equal(w.all.length, 1);
+});
+
+t.test('unacknowledged invalidations are sent again; a node sitting on one gets no lease renewal', async (t) => {
+  const { home, io } = setup();
+  ready(home, io);
+  const t0 = io.t;
+  const g2 = hold(home, io, 2, 'k');
+  write(home, 3, 'k', 'x');
+  t.equal(io.invs().length, 1);
+  io.t = t0 + RETRY - 1;
+  home.tick();
+  t.equal(io.invs().length, 1, 'not before invRetryMs');
+  io.t = t0 + RETRY;
+  home.tick();
+  t.same(io.invs(), [`2:k@${g2}`, `2:k@${g2}`], 'sent again');
+  t.equal(home.stats.invalidationRetries, 1);
+  // Renewals keep node 2's lease while it has not sat on the invalidation for half a lease.
+  const r1 = renew(home, 2);
+  io.confirmAll();
+  t.equal((r1.one() as LeaseAnswer).lease, true);
+  io.t = t0 + LEASE / 2 + 1;
+  home.tick();
+  const r2 = renew(home, 2);
+  io.confirmAll();
+  t.equal((r2.one() as LeaseAnswer).lease, false, 'stuck for more than leaseMs / 2: refused');
+  const f = getS(home, 2, 'other');
+  io.read('v');
+  const d = f.one() as DataAnswer<string>;
+  t.same([d.lease, d.grant], [false, null], 'and no line either');
+  t.equal(home.stats.leaseRefusals, 2);
+  ack(home, 2, 'k', g2);
+  t.equal(io.writes.length, 1, 'the late ack releases the write');
+});
+
+t.test('the writer is invalidated too when the directory still lists a line of it', async (t) => {
+  // Regression (coherence-sim seed 4): a write the node gave up on (timed out) may arrive after it filled the key again.
+  const { home, io } = setup();
+  ready(home, io);
+  const g2 = hold(home, io, 2, 'k');
+  write(home, 2, 'k', 'x');
+  t.same(io.invs(), [`2:k@${g2}`], 'the writer gets an invalidation of its listed line');
+  t.equal(io.writes.length, 0);
+  ack(home, 2, 'k', g2);
+  t.equal(io.writes.length, 1);
+  // A writer whose fill is still out (no earlier grant) needs none: that fill is answered without a grant.
+  const f = getS(home, 3, 'j');
+  const w = write(home, 3, 'j', 'y');
+  t.equal(io.invs().length, 1, 'no invalidation for a filling writer');
+  t.equal(io.writes.length, 2);
+  io.write('x');
+  io.write('y');
+  t.equal(w.all.length, 1);
+  io.read('old');
+  t.equal((f.one() as DataAnswer<string>).grant, null);
+});
+
+t.test("a fill answered without a grant keeps the node's earlier grant listed", async (t) => {
+  // Regression (coherence-sim seed 15): the node's write grant was dropped from the directory by its next fill.
+  const { home, io } = setup();
+  ready(home, io);
+  const w = write(home, 2, 'k', 'x');
+  io.write('x');
+  const g = (w.one() as WrittenAnswer<string, string>).grant!.gen;
+  const f = getS(home, 2, 'k');
+  t.same(home.holdersOf('k').holders, [[2, 'F']]);
+  io.read('x', false);
+  t.equal((f.one() as DataAnswer<string>).grant, null, 'uncacheable: no grant');
+  t.same(home.holdersOf('k').holders, [[2, 'S']], 'the earlier grant is still listed');
+  write(home, 3, 'k', 'y');
+  t.same(io.invs(), [`2:k@${g}`], 'so the next write invalidates it');
+});
+
+t.test("a late fill answer does not delete the key's newer directory entry", async (t) => {
+  // Regression (coherence-sim seeds 53, 63): the write count of the newer entry was lost.
+  const { home, io } = setup();
+  ready(home, io);
+  const f = getS(home, 2, 'k'); // reads memory (pending)
+  const w1 = write(home, 3, 'k', 'p', undefined); // revokes the fill, no lease: no invalidation
+  io.write();
+  t.equal(w1.all.length, 1);
+  t.equal(home.directorySize, 0, 'the entry is forgotten');
+  write(home, 3, 'k', 'q', undefined);
+  t.equal(io.writes.length, 1, 'a second write is in flight (a new entry)');
+  io.read('p'); // the first fill's answer
+  t.equal((f.one() as DataAnswer<string>).grant, null);
+  t.equal(home.directorySize, 1, 'the newer entry survives');
+  getS(home, 4, 'k');
+  t.equal(io.reads.length, 0, 'a new fill still waits for the write in flight');
+  io.write();
+  t.equal(io.reads.length, 1);
+});
+
+t.test('a renewal forgets the evicted lines it names (matching gen, not a fill)', async (t) => {
+  const { home, io } = setup();
+  ready(home, io);
+  const g = hold(home, io, 2, 'k');
+  renew(home, 2, [['k', g + 1]]);
+  t.same(home.holdersOf('k').holders, [[2, 'E']], 'another gen: kept');
+  const r = renew(home, 2, [['k', g]]);
+  t.same(home.holdersOf('k').holders, [], 'its gen: forgotten');
+  t.equal(home.directorySize, 0);
+  t.equal(r.all.length, 0, 'answered only after leadership is confirmed');
+  io.confirmAll();
+  const la = r.one() as LeaseAnswer;
+  t.same([la.ok, la.lease, la.epoch, la.home], [true, true, EPOCH, 1]);
+  t.equal(home.stats.leaseRenewals, 2);
+  getS(home, 3, 'j');
+  renew(
+    home,
+    3,
+    Array.from({ length: 20 }, (_, i): [string, number] => ['j', i]),
+  );
+  t.same(home.holdersOf('j').holders, [[3, 'F']], 'a fill in progress is not forgotten (whatever gen is named)');
+});
+
+t.test('a full directory answers fills without a line', async (t) => {
+  const { home, io } = setup({ directoryEntriesMax: 1 });
+  ready(home, io);
+  hold(home, io, 2, 'a');
+  const f = getS(home, 2, 'b');
+  io.read('v');
+  t.equal((f.one() as DataAnswer<string>).grant, null);
+  t.equal(home.directorySize, 1);
+  t.equal(home.stats.uncachedReads, 1);
+});
+
+t.test('a keyless write revokes every key; fills of any key wait for it', async (t) => {
+  const { home, io } = setup();
+  ready(home, io);
+  const ga = hold(home, io, 2, 'a');
+  const gb = hold(home, io, 3, 'b');
+  const w = writeAll(home, 4);
+  t.same(io.invs().sort(), [`2:a@${ga}`, `3:b@${gb}`]);
+  const f = getS(home, 2, 'c');
+  t.equal(io.reads.length, 0, 'a fill of another key waits too');
+  ack(home, 2, 'a', ga);
+  t.equal(io.writes.length, 0);
+  ack(home, 3, 'b', gb);
+  t.equal(io.writes.length, 1);
+  io.write();
+  t.equal((w.one() as WrittenAnswer<string, string>).grant, null, 'no line for a keyless write');
+  t.equal(io.reads.length, 1, 'the waiting fill goes on');
+  io.read('v');
+  t.equal((f.one() as DataAnswer<string>).grant, 'E');
+});
+
+t.test('close() answers everything waiting, and memory answers still come once', async (t) => {
+  const { home, io } = setup();
+  const queued = write(home, 2, 'k', 'x'); // in the takeover queue
+  ready(home, io);
+  t.equal(io.writes.length, 1, 'the queued write was handed to memory at readyAt');
+  const g = hold(home, io, 2, 'j');
+  const blocked = write(home, 3, 'j', 'y'); // waits for node 2's ack
+  const waiting = getS(home, 4, 'k'); // waits behind the write of k
+  const late = write(home, 3, 'z', 'w');
+  t.equal(io.writes.length, 2);
+  home.close({ ok: false, code: 'NOTLEADER', message: 'term ended' });
+  t.same(blocked.one(), { ok: false, code: 'NOTLEADER', message: 'term ended' }, 'a write blocked on invalidations fails');
+  t.same(waiting.one(), { ok: false, code: 'NOTLEADER', message: 'term ended' }, 'a waiting fill fails');
+  io.write('x');
+  io.write('w');
+  t.equal(queued.all.length, 1, 'a write already in memory is answered by memory');
+  t.equal(late.all.length, 1);
+  t.equal((late.one() as WrittenAnswer<string, string>).grant, null, 'no grant from a closed home');
+  ack(home, 2, 'j', g);
+  home.tick();
+  t.equal(blocked.all.length, 1, 'nothing is answered twice');
+  t.equal(io.writes.length, 0);
+});
+
+t.test('failures of memory are passed on and leave no directory entry behind', async (t) => {
+  const { home, io } = setup();
+  ready(home, io);
+  const f = getS(home, 2, 'k');
+  io.reads.shift()!.cb({ ok: false, code: 'TRYAGAIN', message: 'not leader' });
+  t.same(f.one(), { ok: false, code: 'TRYAGAIN', message: 'not leader' });
+  t.equal(home.directorySize, 0);
+  const w = write(home, 2, 'k', 'x');
+  io.writes.shift()!.cb({ ok: false, code: 'TRYAGAIN', message: 'not leader' });
+  t.same(w.one(), { ok: false, code: 'TRYAGAIN', message: 'not leader' });
+  t.equal(home.directorySize, 0);
+  const r = renew(home, 2);
+  io.confirms.shift()!({ ok: false, code: 'NOTLEADER', message: 'deposed' });
+  t.same(r.one(), { ok: false, code: 'NOTLEADER', message: 'deposed' });
+});

@@ -1,0 +1,313 @@
+// CacheNode alone, driven by a scripted IO: every request to a home is recorded and answered by hand, time moves
+// only when the test moves it, lines live in a small Map-based LRU store. Checks when a node may serve a hit and
+// when an answer may install a line, and the regressions found by test/cache/coherence-sim.test.ts.
+import t from 'tap';
+import { CacheNode, type NodeIO, type ReadResult, type WriteResult } from '../../src/cache/cache-node.js';
+import type { CoherenceFailure, DataAnswer, HomeAnswer, LeaseAnswer, NodeRequest, RenewRequest, WrittenAnswer } from '../../src/cache/coherence-types.js';
+import { LineState } from '../../src/cache/mesi.js';
+import { LruLineStore } from '../support/cache-sim.js';
+
+type Op = { key: string; value: string };
+type Node = CacheNode<string, Op, string>;
+type Answer = HomeAnswer<string, string> | CoherenceFailure;
+
+const LEASE = 200;
+const RENEW = 50;
+const EPOCH = 3;
+const SHARD = 0;
+
+class ScriptedIO implements NodeIO<string, Op, string> {
+  t = 10_000;
+  readonly reqs: { req: NodeRequest<Op>; cb: (a: Answer) => void; sentAt: number }[] = [];
+  now(): number {
+    return this.t;
+  }
+  request(_shard: number, req: NodeRequest<Op>, cb: (a: Answer) => void): void {
+    this.reqs.push({ req, cb, sentAt: this.t });
+  }
+  /** Takes the oldest request of kind `kind` (and key), to answer it. */
+  take(kind: NodeRequest<Op>['t'], key?: string): { req: NodeRequest<Op>; cb: (a: Answer) => void } {
+    const i = this.reqs.findIndex((r) => r.req.t === kind && (key === undefined || (r.req.t === 'gets' ? r.req.key : r.req.t === 'write' ? r.req.keys[0] : undefined) === key));
+    if (i < 0) throw new Error(`no ${kind} request pending`);
+    return this.reqs.splice(i, 1)[0]!;
+  }
+}
+
+function setup(capacity = 8): { node: Node; io: ScriptedIO; store: LruLineStore } {
+  const io = new ScriptedIO();
+  const store = new LruLineStore(capacity);
+  const node = new CacheNode<string, Op, string>({ self: 2, leaseMs: LEASE, renewMs: RENEW, evictedBatchMax: 4 }, store, io);
+  store.onEvict = (k, l) => node.onEvicted(k, l);
+  return { node, io, store };
+}
+
+const data = (value: string | null, grant: 'E' | 'S' | null, gen: number, o: { epoch?: number; lease?: boolean } = {}): DataAnswer<string> => ({
+  t: 'data',
+  ok: true,
+  epoch: o.epoch ?? EPOCH,
+  home: 1,
+  lease: o.lease ?? true,
+  value,
+  grant,
+  gen,
+});
+
+const written = (result: string, grant: { key: string; value: string | null; gen: number } | null, o: { epoch?: number } = {}): WrittenAnswer<string, string> => ({
+  t: 'written',
+  ok: true,
+  epoch: o.epoch ?? EPOCH,
+  home: 1,
+  lease: true,
+  result,
+  grant,
+});
+
+const leaseAnswer = (lease = true, epoch = EPOCH): LeaseAnswer => ({ t: 'lease', ok: true, epoch, home: 1, lease });
+
+function read(node: Node, key: string): ReadResult<string>[] {
+  const out: ReadResult<string>[] = [];
+  node.read(SHARD, key, (r) => out.push(r));
+  return out;
+}
+
+function write(node: Node, key: string, value: string, want: string | undefined = key): WriteResult<string>[] {
+  const out: WriteResult<string>[] = [];
+  node.write(SHARD, [key], { key, value }, want, (r) => out.push(r));
+  return out;
+}
+
+/** Installs `key` through a granted fill. */
+function fill(node: Node, io: ScriptedIO, key: string, value: string, gen: number, grant: 'E' | 'S' = 'E'): void {
+  const r = read(node, key);
+  io.take('gets', key).cb(data(value, grant, gen));
+  if (r.length !== 1 || !r[0]!.ok) throw new Error('fill failed');
+}
+
+t.test('a hit only while the lease is live; leaseMs counts from the send time of the answered request', async (t) => {
+  const { node, io } = setup();
+  const r1 = read(node, 'k');
+  t.equal(io.reqs.length, 1, 'a miss asks the home');
+  const sentAt = io.t;
+  io.t += 30;
+  io.take('gets', 'k').cb(data('v', 'E', 1));
+  t.same(r1, [{ ok: true, value: 'v', hit: false }]);
+  t.equal(node.stateOf('k', SHARD), LineState.E);
+  t.equal(node.leaseOf(SHARD)?.until, sentAt + LEASE, 'lease = send time + leaseMs');
+  t.same(read(node, 'k'), [{ ok: true, value: 'v', hit: true }], 'then a hit, answered synchronously');
+  t.equal(io.reqs.length, 0, 'with no message');
+  io.t = sentAt + LEASE;
+  t.equal(node.stateOf('k', SHARD), LineState.I, 'at until, the line is no longer live');
+  const r3 = read(node, 'k');
+  t.same(r3, [], 'a miss: waits for the home');
+  t.equal(io.reqs.length, 1);
+  t.same([node.stats.hits, node.stats.misses], [1, 2]);
+});
+
+t.test('misses of one key share one request; a reader joining it takes the value only if a line was installed', async (t) => {
+  const { node, io } = setup();
+  const a = read(node, 'k');
+  const b = read(node, 'k');
+  t.equal(io.reqs.length, 1, 'one request for both');
+  io.take('gets', 'k').cb(data('v', 'S', 4));
+  t.same([a, b], [[{ ok: true, value: 'v', hit: false }], [{ ok: true, value: 'v', hit: false }]], 'both answered from the installed line');
+  // Without a grant, the joiner cannot know the value is current: it reads again.
+  const c = read(node, 'j');
+  const d = read(node, 'j');
+  io.take('gets', 'j').cb(data('old', null, 0));
+  t.same(c, [{ ok: true, value: 'old', hit: false }], 'the reader that sent the request takes the value');
+  t.same(d, [], 'the joiner waits for a new request');
+  t.equal(io.reqs.length, 1);
+  io.take('gets', 'j').cb(data('new', null, 0));
+  t.same(d, [{ ok: true, value: 'new', hit: false }]);
+  // Failures reach everyone waiting.
+  const e = read(node, 'x');
+  const f = read(node, 'x');
+  io.take('gets', 'x').cb({ ok: false, code: 'TRYAGAIN', message: 'timeout' });
+  t.same([e[0]?.ok, f[0]?.ok], [false, false]);
+});
+
+t.test('no install when an invalidation of the key arrived while the fill was out', async (t) => {
+  const { node, io, store } = setup();
+  const r = read(node, 'k');
+  const ack = node.onInvalidate({ t: 'inv', shard: SHARD, epoch: EPOCH, items: [['k', 7]] });
+  t.same(ack, { t: 'invack', from: 2, shard: SHARD, epoch: EPOCH, items: [['k', 7]] }, 'acknowledged at once');
+  io.take('gets', 'k').cb(data('v', 'E', 7));
+  t.same(r, [{ ok: true, value: 'v', hit: false }], 'the reader still gets its value');
+  t.equal(store.peek('k'), undefined, 'but no line');
+  t.equal(node.stats.installs, 0);
+  // An invalidation drops a held line.
+  fill(node, io, 'j', 'v', 8);
+  node.onInvalidate({ t: 'inv', shard: SHARD, epoch: EPOCH, items: [['j', 8]] });
+  t.equal(node.stateOf('j', SHARD), LineState.I);
+  t.equal(node.stats.invalidationsReceived, 2);
+});
+
+t.test('no hit while the node has a write of the key in flight; the write grant installs after', async (t) => {
+  const { node, io, store } = setup();
+  fill(node, io, 'k', 'v', 1);
+  const w = write(node, 'k', 'x');
+  t.equal(store.peek('k'), undefined, 'the writer drops its copy when it sends the write');
+  const r = read(node, 'k');
+  const gets = io.take('gets', 'k');
+  t.equal((gets.req as { cacheable: boolean }).cacheable, false, 'a read meanwhile asks for an uncached value');
+  gets.cb(data('v', 'E', 2));
+  t.same(r, [{ ok: true, value: 'v', hit: false }]);
+  t.equal(store.peek('k'), undefined, 'and installs nothing even if granted');
+  io.take('write', 'k').cb(written('OK', { key: 'k', value: 'x', gen: 3 }));
+  t.same(w, [{ ok: true, result: 'OK' }]);
+  t.same(node.stateOf('k', SHARD), LineState.E, "the write's grant installs");
+  t.same(read(node, 'k'), [{ ok: true, value: 'x', hit: true }]);
+  // A fill in flight when the write is sent is poisoned.
+  const r2 = read(node, 'j');
+  write(node, 'j', 'y', undefined);
+  io.take('gets', 'j').cb(data('old', 'E', 4));
+  t.same(r2, [{ ok: true, value: 'old', hit: false }]);
+  t.equal(store.peek('j'), undefined);
+});
+
+t.test('reordered answers of two writes of one key: only the last write sent may install', async (t) => {
+  // Regression (coherence-sim clean seed 9).
+  const { node, io } = setup();
+  write(node, 'k', 'one');
+  write(node, 'k', 'two');
+  const [w1, w2] = [io.take('write', 'k'), io.take('write', 'k')];
+  w2.cb(written('OK', { key: 'k', value: 'two', gen: 6 }));
+  t.equal(node.stateOf('k', SHARD), LineState.I, 'one write still out: nothing installs');
+  w1.cb(written('OK', { key: 'k', value: 'one', gen: 5 }));
+  t.equal(node.stateOf('k', SHARD), LineState.I, "the first write's grant, arriving last, does not install");
+  // In order, the last one installs.
+  write(node, 'j', 'a');
+  write(node, 'j', 'b');
+  io.take('write', 'j').cb(written('OK', { key: 'j', value: 'a', gen: 7 }));
+  io.take('write', 'j').cb(written('OK', { key: 'j', value: 'b', gen: 8 }));
+  t.same(read(node, 'j'), [{ ok: true, value: 'b', hit: true }]);
+});
+
+t.test("an invalidation of the writer's old line does not cost its write's grant; one naming the grant does", async (t) => {
+  // The home invalidates a writer it still lists (cache-home.ts revokeOthers); the gen says which grant is revoked.
+  const { node, io } = setup();
+  fill(node, io, 'k', 'v', 4);
+  write(node, 'k', 'x');
+  node.onInvalidate({ t: 'inv', shard: SHARD, epoch: EPOCH, items: [['k', 4]] });
+  io.take('write', 'k').cb(written('OK', { key: 'k', value: 'x', gen: 9 }));
+  t.same(read(node, 'k'), [{ ok: true, value: 'x', hit: true }], 'the newer grant installs');
+  write(node, 'k', 'y');
+  node.onInvalidate({ t: 'inv', shard: SHARD, epoch: EPOCH, items: [['k', 12]] });
+  io.take('write', 'k').cb(written('OK', { key: 'k', value: 'y', gen: 12 }));
+  t.equal(node.stateOf('k', SHARD), LineState.I, 'a grant the invalidation names does not');
+  write(node, 'k', 'z');
+  node.onInvalidate({ t: 'inv', shard: SHARD, epoch: EPOCH - 1, items: [['k', 1]] });
+  io.take('write', 'k').cb(written('OK', { key: 'k', value: 'z', gen: 20 }));
+  t.equal(node.stateOf('k', SHARD), LineState.I, 'an invalidation from another epoch poisons the write');
+});
+
+t.test('a lapsed lease drops every line of the shard at the next tick', async (t) => {
+  const { node, io, store } = setup();
+  fill(node, io, 'a', '1', 1);
+  fill(node, io, 'b', '2', 2, 'S');
+  const until = node.leaseOf(SHARD)!.until;
+  io.t = until - 1;
+  node.tick();
+  t.equal(store.size, 2, 'still live');
+  io.reqs.length = 0; // a renewal went out; leave it unanswered
+  io.t = until;
+  node.tick();
+  t.equal(store.size, 0, 'lapsed: dropped');
+  t.equal(node.stats.lapsedLines, 2);
+  t.same(node.lines, [0, 0, 0, 0]);
+  t.equal(node.transitions.get(LineState.E, LineState.I), 1);
+  t.equal(node.transitions.get(LineState.S, LineState.I), 1);
+});
+
+t.test('an answer arriving after an unnoticed lapse drops the old lines before it extends the lease', async (t) => {
+  // Regression: the node did not tick across its lapse (paused); a late renewal answer revived the old lines,
+  // which the home had forgotten and a write had changed.
+  const { node, io, store } = setup();
+  fill(node, io, 'k', 'v', 1);
+  io.t += RENEW;
+  node.tick();
+  const renewal = io.take('renew');
+  io.t += LEASE - 10; // past the fill's lease (no tick), before the renewal's
+  renewal.cb(leaseAnswer(true));
+  t.equal(store.peek('k'), undefined, 'the old line is gone');
+  t.equal(node.stats.lapsedLines, 1);
+  t.ok(node.leaseOf(SHARD)!.until > io.t, 'the lease itself is extended (for new lines)');
+});
+
+t.test('a new epoch drops the old home lines; answers of an older epoch are ignored', async (t) => {
+  const { node, io, store } = setup();
+  fill(node, io, 'a', '1', 1);
+  const r = read(node, 'b');
+  io.take('gets', 'b').cb(data('2', null, 0, { epoch: EPOCH + 1 }));
+  t.same(r, [{ ok: true, value: '2', hit: false }]);
+  t.equal(store.peek('a'), undefined, 'the line of the old home is dropped');
+  t.equal(node.stats.homeChangeLines, 1);
+  t.equal(node.leaseOf(SHARD)!.epoch, EPOCH + 1);
+  const old = read(node, 'c');
+  io.take('gets', 'c').cb(data('3', 'E', 9, { epoch: EPOCH }));
+  t.same(old, [{ ok: true, value: '3', hit: false }]);
+  t.equal(store.peek('c'), undefined, 'a grant of the older epoch installs nothing');
+});
+
+t.test('evicted keys ride the next renewal; a refused renewal does not extend the lease', async (t) => {
+  const { node, io } = setup(1);
+  fill(node, io, 'a', '1', 11);
+  fill(node, io, 'b', '2', 12); // evicts a
+  t.equal(node.stats.evictions, 1);
+  io.t += RENEW;
+  node.tick();
+  const renewal = io.take('renew');
+  t.same((renewal.req as RenewRequest).evicted, [['a', 11]], 'the evicted line and its gen');
+  const until = node.leaseOf(SHARD)!.until;
+  renewal.cb(leaseAnswer(false));
+  t.equal(node.leaseOf(SHARD)!.until, until, 'refused: the lease is not extended');
+  t.equal(node.stats.renewalsRefused, 1);
+  io.t += RENEW;
+  node.tick();
+  const again = io.take('renew');
+  t.same((again.req as RenewRequest).evicted, [], 'sent once');
+  again.cb(leaseAnswer(true));
+  t.equal(node.leaseOf(SHARD)!.until, io.t + LEASE, 'accepted: extended to its send time + leaseMs');
+});
+
+t.test('at most evictedBatchMax evicted keys ride a renewal', async (t) => {
+  const { node, io } = setup(1);
+  for (let i = 0; i < 7; i++) fill(node, io, `k${i}`, 'v', i + 1);
+  io.t += RENEW;
+  node.tick();
+  t.equal((io.take('renew').req as RenewRequest).evicted.length, 4);
+});
+
+t.test('a keyless write drops every line of the shard and nothing installs until it is answered', async (t) => {
+  const { node, io, store } = setup();
+  fill(node, io, 'a', '1', 1);
+  fill(node, io, 'b', '2', 2);
+  const out: WriteResult<string>[] = [];
+  node.write(SHARD, 'all', { key: '*', value: 'flush' }, undefined, (r) => out.push(r));
+  t.equal(store.size, 0, 'every line of the shard is dropped when the write is sent');
+  const r = read(node, 'c');
+  const gets = io.take('gets', 'c');
+  t.equal((gets.req as { cacheable: boolean }).cacheable, false, 'reads meanwhile ask for uncached values');
+  gets.cb(data(null, 'E', 3));
+  t.same(r, [{ ok: true, value: null, hit: false }]);
+  t.equal(store.size, 0, 'and install nothing');
+  io.take('write').cb(written('OK', null));
+  t.same(out, [{ ok: true, result: 'OK' }]);
+  read(node, 'c');
+  t.equal((io.take('gets', 'c').req as { cacheable: boolean }).cacheable, true, 'answered: reads may cache again');
+});
+
+t.test('a grant installs only while the lease of its own request lasts', async (t) => {
+  // Regression (coherence-sim seed 117): a write that waited at the home was granted under a lease that had run out,
+  // and installed because a later request had renewed the node's lease.
+  const { node, io } = setup();
+  write(node, 'k', 'x');
+  const w = io.take('write', 'k');
+  io.t += LEASE + 10;
+  const r = read(node, 'j');
+  io.take('gets', 'j').cb(data('v', null, 0));
+  t.same(r, [{ ok: true, value: 'v', hit: false }]);
+  t.ok(node.leaseOf(SHARD)!.until > io.t, 'the lease is live (renewed by the read)');
+  w.cb(written('OK', { key: 'k', value: 'x', gen: 5 }));
+  t.equal(node.stateOf('k', SHARD), LineState.I, "the write's grant, older than a lease, does not install");
+});
