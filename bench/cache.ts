@@ -41,13 +41,13 @@
  */
 import { existsSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { isMainThread, workerData } from 'node:worker_threads';
 import type { Redis } from 'ioredis';
 import { envName, NODE_OPTIONS } from '../src/config/options.js';
-import { argValue, printTable, writeResult } from './lib/procs.js';
+import { argValue, printTable, repoRoot, writeResult } from './lib/procs.js';
 import {
   clientThreadMain,
   connectResp,
@@ -78,16 +78,6 @@ import {
   type NodeExit,
 } from './lib/cluster.js';
 
-/** The repository root: the nearest directory above this compiled file holding bin/lockstep.js. */
-function findRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(dir, 'bin/lockstep.js'))) {
-    const up = dirname(dir);
-    if (up === dir) throw new Error('bin/lockstep.js not found above this script');
-    dir = up;
-  }
-  return dir;
-}
 /** The nodes run the CLI of the tree this file was compiled into (dist/ under npm run bench:cache). */
 const cliMain = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
 
@@ -1003,7 +993,7 @@ function finish(partial: boolean): void {
 
 async function main(): Promise<void> {
   opts = parseOptions();
-  process.chdir(findRoot());
+  process.chdir(repoRoot());
   const { skipRedis, skipLockstep } = opts;
   if (!skipRedis || !skipLockstep) await requireRedisTools();
   // Estimate: redis-benchmark ~ (probe ~1 s + rb-seconds) per test; a mix warm-up + window + ~2 s set-up; the

@@ -26,9 +26,9 @@
  */
 import { cpus, loadavg } from 'node:os';
 import { existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { argValue, printTable, writeResult } from './lib/procs.js';
+import { argValue, printTable, repoRoot, writeResult } from './lib/procs.js';
 import {
   requireRedisTools,
   runRedisBenchmark,
@@ -44,17 +44,7 @@ import {
   type NodeExit,
 } from './lib/cluster.js';
 
-/** The repository root: the nearest directory above this compiled file holding bin/lockstep.js. */
-function findRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(dir, 'bin/lockstep.js'))) {
-    const up = dirname(dir);
-    if (up === dir) throw new Error('bin/lockstep.js not found above this script');
-    dir = up;
-  }
-  return dir;
-}
-const root = findRoot();
+const root = repoRoot();
 process.chdir(root);
 /** The nodes run the CLI of the tree this file was compiled into (dist/ under npm run bench:cluster). */
 const cliMain = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));

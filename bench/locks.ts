@@ -40,12 +40,12 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { isMainThread, workerData } from 'node:worker_threads';
 import { Redis } from 'ioredis';
-import { argValue, printTable, writeResult } from './lib/procs.js';
+import { argValue, printTable, repoRoot, writeResult } from './lib/procs.js';
 import {
   clientThreadMain,
   type ClientWindow,
@@ -75,16 +75,6 @@ import {
 } from './lib/cluster.js';
 import { findEtcd, startEtcdCluster, type EtcdCluster, type EtcdExit } from './lib/etcd.js';
 
-/** The repository root: the nearest directory above this compiled file holding bin/lockstep.js. */
-function findRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(dir, 'bin/lockstep.js'))) {
-    const up = dirname(dir);
-    if (up === dir) throw new Error('bin/lockstep.js not found above this script');
-    dir = up;
-  }
-  return dir;
-}
 /** The nodes run the CLI of the tree this file was compiled into (dist/ under npm run bench:locks). */
 const cliMain = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
 
@@ -840,7 +830,7 @@ function parseOptions(): Options {
 
 async function main(): Promise<void> {
   opts = parseOptions();
-  process.chdir(findRoot());
+  process.chdir(repoRoot());
   const { scenarios, seconds, clients, skipRedis, skipLockstep, skipEtcd } = opts;
   if (!skipRedis || !skipLockstep) await requireRedisTools();
   const runsPerSystem = scenarios.length;

@@ -42,12 +42,12 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { isMainThread, workerData } from 'node:worker_threads';
 import { Redis } from 'ioredis';
-import { argValue, printTable, writeResult } from './lib/procs.js';
+import { argValue, printTable, repoRoot, writeResult } from './lib/procs.js';
 import {
   clientThreadMain,
   connectResp,
@@ -79,16 +79,6 @@ import {
 } from './lib/cluster.js';
 import { findNatsServer, startNatsCluster, type NatsCluster, type NatsExit } from './lib/nats.js';
 
-/** The repository root: the nearest directory above this compiled file holding bin/lockstep.js. */
-function findRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(dir, 'bin/lockstep.js'))) {
-    const up = dirname(dir);
-    if (up === dir) throw new Error('bin/lockstep.js not found above this script');
-    dir = up;
-  }
-  return dir;
-}
 /** The nodes run the CLI of the tree this file was compiled into (dist/ under npm run bench:queues). */
 const cliMain = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
 
@@ -1224,7 +1214,7 @@ function parseOptions(): Options {
 
 async function main(): Promise<void> {
   opts = parseOptions();
-  process.chdir(findRoot());
+  process.chdir(repoRoot());
   const { seconds, skipRedis, skipLockstep, skipNats } = opts;
   const rbWanted = wants('redis');
   if ((rbWanted && !skipRedis) || !skipLockstep) await requireRedisTools();

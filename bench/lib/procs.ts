@@ -14,7 +14,8 @@ import { spawn, type ChildProcess, execFile, type SpawnOptions } from 'node:chil
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
-import { delimiter, join } from 'node:path';
+import { delimiter, dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 
 const exec = promisify(execFile);
@@ -304,4 +305,15 @@ export async function startFrontEndNode(extraArgs: string[] = [], nodeFlags: str
     stdio: ['ignore', 'ignore', 'inherit'],
   });
   return pinged(asProc(t, port));
+}
+
+/** The repository root: the nearest directory above this compiled file holding bin/lockstep.js. */
+export function repoRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(join(dir, 'bin/lockstep.js'))) {
+    const up = dirname(dir);
+    if (up === dir) throw new Error('bin/lockstep.js not found above this script');
+    dir = up;
+  }
+  return dir;
 }
