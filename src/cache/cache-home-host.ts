@@ -16,7 +16,7 @@ import { HostError } from '../node/raft-host.js';
 import type { NodeId } from '../raft/types.js';
 import type { KeyspaceMachine } from '../cluster/keyspace-machine.js';
 import type { ShardWorkerTuning } from '../cluster/worker-protocol.js';
-import { CacheHome, type HomeStats, type MemoryRead, type MemoryWrite } from './cache-home.js';
+import { CacheHome, emptyHomeStats, type HomeStats, type MemoryRead, type MemoryWrite } from './cache-home.js';
 import type { CoherenceFailure, HomeAnswer, InvAck, InvMessage, NodeRequest } from './coherence-types.js';
 import type { CachedValue } from './coherence-wire.js';
 import { isInvAck } from './coherence-wire.js';
@@ -45,19 +45,7 @@ const failure = (err: unknown): CoherenceFailure => {
 export class CacheHomeHost {
   private readonly homes = new Map<number, Home>();
   /** Stats of homes that ended, so INFO counters never go backwards. */
-  private readonly retired: HomeStats = {
-    fills: 0,
-    grantsE: 0,
-    grantsS: 0,
-    uncachedReads: 0,
-    writes: 0,
-    invalidationsSent: 0,
-    invalidationsAcked: 0,
-    invalidationsLapsed: 0,
-    invalidationRetries: 0,
-    leaseRenewals: 0,
-    leaseRefusals: 0,
-  };
+  private readonly retired: HomeStats = emptyHomeStats();
 
   constructor(private readonly deps: HomeHostDeps) {}
 
@@ -107,13 +95,6 @@ export class CacheHomeHost {
       for (const k of Object.keys(c) as (keyof HomeStats)[]) c[k] += h.stats[k];
     }
     return { homes: this.homes.size, directory, counters: c };
-  }
-
-  /** The directory's view of a key on a led shard (CACHE.STATE), or null when this replica is not its home. */
-  holdersOf(shard: number, key: string): ReturnType<Home['holdersOf']> & { epoch: number; ready: boolean } | null {
-    const home = this.homes.get(shard);
-    if (home === undefined || this.deps.leaderTerm(shard) !== home.epoch) return null;
-    return { ...home.holdersOf(key), epoch: home.epoch, ready: home.ready() };
   }
 
   close(): void {

@@ -83,6 +83,23 @@ export interface HomeStats {
   leaseRefusals: number;
 }
 
+/** Every counter at zero. */
+export function emptyHomeStats(): HomeStats {
+  return {
+    fills: 0,
+    grantsE: 0,
+    grantsS: 0,
+    uncachedReads: 0,
+    writes: 0,
+    invalidationsSent: 0,
+    invalidationsAcked: 0,
+    invalidationsLapsed: 0,
+    invalidationRetries: 0,
+    leaseRenewals: 0,
+    leaseRefusals: 0,
+  };
+}
+
 interface Holder {
   /** 'F': its fill is reading memory; the grant decides E or S. */
   state: 'E' | 'S' | 'F';
@@ -132,19 +149,7 @@ export class CacheHome<V, Op, R> {
   readonly epoch: number;
   /** No grant and no write before this time (the takeover wait). */
   readonly readyAt: number;
-  readonly stats: HomeStats = {
-    fills: 0,
-    grantsE: 0,
-    grantsS: 0,
-    uncachedReads: 0,
-    writes: 0,
-    invalidationsSent: 0,
-    invalidationsAcked: 0,
-    invalidationsLapsed: 0,
-    invalidationRetries: 0,
-    leaseRenewals: 0,
-    leaseRefusals: 0,
-  };
+  readonly stats: HomeStats = emptyHomeStats();
 
   private readonly dir = new Map<CacheKey, DirEntry<Op, V, R>>();
   private readonly leases = new Map<NodeId, number>();

@@ -42,19 +42,9 @@ function encodeState(line: Line<CachedValue>): number {
   return (line.gen * SHARD_BITS + line.shard) * 8 + (line.value === null ? ABSENT : 0) + line.state;
 }
 
-const ERR_MAP: Record<CoherenceFailure['code'], ShardReply & { ok: false }> = {
-  TRYAGAIN: { ok: false, code: 'TRYAGAIN', leader: 0, message: '' },
-  NOTLEADER: { ok: false, code: 'NOTLEADER', leader: 0, message: '' },
-  NOQUORUM: { ok: false, code: 'NOQUORUM', leader: 0, message: '' },
-  ERR: { ok: false, code: 'ERR', leader: 0, message: '' },
-  STOPPED: { ok: false, code: 'STOPPED', leader: 0, message: '' },
-  BUSY: { ok: false, code: 'BUSY', leader: 0, message: '' },
-  NOSHARD: { ok: false, code: 'NOSHARD', leader: 0, message: '' },
-};
-
 /** A coherence failure as the runtime's reply shape (so callers format errors one way). */
-export function failureReply(f: CoherenceFailure): ShardReply {
-  return { ...ERR_MAP[f.code], message: f.message };
+export function failureReply(f: CoherenceFailure): Extract<ShardReply, { ok: false }> {
+  return { ok: false, code: f.code, leader: 0, message: f.message };
 }
 
 export class ClusterCache {

@@ -128,7 +128,7 @@ export function clusterKeyspaceCommands(deps: ClusterKeyspaceDeps): CommandSpec[
           get: (ctx: CommandContext, args: Buffer[]): Promise<void> =>
             new Promise((resolve) => {
               cache.get(shardOf(args[1]!), args[1]!, (r) => {
-                if (!r.ok) ctx.reply.error(shardErrorText(failureReply(r) as Extract<ShardReply, { ok: false }>));
+                if (!r.ok) ctx.reply.error(shardErrorText(failureReply(r)));
                 else if (r.value === null) ctx.reply.nil();
                 else ctx.reply.bulk(r.value.v);
                 resolve();

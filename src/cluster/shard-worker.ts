@@ -53,7 +53,7 @@ import type { LockEvent } from '../locks/lock-table.js';
 import { checkQueueCommand, isQueueCommand, popPartitionKey, queueBlockMs, queueExpiryArgs } from '../queue/queue-entries.js';
 import { recordValue } from './record-value.js';
 import { CacheHomeHost } from '../cache/cache-home-host.js';
-import type { NodeRequest, WrittenAnswer } from '../cache/coherence-types.js';
+import type { InvAck, InvMessage, NodeRequest, WrittenAnswer } from '../cache/coherence-types.js';
 import {
   cacheWriteArgs,
   checkCacheCommand,
@@ -64,7 +64,6 @@ import {
   writeKeysOf,
   type CachedValue,
 } from '../cache/coherence-wire.js';
-import type { InvAck, InvMessage } from '../cache/coherence-types.js';
 import { isReplicatedWrite, KeyspaceMachine } from './keyspace-machine.js';
 import { ReplyRecorder } from './keyspace-reply.js';
 import { forwardRequest, parseForwardRequest, parseForwardResults, type ForwardItem, type ForwardResult } from './forward-protocol.js';
@@ -212,6 +211,8 @@ export class ShardWorker {
   private balanceTimer: NodeJS.Timeout | null = null;
   private lockTimer: NodeJS.Timeout | null = null;
   private cacheHomes!: CacheHomeHost;
+  /** The shards this worker replicates (fixed at start). */
+  private hostedShardIds: number[] = [];
   /** Invalidations relayed to the edge, by id, waiting for its acknowledgement. */
   private readonly edgeInvs = new Map<number, (ack: InvAck) => void>();
   private nextInvId = 1;
@@ -301,6 +302,7 @@ export class ShardWorker {
         snapshotEntries: init.tuning.snapshotEntries,
       });
       this.host = host;
+      this.hostedShardIds = init.shards.map((s) => s.shard);
       this.cacheHomes = new CacheHomeHost({
         nodeId: init.nodeId,
         tuning: init.tuning,
@@ -954,15 +956,9 @@ export class ShardWorker {
    * leader first waits out one maximum election timeout (2 x the minimum), so a lease the previous leader's clock
    * still honoured is never cut short by a failover. One expiry entry in flight per shard at most.
    */
-  private hostedIds(): number[] {
-    const ids: number[] = [];
-    for (const s of this.shards.values()) if (s.hosted) ids.push(s.id);
-    return ids;
-  }
-
   private expireLocks(): void {
     if (this.stopping) return;
-    this.cacheHomes.tick(this.hostedIds());
+    this.cacheHomes.tick(this.hostedShardIds);
     const graceMs = 2 * this.init.raft.electionTicksMin * this.init.raft.tickMs;
     const t0 = performance.now();
     let now = 0;
