@@ -128,13 +128,18 @@ export interface CacheInvPayload {
 export function isCacheInvPayload(p: unknown): p is CacheInvPayload {
   if (p === null || typeof p !== 'object' || !('c' in p)) return false;
   const m = (p as { c: unknown }).c as InvMessage | null;
-  return m !== null && typeof m === 'object' && m.t === 'inv' && Number.isInteger(m.shard) && Number.isInteger(m.epoch) && Array.isArray(m.items);
+  return m !== null && typeof m === 'object' && m.t === 'inv' && Number.isInteger(m.shard) && Number.isInteger(m.epoch) && isItemList(m.items);
+}
+
+/** [[key string, gen integer], ...]: anything else from a peer is refused before it reaches the edge. */
+function isItemList(items: unknown): items is [CacheKey, number][] {
+  return Array.isArray(items) && items.every((it) => Array.isArray(it) && it.length === 2 && typeof it[0] === 'string' && Number.isInteger(it[1]));
 }
 
 export function isInvAck(p: unknown): p is InvAck {
   if (p === null || typeof p !== 'object') return false;
   const a = p as InvAck;
-  return a.t === 'invack' && Number.isInteger(a.from) && Number.isInteger(a.shard) && Number.isInteger(a.epoch) && Array.isArray(a.items);
+  return a.t === 'invack' && Number.isInteger(a.from) && Number.isInteger(a.shard) && Number.isInteger(a.epoch) && isItemList(a.items);
 }
 
 /**

@@ -1,0 +1,76 @@
+/**
+ * The coherence protocol's wire forms: requests and answers survive encoding, and malformed input from a peer or a
+ * bug is refused with an error instead of reaching the edge's cache.
+ */
+import t from 'tap';
+import {
+  checkCacheCommand,
+  decodeAnswer,
+  decodeCacheRequest,
+  encodeAnswer,
+  encodeCacheRequest,
+  isCacheCommand,
+  isCacheInvPayload,
+  isInvAck,
+  writeKeysOf,
+} from '../../src/cache/coherence-wire.js';
+
+const B = (s: string) => Buffer.from(s, 'latin1');
+
+t.test('requests round-trip through their internal command form', async (t) => {
+  const gets = encodeCacheRequest({ t: 'gets', from: 2, shard: 5, key: 'k\u00e9y', cacheable: false });
+  t.equal(gets.kind, 'read');
+  t.ok(isCacheCommand(gets.args));
+  t.equal(checkCacheCommand('read', gets.args), null);
+  t.same(decodeCacheRequest(gets.args), { t: 'gets', from: 2, shard: -1, key: 'k\u00e9y', cacheable: false });
+
+  const renew = encodeCacheRequest({ t: 'renew', from: 3, shard: 1, epoch: 7, evicted: [['a', 4]] });
+  t.equal(checkCacheCommand('read', renew.args), null);
+  t.same(decodeCacheRequest(renew.args), { t: 'renew', from: 3, shard: -1, epoch: 7, evicted: [['a', 4]] });
+
+  const write = encodeCacheRequest({ t: 'write', from: 1, shard: 0, keys: ['x'], op: [B('set'), B('x'), B('1')], want: 'x' });
+  t.equal(write.kind, 'write');
+  t.equal(checkCacheCommand('write', write.args), null);
+  const w = decodeCacheRequest(write.args);
+  t.same(w.t === 'write' ? [w.keys, w.want, w.op.map((b) => b.toString())] : null, [['x'], 'x', ['set', 'x', '1']]);
+
+  const flush = encodeCacheRequest({ t: 'write', from: 1, shard: 0, keys: 'all', op: [B('flushall')] });
+  t.equal(checkCacheCommand('write', flush.args), null, 'a one-argument write (FLUSHALL) is well formed');
+  const f = decodeCacheRequest(flush.args);
+  t.same(f.t === 'write' ? [f.keys, f.want] : null, ['all', undefined]);
+});
+
+t.test('malformed commands are refused', async (t) => {
+  t.notOk(isCacheCommand([B('get'), B('k')]));
+  t.match(checkCacheCommand('write', [B('_c.gets'), B('1'), B('k'), B('1')]), /malformed/, 'wrong kind');
+  t.match(checkCacheCommand('read', [B('_c.gets'), B('1'), B('k')]), /malformed/, 'wrong arity');
+  t.match(checkCacheCommand('read', [B('_c.gets'), B('zero'), B('k'), B('1')]), /bad node id/);
+  t.match(checkCacheCommand('read', [B('_c.nope'), B('1')]), /malformed/);
+  t.throws(() => decodeCacheRequest([B('_c.renew'), B('1'), B('x'), Buffer.from([0xc1])]), /bad epoch/);
+});
+
+t.test('answers round-trip with their values as Buffers', async (t) => {
+  const a = decodeAnswer(encodeAnswer({ t: 'data', ok: true, epoch: 3, home: 1, lease: true, value: { v: B('hello'), x: 0 }, grant: 'E', gen: 9 }));
+  t.ok(a.t === 'data' && a.value !== null && Buffer.isBuffer(a.value.v) && a.value.v.toString() === 'hello');
+  const w = decodeAnswer(encodeAnswer({ t: 'written', ok: true, epoch: 3, home: 1, lease: true, result: new Uint8Array([1, 2]), grant: { key: 'k', value: { v: B('v'), x: 5 }, gen: 2 } }));
+  t.ok(w.t === 'written' && w.grant !== null && w.grant.value !== null && Buffer.isBuffer(w.grant.value.v) && w.grant.value.x === 5);
+  t.throws(() => decodeAnswer(encodeAnswer(null as never)), /bad answer/);
+});
+
+t.test('invalidations and acknowledgements from a peer are checked item by item', async (t) => {
+  const good = { c: { t: 'inv', shard: 1, epoch: 2, items: [['k', 3]] } };
+  t.ok(isCacheInvPayload(good));
+  t.notOk(isCacheInvPayload({ c: { ...good.c, items: [['k']] } }), 'an item without a gen');
+  t.notOk(isCacheInvPayload({ c: { ...good.c, items: [[3, 'k']] } }), 'swapped types');
+  t.notOk(isCacheInvPayload({ c: { ...good.c, items: 'k' } }), 'not a list');
+  t.notOk(isCacheInvPayload({ f: [] }), 'a forward batch is not an invalidation');
+  t.ok(isInvAck({ t: 'invack', from: 1, shard: 1, epoch: 2, items: [['k', 3]] }));
+  t.notOk(isInvAck({ t: 'invack', from: 1, shard: 1, epoch: 2, items: [['k', 1.5]] }));
+});
+
+t.test('the keys a write touches come from its command spec', async (t) => {
+  const args = [B('mset'), B('a'), B('1'), B('b'), B('2')];
+  t.same(writeKeysOf({ firstKey: 1, lastKey: -1, keyStep: 2 }, args), ['a', 'b']);
+  t.same(writeKeysOf({ firstKey: 1, lastKey: -1, keyStep: 1 }, [B('del'), B('x'), B('y')]), ['x', 'y']);
+  t.equal(writeKeysOf({ firstKey: 0, lastKey: 0, keyStep: 0 }, [B('flushall')]), 'all');
+});
