@@ -1,0 +1,343 @@
+/**
+ * RaftHost liveness when its thread stalls or its disk is slow (src/node/raft-host.ts, header "Liveness on a busy
+ * machine"). Three real RaftHosts in this process, each with its own WAL and snapshot directory and a real
+ * PeerTransport on loopback; every host's transport is wrapped by an observer that records what the host sends.
+ *
+ * What is checked:
+ * - After a stall of the event loop much longer than the election timeout, a node steps what peers sent during the
+ *   stall BEFORE its next tick: no node campaigns and no leader steps down (a tick run first, or ticks caught up
+ *   for the time lost, would make the follower campaign before it reads the leader's queued heartbeat).
+ * - Under load, repeated long stalls change neither the term nor the leader.
+ * - Heartbeats and heartbeat answers leave without waiting for an fdatasync: while a round's entries are being
+ *   made durable, and for an idle group while a busy group's round waits for its fdatasync.
+ * - A deposed leader's proposals beyond the new leader's log are rejected (NOTLEADER, retryable) as soon as it
+ *   applies the new leader's first entry, instead of waiting for the log to grow that far.
+ *
+ * Limits: every wait is bounded (WAIT_MS); stalls are busy-waits of STALL_MS; the whole file takes ~20-40 s on a
+ * busy 2-core machine. Hosts, transports, WALs and temp dirs are closed in teardown, also on failure.
+ */
+import t from 'tap';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pino } from 'pino';
+import { HostError, RaftHost, type RaftTransport, type StateMachine } from '../../src/node/raft-host.js';
+import { MessageType, type Entry, type Message, type NodeId } from '../../src/raft/types.js';
+import { SnapshotStore } from '../../src/storage/snapshot-store.js';
+import { Wal } from '../../src/storage/wal.js';
+import { PeerTransport } from '../../src/transport/peer-transport.js';
+import { PEER_LIMITS_DEFAULT, RAFT_LIMITS_DEFAULT, WAL_LIMITS_DEFAULT } from '../../src/config/limits.js';
+
+/** Bound of every wait for a condition. */
+const WAIT_MS = 20_000;
+const NODES: NodeId[] = [1, 2, 3];
+
+class Counter implements StateMachine {
+  count = 0;
+  apply(_e: Entry): unknown {
+    return ++this.count;
+  }
+  snapshot(): Uint8Array {
+    return Buffer.from(String(this.count));
+  }
+  restore(data: Uint8Array): void {
+    this.count = Number(Buffer.from(data).toString());
+  }
+}
+
+/** One message a host handed to its transport, with its WAL's unsynced byte count at that moment. */
+interface Sent {
+  from: NodeId;
+  m: Message;
+  unsyncedBytes: number;
+}
+
+interface Node {
+  id: NodeId;
+  host: RaftHost;
+  transport: PeerTransport;
+  wal: Wal;
+  machines: Map<number, Counter>;
+}
+
+interface Cluster {
+  nodes: Node[];
+  sent: Sent[];
+  /** Hosts whose outbound messages are dropped (a one-way partition). */
+  blocked: Set<NodeId>;
+  /** Called (synchronously) after each send of each host, once its transport has queued the messages. */
+  afterSend: ((from: NodeId, msgs: Message[]) => void) | null;
+  node(id: NodeId): Node;
+}
+
+interface ClusterOptions {
+  groups: number[];
+  tickMs: number;
+  heartbeatTicks: number;
+  electionTicksMin: number;
+  fsync: 'batch' | 'never';
+  /** Election-timeout seed of every host (the host mixes in the group id). */
+  seed: number;
+}
+
+function busyWait(ms: number): void {
+  const end = performance.now() + ms;
+  while (performance.now() < end) {
+    // the stall: nothing else runs on this thread
+  }
+}
+
+async function waitFor(cond: () => boolean, what: string, ms = WAIT_MS): Promise<void> {
+  const deadline = performance.now() + ms;
+  while (!cond()) {
+    if (performance.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for: ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+/** What startCluster needs of a tap test: somewhere to register the cleanup. */
+interface HasTeardown {
+  teardown(fn: () => unknown): void;
+}
+
+async function startCluster(t: HasTeardown, o: ClusterOptions): Promise<Cluster> {
+  const dir = mkdtempSync(join(tmpdir(), 'raft-host-stall-'));
+  const logger = pino({ level: 'silent' });
+  const nodes: Node[] = [];
+  const cluster: Cluster = {
+    nodes,
+    sent: [],
+    blocked: new Set(),
+    afterSend: null,
+    node: (id) => nodes.find((n) => n.id === id)!,
+  };
+  t.teardown(async () => {
+    for (const n of nodes) await n.host.stop().catch(() => undefined);
+    for (const n of nodes) await n.transport.stop().catch(() => undefined);
+    for (const n of nodes) await n.wal.close().catch(() => undefined);
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const transports = new Map<NodeId, PeerTransport>();
+  const hosts = new Map<NodeId, RaftHost>();
+  for (const id of NODES) {
+    const transport = new PeerTransport({
+      nodeId: id,
+      workerIndex: 0,
+      clusterId: 'raft-host-stall',
+      topologyDigest: 'test',
+      listen: { host: '127.0.0.1', port: 0 },
+      peers: new Map(),
+      limits: PEER_LIMITS_DEFAULT,
+      logger,
+      onRaftMessages: (msgs) => hosts.get(id)?.receive(msgs),
+    });
+    transport.onPeerDown((peer) => hosts.get(id)?.peerDown(peer));
+    await transport.start();
+    transports.set(id, transport);
+  }
+  for (const a of NODES) for (const b of NODES) if (a !== b) transports.get(a)!.setPeer(b, transports.get(b)!.address);
+  await waitFor(() => NODES.every((a) => NODES.every((b) => a === b || transports.get(a)!.isUp(b))), 'all peer links up');
+  for (const id of NODES) {
+    const wal = await Wal.open(join(dir, `n${id}`, 'wal'), { limits: WAL_LIMITS_DEFAULT, fsync: o.fsync, logger });
+    const snapshots = await SnapshotStore.open(join(dir, `n${id}`, 'snapshots'), { fsync: o.fsync, logger });
+    const inner = transports.get(id)!;
+    const observed: RaftTransport = {
+      send(msgs) {
+        if (cluster.blocked.has(id)) return;
+        const unsyncedBytes = wal.stats.bytesAppended - wal.stats.bytesDurable;
+        for (const m of msgs) cluster.sent.push({ from: id, m, unsyncedBytes });
+        inner.send(msgs);
+        cluster.afterSend?.(id, msgs);
+      },
+    };
+    const machines = new Map(o.groups.map((g) => [g, new Counter()]));
+    const host = await RaftHost.start({
+      nodeId: id,
+      groups: o.groups.map((g) => ({ id: g, conf: { voters: [...NODES], learners: [] }, stateMachine: machines.get(g)! })),
+      raft: {
+        heartbeatTicks: o.heartbeatTicks,
+        electionTicksMin: o.electionTicksMin,
+        preVote: true,
+        checkQuorum: true,
+        readMode: 'safe',
+        inflightMsgsMax: RAFT_LIMITS_DEFAULT.inflightMsgsMax,
+        appendEntriesMax: RAFT_LIMITS_DEFAULT.appendEntriesMax,
+        appendBytesMax: RAFT_LIMITS_DEFAULT.appendBytesMax,
+        uncommittedBytesMax: RAFT_LIMITS_DEFAULT.uncommittedBytesMax,
+        snapshotChunkBytes: RAFT_LIMITS_DEFAULT.snapshotChunkBytes,
+      },
+      tickMs: o.tickMs,
+      wal,
+      snapshots,
+      transport: observed,
+      logger,
+      snapshotEntries: 0,
+      seed: o.seed + id * 1_000_003,
+    });
+    hosts.set(id, host);
+    nodes.push({ id, host, transport: inner, wal, machines });
+  }
+  return cluster;
+}
+
+/** Makes node 1 lead every group (it campaigns before any election timer can fire) and waits until it does. */
+async function electNode1(c: Cluster, groups: number[]): Promise<void> {
+  for (const g of groups) c.node(1).host.group(g)!.campaign();
+  await waitFor(
+    () => groups.every((g) => c.nodes.every((n) => n.host.group(g)!.leader === 1) && c.node(1).host.group(g)!.commit > 0),
+    'node 1 leads every group and committed its first entry',
+  );
+}
+
+const ROLE_NAMES = ['follower', 'precandidate', 'candidate', 'leader'];
+
+/** Role, leader and term of every group on every node. */
+function view(c: Cluster, groups: number[]): string {
+  return c.nodes.map((n) => groups.map((g) => {
+    const core = n.host.group(g)!;
+    return `n${n.id}g${g}:${ROLE_NAMES[core.role] ?? core.role}/${core.leader}/${core.term}`;
+  }).join(' ')).join(' ');
+}
+
+/**
+ * A load loop's rejection handler: a refused proposal (HostError: the node is stopping at teardown, or lost its
+ * leadership, which the assertions report) ends nothing; anything else is a bug and fails the test.
+ */
+async function refusedOnly(err: unknown): Promise<void> {
+  if (!(err instanceof HostError)) throw err;
+  await new Promise((r) => setTimeout(r, 5));
+}
+
+const CAMPAIGN_TYPES = new Set<MessageType>([MessageType.PreVote, MessageType.Vote]);
+
+t.test('after a stall, a node steps what arrived meanwhile before it ticks (no campaign, no step-down)', async (t) => {
+  // Election timeout 2 or 3 ticks, a heartbeat every tick: a follower is one tick from its timeout whenever the
+  // leader's heartbeat is in flight. The stall starts right after the leader's heartbeat frame left, so after the
+  // stall the follower has that heartbeat waiting on its socket. A tick run before it is read (or the ticks of
+  // the stall caught up) would fire its election timer; several seeds, so that some follower draws 2.
+  const groups = [0];
+  const TRIALS = 4;
+  const STALLS = 3;
+  const STALL_MS = 1_000; // > 3 x the longest election timeout (3 ticks x 100 ms)
+  for (let trial = 0; trial < TRIALS; trial++) {
+    await t.test(`seed ${trial + 1}`, async (t) => {
+      const c = await startCluster(t, { groups, tickMs: 100, heartbeatTicks: 1, electionTicksMin: 2, fsync: 'never', seed: trial + 1 });
+      await electNode1(c, groups);
+      const before = view(c, groups);
+      const mark = c.sent.length;
+      let stallsLeft = STALLS;
+      let armed = true;
+      c.afterSend = (from, msgs) => {
+        if (!armed || from !== 1 || !msgs.some((m) => m.type === MessageType.Heartbeat)) return;
+        armed = false;
+        // The transport flushes in a setImmediate queued before this one: the heartbeat frame is in the kernel.
+        setImmediate(() => {
+          busyWait(STALL_MS);
+          stallsLeft--;
+        });
+      };
+      for (let i = 0; i < STALLS; i++) {
+        armed = true;
+        await waitFor(() => stallsLeft === STALLS - i - 1, `stall ${i + 1}`);
+        // Let the nodes run a few ticks between stalls.
+        await new Promise((r) => setTimeout(r, 300));
+      }
+      c.afterSend = null;
+      const campaigns = c.sent.slice(mark).filter((s) => CAMPAIGN_TYPES.has(s.m.type));
+      t.same(campaigns.map((s) => `n${s.from}:${s.m.type}`), [], 'nobody campaigned after the stalls');
+      t.equal(view(c, groups), before, 'roles, leaders and terms unchanged');
+    });
+  }
+});
+
+t.test('long stalls under load change neither the term nor the leader', async (t) => {
+  const groups = [0, 1];
+  const STALLS = 3;
+  const STALL_MS = 1_500; // > 3 x the longest election timeout (2 x 10 ticks x 20 ms)
+  const c = await startCluster(t, { groups, tickMs: 20, heartbeatTicks: 3, electionTicksMin: 10, fsync: 'batch', seed: 7 });
+  await electNode1(c, groups);
+  const before = view(c, groups);
+  // Load on group 0 (group 1 stays idle): proposals keep appends, answers and fdatasyncs in flight at every stall.
+  let loading = true;
+  let committed = 0;
+  const loaders = Array.from({ length: 8 }, async () => {
+    while (loading) {
+      await c.node(1).host.propose(0, Buffer.alloc(512, 1)).then(() => committed++, refusedOnly);
+    }
+  });
+  for (let i = 0; i < STALLS; i++) {
+    await new Promise((r) => setTimeout(r, 300));
+    const from = committed;
+    busyWait(STALL_MS);
+    await waitFor(() => committed > from + 50, `proposals commit again after stall ${i + 1}`);
+  }
+  loading = false;
+  await Promise.all(loaders);
+  t.equal(view(c, groups), before, 'roles, leaders and terms unchanged');
+  t.notOk(c.sent.some((s) => CAMPAIGN_TYPES.has(s.m.type) && s.m.term > 1), 'no campaign after the first election');
+  await waitFor(() => c.nodes.every((n) => n.machines.get(0)!.count >= committed), 'every node applied the load');
+  t.ok(committed > STALLS * 50, `${committed} proposals committed`);
+});
+
+t.test('heartbeats and their answers do not wait for an fdatasync', async (t) => {
+  // Group 0 is busy (4 KiB proposals, so a round with entries leaves >= 4 KiB unsynced until its fdatasync), group
+  // 1 is idle. Every node's WAL syncs for real (fsync batch). Before the fix a round sent everything after its
+  // fdatasync, so a heartbeat never left while entries were unsynced.
+  const groups = [0, 1];
+  const ENTRY_BYTES = 4096;
+  const c = await startCluster(t, { groups, tickMs: 10, heartbeatTicks: 2, electionTicksMin: 30, fsync: 'batch', seed: 11 });
+  await electNode1(c, groups);
+  let loading = true;
+  let committed = 0;
+  const loaders = Array.from({ length: 8 }, async () => {
+    while (loading) {
+      await c.node(1).host.propose(0, Buffer.alloc(ENTRY_BYTES, 2)).then(() => committed++, refusedOnly);
+    }
+  });
+  const early = (from: NodeId, type: MessageType, group: number) => (s: Sent) =>
+    s.from === from && s.m.type === type && s.m.group === group && s.unsyncedBytes >= ENTRY_BYTES;
+  await waitFor(
+    () => c.sent.some(early(1, MessageType.Heartbeat, 0)) && c.sent.some(early(1, MessageType.Heartbeat, 1))
+      && c.sent.some((s) => s.from !== 1 && s.m.type === MessageType.HeartbeatResp && s.unsyncedBytes >= ENTRY_BYTES),
+    'heartbeats of both groups and heartbeat answers sent while entries were unsynced',
+  );
+  loading = false;
+  await Promise.all(loaders);
+  t.ok(c.sent.some(early(1, MessageType.Heartbeat, 0)), 'busy group: a heartbeat left while its entries were being synced');
+  t.ok(c.sent.some(early(1, MessageType.Heartbeat, 1)), 'idle group: a heartbeat left while the busy group was syncing');
+  t.ok(c.sent.some((s) => s.from !== 1 && s.m.type === MessageType.HeartbeatResp && s.unsyncedBytes >= ENTRY_BYTES),
+    'followers: a heartbeat answer left while their entries were being synced');
+  t.ok(c.node(1).host.stats.heartbeatsBeforeSync > 0, 'counted in stats.heartbeatsBeforeSync');
+  // Appends and their answers still wait for the fdatasync of their entries (group 1 writes no entries, so the
+  // only unsynced bytes besides a busy round's are small hard-state records).
+  const appendsEarly = c.sent.filter((s) => s.m.group === 0 && s.unsyncedBytes >= ENTRY_BYTES
+    && ((s.m.type === MessageType.Append && s.m.entries.length > 0) || s.m.type === MessageType.AppendResp));
+  t.same(appendsEarly.map((s) => `n${s.from}:${s.m.type}`), [], 'no append or append answer left while entries were unsynced');
+  t.ok(committed > 0, `${committed} proposals committed`);
+  await waitFor(() => c.nodes.every((n) => n.machines.get(0)!.count >= committed), 'every node applied the load');
+});
+
+t.test("a deposed leader's proposals beyond the new leader's log are rejected once it applies a newer term", async (t) => {
+  const groups = [0];
+  const PROPOSALS = 5;
+  const c = await startCluster(t, { groups, tickMs: 20, heartbeatTicks: 3, electionTicksMin: 10, fsync: 'never', seed: 23 });
+  await electNode1(c, groups);
+  // Node 1 is cut off (nothing it sends arrives) and proposes: its entries stay in its own log only.
+  c.blocked.add(1);
+  const outcomes: (string | null)[] = Array.from({ length: PROPOSALS }, () => null);
+  const pending = Array.from({ length: PROPOSALS }, (_, i) =>
+    c.node(1).host.propose(0, Buffer.from(`lost-${i}`)).then(
+      () => (outcomes[i] = 'committed'),
+      (err: unknown) => (outcomes[i] = err instanceof HostError ? err.code : String(err)),
+    ));
+  const lastOfNode1 = c.node(1).host.group(0)!.lastIndex;
+  await waitFor(() => [2, 3].some((id) => c.node(id as NodeId).host.group(0)!.role === 3), 'nodes 2 and 3 elect a new leader');
+  const newLeader = [2, 3].find((id) => c.node(id as NodeId).host.group(0)!.role === 3) as NodeId;
+  t.ok(c.node(newLeader).host.group(0)!.lastIndex < lastOfNode1, "the new leader's log is shorter than the lost entries");
+  // Node 1 rejoins; the group stays idle, so the indexes of its lost entries are not reused for a long time.
+  c.blocked.delete(1);
+  await waitFor(() => outcomes.every((o) => o !== null), 'every lost proposal is settled');
+  await Promise.all(pending);
+  t.same(outcomes, Array.from({ length: PROPOSALS }, () => 'NOTLEADER'), 'all rejected as retryable, none committed');
+  t.ok(c.node(newLeader).host.group(0)!.lastIndex < lastOfNode1, 'settled before the new leader reached those indexes');
+});
