@@ -17,7 +17,7 @@ import type { NodeId } from '../raft/types.js';
 import type { KeyspaceMachine } from '../cluster/keyspace-machine.js';
 import type { ShardWorkerTuning } from '../cluster/worker-protocol.js';
 import { CacheHome, emptyHomeStats, type HomeStats, type MemoryRead, type MemoryWrite } from './cache-home.js';
-import type { CoherenceFailure, HomeAnswer, InvAck, InvMessage, NodeRequest } from './coherence-types.js';
+import type { CoherenceFailure, DownMessage, HomeAnswer, InvAck, InvMessage, NodeRequest } from './coherence-types.js';
 import type { CachedValue } from './coherence-wire.js';
 import { isInvAck } from './coherence-wire.js';
 
@@ -32,8 +32,8 @@ export interface HomeHostDeps {
   /** Proposes an encoded keyspace entry; resolves with the apply result (a reply record) after it applied. */
   propose(shard: number, data: Uint8Array): Promise<unknown>;
   machine(shard: number): KeyspaceMachine | null;
-  /** Delivers an invalidation to `to`'s cache; resolves with its acknowledgement. */
-  sendInv(to: NodeId, msg: InvMessage): Promise<unknown>;
+  /** Delivers an invalidation (or a downgrade) to `to`'s cache; resolves with its acknowledgement. */
+  sendInv(to: NodeId, msg: InvMessage | DownMessage): Promise<unknown>;
   log: Logger;
 }
 
@@ -68,6 +68,21 @@ export class CacheHomeHost {
         home.write(req, reply, now);
         return;
     }
+  }
+
+  /**
+   * CACHE.STATE: the directory's view of `key` in this shard's home, per listed node: 'E', 'S', or 'F' (a fill is
+   * reading memory for it); '+inv' is appended while an invalidation of that node's copy awaits its acknowledgement.
+   * Null when this replica does not lead the shard (no home).
+   */
+  directoryOf(shard: number, key: string): Map<NodeId, string> | null {
+    const home = this.homeFor(shard);
+    if (home === null) return null;
+    const { holders, invalidating } = home.holdersOf(key);
+    const out = new Map<NodeId, string>();
+    for (const [n, st] of holders) out.set(n, st);
+    for (const n of invalidating) out.set(n, `${out.get(n) ?? ''}+inv`);
+    return out;
   }
 
   onAck(ack: InvAck): void {

@@ -31,7 +31,8 @@ import type {
   CoherenceFailure,
   DataAnswer,
   GetSRequest,
-  HomeMessage,
+  DownMessage,
+  InvMessage,
   InvAck,
   LeaseAnswer,
   RenewRequest,
@@ -60,7 +61,7 @@ export type MemoryWrite<V, R> = { ok: true; result: R; value?: V | null } | Cohe
 
 export interface HomeIO<V, Op, R> {
   now(): number;
-  send(to: NodeId, msg: HomeMessage): void;
+  send(to: NodeId, msg: InvMessage | DownMessage): void;
   /** Confirms leadership (a read barrier), then reads the key's value. */
   readMemory(key: CacheKey, cb: (r: MemoryRead<V>) => void): void;
   /** Confirms leadership only. */
@@ -79,6 +80,8 @@ export interface HomeStats {
   invalidationsAcked: number;
   invalidationsLapsed: number;
   invalidationRetries: number;
+  /** E holders told to become S because another node read the line. */
+  downgradesSent: number;
   leaseRenewals: number;
   leaseRefusals: number;
 }
@@ -95,6 +98,7 @@ export function emptyHomeStats(): HomeStats {
     invalidationsAcked: 0,
     invalidationsLapsed: 0,
     invalidationRetries: 0,
+    downgradesSent: 0,
     leaseRenewals: 0,
     leaseRefusals: 0,
   };
@@ -166,6 +170,8 @@ export class CacheHome<V, Op, R> {
   private closed = false;
   /** Invalidations to send this turn, per node (flushed at the end of each public call). */
   private readonly outbox = new Map<NodeId, [CacheKey, number][]>();
+  /** Downgrades (E -> S) to send this turn, per node. */
+  private readonly downbox = new Map<NodeId, [CacheKey, number][]>();
 
   constructor(
     private readonly cfg: HomeConfig,
@@ -385,8 +391,13 @@ export class CacheHome<V, Op, R> {
         for (const [n, o] of de.holders) {
           if (n === from) continue;
           others = true;
-          // Write-through: an E line is clean and never written locally, so the directory alone downgrades it.
-          if (o.state === 'E') o.state = 'S';
+          // Write-through: an E line is clean and never written locally, so the directory downgrades it at once;
+          // the node is told (MESI Fwd-GetS) so that its own state is exact, and nothing waits for its answer.
+          if (o.state === 'E') {
+            o.state = 'S';
+            this.stats.downgradesSent++;
+            this.queue(this.downbox, n, key, o.gen);
+          }
         }
         grant = others ? 'S' : 'E';
         h!.state = grant;
@@ -510,15 +521,23 @@ export class CacheHome<V, Op, R> {
   }
 
   private queueInv(node: NodeId, key: CacheKey, gen: number): void {
-    let items = this.outbox.get(node);
+    this.queue(this.outbox, node, key, gen);
+  }
+
+  private queue(box: Map<NodeId, [CacheKey, number][]>, node: NodeId, key: CacheKey, gen: number): void {
+    let items = box.get(node);
     if (items === undefined) {
       items = [];
-      this.outbox.set(node, items);
+      box.set(node, items);
     }
     items.push([key, gen]);
   }
 
   private flush(): void {
+    if (this.downbox.size > 0) {
+      for (const [node, items] of this.downbox) this.io.send(node, { t: 'down', shard: this.cfg.shard, epoch: this.epoch, items });
+      this.downbox.clear();
+    }
     if (this.outbox.size === 0) return;
     for (const [node, items] of this.outbox) this.io.send(node, { t: 'inv', shard: this.cfg.shard, epoch: this.epoch, items });
     this.outbox.clear();

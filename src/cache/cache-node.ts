@@ -25,7 +25,7 @@
  */
 import type { NodeId } from '../raft/types.js';
 import { LineState, transition, TransitionCounters, type LineEvent } from './mesi.js';
-import type { CacheKey, CoherenceFailure, DataAnswer, HomeAnswer, InvAck, InvMessage, LeaseAnswer, NodeRequest, WrittenAnswer } from './coherence-types.js';
+import type { CacheKey, CoherenceFailure, DataAnswer, DownAck, DownMessage, HomeAnswer, InvAck, InvMessage, LeaseAnswer, NodeRequest, WrittenAnswer } from './coherence-types.js';
 
 export interface Line<V> {
   state: LineState;
@@ -68,6 +68,8 @@ export interface NodeCacheStats {
   installs: number;
   writesSent: number;
   invalidationsReceived: number;
+  /** E lines turned S because another node read them. */
+  downgradesReceived: number;
   /** Lines dropped because their shard's lease lapsed. */
   lapsedLines: number;
   /** Lines dropped because the shard's home changed. */
@@ -122,6 +124,11 @@ interface KeyPending<V> {
    * (test/cache/coherence-sim.test.ts, "reordered answers of two writes from one node").
    */
   lastWrite: number;
+  /**
+   * A downgrade (E -> S) that arrived before the E grant it names was installed (the grant's answer and the
+   * downgrade travel on different paths): that grant installs as S.
+   */
+  down: [epoch: number, gen: number] | null;
 }
 
 export class CacheNode<V, Op, R> {
@@ -132,6 +139,7 @@ export class CacheNode<V, Op, R> {
     installs: 0,
     writesSent: 0,
     invalidationsReceived: 0,
+    downgradesReceived: 0,
     lapsedLines: 0,
     homeChangeLines: 0,
     evictions: 0,
@@ -206,6 +214,8 @@ export class CacheNode<V, Op, R> {
     this.stats.fillsSent++;
     this.io.request(shard, { t: 'gets', from: this.cfg.self, shard, key, cacheable }, (a) => {
       if (pk.fill === fill) pk.fill = null;
+      const down = pk.down;
+      pk.down = null;
       this.forgetIfIdle(key, pk);
       if (!a.ok) {
         for (const w of fill.waiters) w(a);
@@ -216,7 +226,8 @@ export class CacheNode<V, Op, R> {
       const live = this.onAnswer(shard, a, sentAt);
       let installed = false;
       if (d.grant !== null && live && !fill.poisoned && lease.inc === inc && (this.pend.get(key)?.writes ?? 0) === 0 && lease.allWrites === 0) {
-        installed = this.install(shard, key, d.grant === 'E' ? 'fill-e' : 'fill-s', d.value, d.gen);
+        const downgraded = down !== null && down[0] === d.epoch && down[1] === d.gen;
+        installed = this.install(shard, key, d.grant === 'E' && !downgraded ? 'fill-e' : 'fill-s', d.value, d.gen);
       }
       if (installed) for (const w of fill.late) w({ ok: true, value: d.value, hit: false });
       else this.readAgain(shard, key, fill.late);
@@ -251,6 +262,7 @@ export class CacheNode<V, Op, R> {
     this.io.request(shard, { t: 'write', from: this.cfg.self, shard, keys, op, ...(want !== undefined ? { want } : {}) }, (a) => {
       let installable = false;
       let revoked: [epoch: number, gen: number] | null = null;
+      let down: [epoch: number, gen: number] | null = null;
       if (keys === 'all') lease.allWrites--;
       else {
         for (const key of keys) {
@@ -261,6 +273,8 @@ export class CacheNode<V, Op, R> {
             if (key === want) {
               installable = !p.writePoisoned && p.lastWrite === seq;
               revoked = p.writeInv;
+              down = p.down;
+              p.down = null;
             }
             p.writePoisoned = false;
             p.writeInv = null;
@@ -280,7 +294,8 @@ export class CacheNode<V, Op, R> {
         lease.allWrites === 0 &&
         w.grant.key === want
       ) {
-        this.install(shard, want, 'fill-e', w.grant.value, w.grant.gen);
+        const downgraded = down !== null && down[0] === w.epoch && down[1] === w.grant.gen;
+        this.install(shard, want, downgraded ? 'fill-s' : 'fill-e', w.grant.value, w.grant.gen);
       }
       cb({ ok: true, result: w.result });
     });
@@ -302,6 +317,30 @@ export class CacheNode<V, Op, R> {
       }
     }
     return { t: 'invack', from: this.cfg.self, shard: msg.shard, epoch: msg.epoch, items: msg.items };
+  }
+
+  /**
+   * A downgrade from a home: another node now shares these lines, so an E line of the named grant becomes S. A
+   * grant not installed yet (its answer still on its way) is remembered and installs as S.
+   */
+  onDowngrade(msg: DownMessage): DownAck {
+    for (const [key, gen] of msg.items) {
+      const line = this.store.peek(key);
+      const lease = this.shards.get(msg.shard);
+      if (line !== undefined && line.shard === msg.shard && line.gen === gen && lease !== undefined && lease.epoch === msg.epoch) {
+        if (line.state !== LineState.E) continue;
+        const t = transition(line.state, 'fwd-gets');
+        this.transitions.count(line.state, t.next);
+        this.lines[line.state]!--;
+        this.lines[t.next]!++;
+        this.store.put(key, { ...line, state: t.next });
+        this.stats.downgradesReceived++;
+      } else {
+        const p = this.pend.get(key);
+        if (p !== undefined) p.down = [msg.epoch, gen];
+      }
+    }
+    return { t: 'downack', from: this.cfg.self, shard: msg.shard, epoch: msg.epoch };
   }
 
   /** The store evicted a line (LRU or TTL). */
@@ -349,7 +388,7 @@ export class CacheNode<V, Op, R> {
   private pending(key: CacheKey): KeyPending<V> {
     let p = this.pend.get(key);
     if (p === undefined) {
-      p = { fill: null, writes: 0, writePoisoned: false, writeInv: null, lastWrite: 0 };
+      p = { fill: null, writes: 0, writePoisoned: false, writeInv: null, lastWrite: 0, down: null };
       this.pend.set(key, p);
     }
     return p;

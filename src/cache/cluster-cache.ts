@@ -2,7 +2,7 @@
  * ClusterCache: the edge thread's coherent cache. It keeps the node's MESI lines in the node-local CacheStore (LRU by
  * items and bytes, TTL), serves GET hits on the edge with no thread hop and no network, and sends misses, writes and
  * lease renewals to the shard's home through the ShardRuntime as internal `_c.*` commands (coherence-wire.ts).
- * Invalidations reach it through `ShardRuntime.onCacheInvalidate`. The protocol itself is CacheNode's
+ * Invalidations and CACHE.STATE queries reach it through `ShardRuntime.onCacheMessage`. The protocol itself is CacheNode's
  * (cache-node.ts); this file adapts it to the store and the runtime. docs/cache-coherence.md.
  *
  * Store entries: value = the cached bytes (empty for a cached "no such key"); expireAt = the key's expiry minus
@@ -105,7 +105,11 @@ export class ClusterCache {
         },
       },
     );
-    runtime.onCacheInvalidate = (msg) => this.node.onInvalidate(msg);
+    runtime.onCacheMessage = (msg) => {
+      if (msg.t === 'inv') return this.node.onInvalidate(msg);
+      if (msg.t === 'down') return this.node.onDowngrade(msg);
+      return { t: 'state', from: opts.nodeId, state: LINE_STATE_NAMES[this.node.stateOf(msg.key, msg.shard)] };
+    };
     this.timer = setInterval(() => {
       this.node.tick();
       this.store.sweepExpired(this.sweepKeysMax);
@@ -135,11 +139,6 @@ export class ClusterCache {
     });
   }
 
-  /** This node's state of a key (CACHE.STATE). */
-  stateName(shard: number, key: Buffer): string {
-    return LINE_STATE_NAMES[this.node.stateOf(key.toString('latin1'), shard)];
-  }
-
   /** INFO cache lines of this node. */
   infoLines(): string[] {
     const s = this.node.stats;
@@ -159,6 +158,7 @@ export class ClusterCache {
       `cache_writes:${s.writesSent}`,
       `cache_evictions:${s.evictions}`,
       `cache_invalidations_received:${s.invalidationsReceived}`,
+      `cache_downgrades_received:${s.downgradesReceived}`,
       `cache_lease_lapsed_lines:${s.lapsedLines}`,
       `cache_home_change_lines:${s.homeChangeLines}`,
       `cache_lease_renewals_sent:${s.renewalsSent}`,

@@ -100,7 +100,27 @@ export interface InvMessage {
   items: [key: CacheKey, gen: number][];
 }
 
-export type HomeMessage = InvMessage;
+/**
+ * The home listed another reader of a line this node was granted in E (MESI's Fwd-GetS): the line becomes S.
+ * Under write-through an E line is clean and is never written locally, so the home does not wait for the answer;
+ * the message keeps the node's reported state exact (CACHE.STATE, INFO cache).
+ */
+export interface DownMessage {
+  t: 'down';
+  shard: number;
+  epoch: number;
+  /** The keys to downgrade, each with the gen of the E grant. */
+  items: [key: CacheKey, gen: number][];
+}
+
+/** CACHE.STATE: what state does the node hold `key` in? Sent by the shard's home to every node. */
+export interface StateQuery {
+  t: 'state';
+  shard: number;
+  key: CacheKey;
+}
+
+export type HomeMessage = InvMessage | DownMessage | StateQuery;
 
 export interface InvAck {
   t: 'invack';
@@ -110,4 +130,18 @@ export interface InvAck {
   items: [key: CacheKey, gen: number][];
 }
 
-export type NodeAck = InvAck;
+/** A node's answer to a StateQuery: its line's state as it would serve it now (I unless a live line holds it). */
+export interface StateReport {
+  t: 'state';
+  from: NodeId;
+  state: 'M' | 'E' | 'S' | 'I';
+}
+
+export interface DownAck {
+  t: 'downack';
+  from: NodeId;
+  shard: number;
+  epoch: number;
+}
+
+export type NodeAck = InvAck | DownAck | StateReport;

@@ -5,16 +5,18 @@
  *   _c.gets  <from> <key> <cacheable 0|1>                          (read kind)
  *   _c.renew <from> <epoch> <evicted: msgpack [[key, gen], ...]>   (read kind)
  *   _c.write <from> <want key or ''> <keys: msgpack string[] | '*'> <the write's own args...>   (write kind)
+ *   _c.state <key>                                                  (read kind: CACHE.STATE, answered by the home)
  *
  * The home's answer is one bulk string holding the msgpack of the HomeAnswer (a written answer carries the
- * write's own reply record as bytes). Home -> node invalidations travel as peer requests `{ c: InvMessage }` whose
- * response is the InvAck, relayed between the node's worker and its edge (worker-protocol.ts 'cinv' / 'cack').
+ * write's own reply record as bytes). Home -> node messages travel as peer requests `{ c: InvMessage | DownMessage | StateQuery }`
+ * whose response is the InvAck, DownAck or StateReport, relayed between the node's worker and its edge (worker-protocol.ts
+ * 'cinv' / 'cack'). `_c.state` is answered with a RESP array (see cacheStateReply).
  *
  * Values: a cached value is `{ v: bytes, x: expireAt unix ms (0 = none) }`; null = no such key.
  */
 import { Packr } from 'msgpackr';
 import type { NodeId } from '../raft/types.js';
-import type { CacheKey, HomeAnswer, InvAck, InvMessage, NodeRequest } from './coherence-types.js';
+import type { CacheKey, HomeAnswer, HomeMessage, InvAck, NodeRequest, StateReport } from './coherence-types.js';
 
 /** A string value as cached: bytes and absolute expiry (unix ms, 0 = none). */
 export interface CachedValue {
@@ -28,11 +30,12 @@ export type CacheWriteOp = Buffer[];
 export const CACHE_GETS = '_c.gets';
 export const CACHE_RENEW = '_c.renew';
 export const CACHE_WRITE = '_c.write';
+export const CACHE_STATE = '_c.state';
 
 const packr = new Packr({ useRecords: false, mapsAsObjects: true });
 const B = (s: string): Buffer => Buffer.from(s, 'latin1');
 
-/** True for the three internal cache commands (checked on the first bytes: '_c.'). */
+/** True for the internal cache commands (checked on the first bytes: '_c.'). */
 export function isCacheCommand(args: readonly Uint8Array[]): boolean {
   const a = args[0];
   return a !== undefined && a.length > 3 && a[0] === 0x5f && a[1] === 0x63 && a[2] === 0x2e;
@@ -72,6 +75,7 @@ export function checkCacheCommand(kind: 'read' | 'write', args: readonly Buffer[
     if (name === CACHE_GETS && kind === 'read' && args.length === 4) nodeIdOf(args[1]);
     else if (name === CACHE_RENEW && kind === 'read' && args.length === 4) nodeIdOf(args[1]);
     else if (name === CACHE_WRITE && kind === 'write' && args.length >= 5) nodeIdOf(args[1]);
+    else if (name === CACHE_STATE && kind === 'read' && args.length === 2) return null;
     else return `malformed cache command ${name ?? '(none)'}`;
   } catch (err) {
     return (err as Error).message;
@@ -120,20 +124,34 @@ export function decodeAnswer(b: Uint8Array): HomeAnswer<CachedValue, Uint8Array>
   return a;
 }
 
-/** Peer payload of an invalidation. */
+/** True for `_c.state` (CACHE.STATE), which is not a NodeRequest: the worker answers it itself. */
+export function isCacheStateCommand(args: readonly Uint8Array[]): boolean {
+  const a = args[0];
+  return a !== undefined && a.length === CACHE_STATE.length && Buffer.from(a.buffer, a.byteOffset, a.byteLength).toString('latin1') === CACHE_STATE;
+}
+
+/** Peer payload of a home -> node message (an invalidation or a state query). */
 export interface CacheInvPayload {
-  c: InvMessage;
+  c: HomeMessage;
 }
 
 export function isCacheInvPayload(p: unknown): p is CacheInvPayload {
   if (p === null || typeof p !== 'object' || !('c' in p)) return false;
-  const m = (p as { c: unknown }).c as InvMessage | null;
-  return m !== null && typeof m === 'object' && m.t === 'inv' && Number.isInteger(m.shard) && Number.isInteger(m.epoch) && isItemList(m.items);
+  const m = (p as { c: unknown }).c as HomeMessage | null;
+  if (m === null || typeof m !== 'object' || !Number.isInteger(m.shard)) return false;
+  if (m.t === 'state') return typeof m.key === 'string';
+  return (m.t === 'inv' || m.t === 'down') && Number.isInteger(m.epoch) && isItemList(m.items);
 }
 
 /** [[key string, gen integer], ...]: anything else from a peer is refused before it reaches the edge. */
 function isItemList(items: unknown): items is [CacheKey, number][] {
   return Array.isArray(items) && items.every((it) => Array.isArray(it) && it.length === 2 && typeof it[0] === 'string' && Number.isInteger(it[1]));
+}
+
+export function isStateReport(p: unknown): p is StateReport {
+  if (p === null || typeof p !== 'object') return false;
+  const r = p as StateReport;
+  return r.t === 'state' && Number.isInteger(r.from) && (r.state === 'M' || r.state === 'E' || r.state === 'S' || r.state === 'I');
 }
 
 export function isInvAck(p: unknown): p is InvAck {

@@ -25,7 +25,7 @@ import { keySlot } from './slots.js';
 import type { ShardRuntime } from './shard-runtime.js';
 import type { ShardReply } from './worker-protocol.js';
 import { failureReply, type ClusterCache } from '../cache/cluster-cache.js';
-import { writeKeysOf } from '../cache/coherence-wire.js';
+import { CACHE_STATE, writeKeysOf } from '../cache/coherence-wire.js';
 
 /** The RESP error for a failed shard request. */
 export function shardErrorText(r: Extract<ShardReply, { ok: false }>): string {
@@ -242,7 +242,24 @@ export function clusterKeyspaceCommands(deps: ClusterKeyspaceDeps): CommandSpec[
     },
   };
 
-  return STRING_COMMANDS.map((spec): CommandSpec => {
+  /**
+   * CACHE.STATE key: each node's MESI state of the key, asked by the shard's home (so also its directory's view):
+   * one [node id, state, directory] array per node. See serveCacheState in shard-worker.ts.
+   */
+  const cacheState: CommandSpec = {
+    name: 'cache.state',
+    arity: 2,
+    flags: ['readonly'],
+    firstKey: 1,
+    lastKey: 1,
+    keyStep: 1,
+    async: true,
+    summary: "Each node's MESI state (M/E/S/I) of a key, and the home directory's view of it",
+    group: 'cache',
+    handler: (ctx, args) => single(ctx, shardOf(args[1]!), 'read', [B(CACHE_STATE), args[1]!]),
+  };
+
+  const commands = STRING_COMMANDS.map((spec): CommandSpec => {
     const kind = isReplicatedWrite(spec) ? 'write' : 'read';
     const special = handlers[spec.name];
     let handler: CommandSpec['handler'];
@@ -263,4 +280,6 @@ export function clusterKeyspaceCommands(deps: ClusterKeyspaceDeps): CommandSpec[
     }
     return { ...spec, handler, async: true };
   });
+  commands.push(cacheState);
+  return commands;
 }

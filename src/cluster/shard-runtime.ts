@@ -21,7 +21,7 @@
  * Invariants: every submitted request's callback runs exactly once, never synchronously inside submit (so a
  * caller may submit in a loop without re-entrancy); callbacks of one worker run in the order its replies arrive.
  */
-import type { InvAck, InvMessage } from '../cache/coherence-types.js';
+import type { HomeMessage, NodeAck } from '../cache/coherence-types.js';
 import { Worker } from 'node:worker_threads';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -261,8 +261,16 @@ export class ShardRuntime {
           h.onStopped?.();
           return;
         case 'cinv': {
-          // No cache on this edge (or it is not wired yet): nothing is held, so the invalidation is simply acknowledged.
-          const ack = this.onCacheInvalidate?.(msg.msg) ?? { t: 'invack', from: this.opts.nodeId, shard: msg.msg.shard, epoch: msg.msg.epoch, items: msg.msg.items };
+          // No cache on this edge (or it is not wired yet): nothing is held, so an invalidation is simply
+          // acknowledged and every key is in I.
+          const m = msg.msg;
+          const ack: NodeAck =
+            this.onCacheMessage?.(m) ??
+            (m.t === 'inv'
+              ? { t: 'invack', from: this.opts.nodeId, shard: m.shard, epoch: m.epoch, items: m.items }
+              : m.t === 'down'
+                ? { t: 'downack', from: this.opts.nodeId, shard: m.shard, epoch: m.epoch }
+                : { t: 'state', from: this.opts.nodeId, state: 'I' });
           worker.postMessage({ t: 'cack', id: msg.id, ack } satisfies EdgeToWorker);
           return;
         }
@@ -331,8 +339,8 @@ export class ShardRuntime {
     }
   }
 
-  /** The edge's cache: answers invalidations from shard homes (src/cache/cluster-cache.ts sets it). */
-  onCacheInvalidate: ((msg: InvMessage) => InvAck) | null = null;
+  /** The edge's cache: answers invalidations and state queries from shard homes (src/cache/cluster-cache.ts sets it). */
+  onCacheMessage: ((msg: HomeMessage) => NodeAck) | null = null;
 
   /** submit() as a promise. */
   execute(shard: number, kind: RequestKindName, args: readonly Uint8Array[]): Promise<ShardReply> {

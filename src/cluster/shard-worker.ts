@@ -53,7 +53,7 @@ import type { LockEvent } from '../locks/lock-table.js';
 import { checkQueueCommand, isQueueCommand, popPartitionKey, queueBlockMs, queueExpiryArgs } from '../queue/queue-entries.js';
 import { recordValue } from './record-value.js';
 import { CacheHomeHost } from '../cache/cache-home-host.js';
-import type { InvAck, InvMessage, NodeRequest, WrittenAnswer } from '../cache/coherence-types.js';
+import type { HomeMessage, NodeAck, NodeRequest, WrittenAnswer } from '../cache/coherence-types.js';
 import {
   cacheWriteArgs,
   checkCacheCommand,
@@ -61,6 +61,8 @@ import {
   encodeAnswer,
   isCacheCommand,
   isCacheInvPayload,
+  isCacheStateCommand,
+  isStateReport,
   writeKeysOf,
   type CachedValue,
 } from '../cache/coherence-wire.js';
@@ -214,7 +216,7 @@ export class ShardWorker {
   /** The shards this worker replicates (fixed at start). */
   private hostedShardIds: number[] = [];
   /** Invalidations relayed to the edge, by id, waiting for its acknowledgement. */
-  private readonly edgeInvs = new Map<number, (ack: InvAck) => void>();
+  private readonly edgeInvs = new Map<number, (ack: NodeAck) => void>();
   private nextInvId = 1;
   private stopping = false;
   private host!: RaftHost;
@@ -269,7 +271,7 @@ export class ShardWorker {
         if (msgs.length > 0) this.lastHeard.set(msgs[0]!.from, performance.now());
         host?.receive(msgs);
       },
-      onRequest: (from, payload) => (isCacheInvPayload(payload) ? this.relayInvalidation(payload.c) : this.serveForwarded(from, payload)),
+      onRequest: (from, payload) => (isCacheInvPayload(payload) ? this.relayCacheMessage(payload.c) : this.serveForwarded(from, payload)),
     });
     transport.onPeerDown((peer) => {
       this.upPeers.delete(peer);
@@ -313,7 +315,7 @@ export class ShardWorker {
         readBarrier: (id) => this.host.readBarrier(id),
         propose: (id, data) => this.host.propose(id, data),
         machine: (id) => this.shards.get(id)?.machine ?? null,
-        sendInv: (to, msg) => this.sendInvalidation(to, msg),
+        sendInv: (to, msg) => this.sendCacheMessage(to, msg),
         log: this.log,
       });
       await transport.start();
@@ -466,6 +468,10 @@ export class ShardWorker {
       const leader = core.role === Role.Leader ? 0 : core.leader;
       if (leader !== 0 && leader !== this.init.nodeId) this.forwardOrPark(req, leader);
       else this.park(req);
+      return;
+    }
+    if (isCacheStateCommand(req.args)) {
+      this.serveCacheState(req);
       return;
     }
     if (isCacheCommand(req.args) || (req.kind === RequestKind.Write && isStringWrite(req.args))) {
@@ -703,8 +709,43 @@ export class ShardWorker {
     });
   }
 
-  /** An invalidation for this node's cache, from a home on a peer or on this node: relayed to the edge. */
-  private relayInvalidation(msg: InvMessage): Promise<InvAck> {
+  /**
+   * CACHE.STATE key, at the shard's leader: asks every node of the cluster (this one through its edge) for its state
+   * of the key, in parallel, and adds this home's directory view. Reply: one [node id, state, directory] array per
+   * node in id order; state is M/E/S/I, or 'unreachable' when the node did not answer within a lease; directory is
+   * what the home lists for it (E, S, F while a fill reads memory, '+inv' while an invalidation is unacknowledged,
+   * '-' when not listed).
+   */
+  private serveCacheState(req: Req): void {
+    const shard = req.shard.id;
+    const key = req.args[1]!.toString('latin1');
+    const dir = this.cacheHomes.directoryOf(shard, key);
+    if (dir === null) {
+      this.fail(req, ShardErrorIndex.Err, 0, `shard ${shard} has no cache home here`);
+      return;
+    }
+    this.stats.reads++;
+    const nodes = [this.init.nodeId, ...this.init.peers.map(([id]) => id)].sort((a, b) => a - b);
+    const ask = (to: NodeId): Promise<string> =>
+      this.sendCacheMessage(to, { t: 'state', shard, key }).then(
+        (r) => (isStateReport(r) ? r.state : 'unreachable'),
+        () => 'unreachable',
+      );
+    void Promise.all(nodes.map(ask)).then((states) => {
+      if (req.done) return;
+      this.recorder.arrayHeader(nodes.length);
+      nodes.forEach((n, i) => {
+        this.recorder.arrayHeader(3);
+        this.recorder.integer(n);
+        this.recorder.bulk(states[i]!);
+        this.recorder.bulk(dir.get(n) ?? '-');
+      });
+      this.succeed(req, this.recorder.take());
+    });
+  }
+
+  /** A home's message (invalidation, state query) for this node's cache, from a peer or this node: relayed to the edge. */
+  private relayCacheMessage(msg: HomeMessage): Promise<NodeAck> {
     if (this.stopping || this.edgeInvs.size >= EDGE_INVALIDATIONS_MAX) return Promise.reject(new Error('edge cache unavailable'));
     return new Promise((resolve) => {
       const id = this.nextInvId;
@@ -714,8 +755,8 @@ export class ShardWorker {
     });
   }
 
-  private sendInvalidation(to: NodeId, msg: InvMessage): Promise<unknown> {
-    if (to === this.init.nodeId) return this.relayInvalidation(msg);
+  private sendCacheMessage(to: NodeId, msg: HomeMessage): Promise<unknown> {
+    if (to === this.init.nodeId) return this.relayCacheMessage(msg);
     if (!this.upPeers.has(to)) return Promise.reject(new Error(`no link to node ${to}`));
     return this.transport.request(to, { c: msg }, this.init.tuning.cacheLeaseMs);
   }

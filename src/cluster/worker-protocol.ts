@@ -24,7 +24,7 @@
  * length against the end of the buffer and throw WorkerProtocolError on a malformed batch (a bug: both sides are
  * this file's code).
  */
-import type { InvAck, InvMessage } from '../cache/coherence-types.js';
+import type { HomeMessage, NodeAck } from '../cache/coherence-types.js';
 import type { FsyncMode } from '../storage/wal.js';
 import type { NodeId } from '../raft/types.js';
 import type { RaftLimits } from '../config/limits.js';
@@ -152,11 +152,11 @@ export interface StopMessage {
   t: 'stop';
 }
 
-/** The edge's cache acknowledges an invalidation the worker relayed (answer to CacheInvMessage `id`). */
+/** The edge's cache answers a home's message the worker relayed (answer to CacheInvMessage `id`). */
 export interface CacheAckMessage {
   t: 'cack';
   id: number;
-  ack: InvAck;
+  ack: NodeAck;
 }
 
 export type EdgeToWorker = InitMessage | RequestBatchMessage | StatusQueryMessage | StopMessage | CacheAckMessage;
@@ -222,11 +222,14 @@ export interface StoppedMessage {
   t: 'stopped';
 }
 
-/** An invalidation from a shard's home (this node's or a peer's) for the edge's cache; answered by CacheAckMessage. */
+/**
+ * A message from a shard's home (this node's or a peer's) for the edge's cache, an invalidation or a CACHE.STATE
+ * query; answered by CacheAckMessage.
+ */
 export interface CacheInvMessage {
   t: 'cinv';
   id: number;
-  msg: InvMessage;
+  msg: HomeMessage;
 }
 
 export type WorkerToEdge = ReadyMessage | FatalMessage | ReplyBatchMessage | StatusReplyMessage | StoppedMessage | CacheInvMessage;

@@ -132,8 +132,21 @@ t.test('coherence on a real cluster: local hits, invalidation, eviction, a pause
     for (const id of c.ids) t.equal(await cl(id).get('inv'), null);
     await cl(1).set('inv', 'a');
     for (const id of c.ids) t.equal(await cl(id).get('inv'), 'a');
+    // CACHE.STATE asks every node (and the home's directory): all three share the line (the writer's E grant was
+    // downgraded when the second node read it).
+    const states = async (): Promise<Map<number, [string, string]>> => {
+      const rows = (await cl(2).call('CACHE.STATE', 'inv')) as [number, string, string][];
+      return new Map(rows.map(([n, st, d]) => [n, [st, d]]));
+    };
+    const shared = await states();
+    t.same([...shared.keys()], c.ids, 'CACHE.STATE answers for every node');
+    for (const [n, [st, d]] of shared) t.same([st, d], ['S', 'S'], `node ${n} holds the line in S, and the directory agrees`);
     const invBefore = await Promise.all(c.ids.map((id) => cacheInfo(c, id)));
     await cl(3).set('inv', 'b');
+    const afterWrite = await states();
+    t.same([afterWrite.get(1)![0], afterWrite.get(2)![0]], ['I', 'I'], 'the write left nodes 1 and 2 in I');
+    t.same(afterWrite.get(3), ['E', 'E'], 'the writer holds the new value in E, and the directory agrees');
+    t.same([afterWrite.get(1)![1], afterWrite.get(2)![1]], ['-', '-'], 'the directory lists neither');
     await sleep(600); // the home counters reach INFO with the node's periodic view refresh
     const invAfter = await Promise.all(c.ids.map((id) => cacheInfo(c, id)));
     for (const id of c.ids) t.equal(await cl(id).get('inv'), 'b', `node ${id} sees the new value`);

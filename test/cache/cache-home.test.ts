@@ -4,7 +4,7 @@
 // by writes, and the regressions found by test/cache/coherence-sim.test.ts.
 import t from 'tap';
 import { CacheHome, type HomeConfig, type HomeIO, type MemoryRead, type MemoryWrite } from '../../src/cache/cache-home.js';
-import type { CacheKey, CoherenceFailure, DataAnswer, InvMessage, LeaseAnswer, WrittenAnswer } from '../../src/cache/coherence-types.js';
+import type { CacheKey, CoherenceFailure, DataAnswer, DownMessage, InvMessage, LeaseAnswer, WrittenAnswer } from '../../src/cache/coherence-types.js';
 import type { NodeId } from '../../src/raft/types.js';
 
 type Op = { key: string; value: string };
@@ -19,7 +19,7 @@ const EPOCH = 5;
 
 class ScriptedIO implements HomeIO<string, Op, string> {
   t = START;
-  readonly sent: { to: NodeId; msg: InvMessage }[] = [];
+  readonly sent: { to: NodeId; msg: InvMessage | DownMessage }[] = [];
   readonly reads: { key: CacheKey; cb: (r: MemoryRead<string>) => void }[] = [];
   readonly confirms: ((r: { ok: true } | CoherenceFailure) => void)[] = [];
   readonly writes: { op: Op; want: CacheKey | undefined; cb: (r: MemoryWrite<string, string>) => void }[] = [];
@@ -27,7 +27,7 @@ class ScriptedIO implements HomeIO<string, Op, string> {
   now(): number {
     return this.t;
   }
-  send(to: NodeId, msg: InvMessage): void {
+  send(to: NodeId, msg: InvMessage | DownMessage): void {
     this.sent.push({ to, msg });
   }
   readMemory(key: CacheKey, cb: (r: MemoryRead<string>) => void): void {
@@ -57,7 +57,7 @@ class ScriptedIO implements HomeIO<string, Op, string> {
   }
   /** Invalidations sent, as "node:key@gen". */
   invs(): string[] {
-    return this.sent.flatMap((s) => s.msg.items.map(([k, g]) => `${s.to}:${k}@${g}`));
+    return this.sent.flatMap((s) => (s.msg.t === 'inv' ? s.msg.items.map(([k, g]) => `${s.to}:${k}@${g}`) : []));
   }
 }
 
@@ -153,7 +153,7 @@ t.test('the takeover wait: nothing is granted and no write reaches memory before
   t.same([wa.ok, wa.result, wa.grant?.key, wa.grant?.value], [true, 'ok:x', 'k', 'x'], 'answered, with an E line of the written value');
 });
 
-t.test('E for a sole reader, S once another node holds the key (the first is downgraded in the directory)', async (t) => {
+t.test('E for a sole reader, S once another node holds the key (the first is downgraded and told so)', async (t) => {
   const { home, io } = setup();
   ready(home, io);
   const a = getS(home, 2, 'k');
@@ -172,6 +172,10 @@ t.test('E for a sole reader, S once another node holds the key (the first is dow
     [3, 'S'],
   ]);
   t.same([home.stats.grantsE, home.stats.grantsS, home.stats.fills], [1, 1, 2]);
+  const downs = io.sent.filter((x) => x.msg.t === 'down');
+  t.same(downs, [{ to: 2, msg: { t: 'down', shard: 0, epoch: EPOCH, items: [['k', da.gen]] } }], 'the E holder is told to become S');
+  t.same(io.invs(), [], 'nobody is invalidated by a read');
+  t.equal(home.stats.downgradesSent, 1);
   const c = getS(home, 4, 'k', false);
   io.read('v');
   t.equal((c.one() as DataAnswer<string>).grant, null, 'a read the node will not cache gets no line');

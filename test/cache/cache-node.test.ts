@@ -311,3 +311,23 @@ t.test('a grant installs only while the lease of its own request lasts', async (
   w.cb(written('OK', { key: 'k', value: 'x', gen: 5 }));
   t.equal(node.stateOf('k', SHARD), LineState.I, "the write's grant, older than a lease, does not install");
 });
+
+t.test('a downgrade turns the named E line into S; one arriving before its grant makes the grant install as S', async (t) => {
+  const { node, io } = setup();
+  fill(node, io, 'a', 'va', 7, 'E');
+  t.equal(node.stateOf('a', SHARD), LineState.E);
+  node.onDowngrade({ t: 'down', shard: SHARD, epoch: EPOCH, items: [['a', 6]] });
+  t.equal(node.stateOf('a', SHARD), LineState.E, 'a downgrade of another grant changes nothing');
+  t.same(node.onDowngrade({ t: 'down', shard: SHARD, epoch: EPOCH, items: [['a', 7]] }), { t: 'downack', from: 2, shard: SHARD, epoch: EPOCH });
+  t.equal(node.stateOf('a', SHARD), LineState.S, 'E -> S');
+  t.equal(node.transitions.get(LineState.E, LineState.S), 1, 'counted as E->S');
+  t.same(read(node, 'a'), [{ ok: true, value: 'va', hit: true }], 'still a hit');
+
+  // The downgrade overtakes the answer that grants E.
+  const r = read(node, 'b');
+  node.onDowngrade({ t: 'down', shard: SHARD, epoch: EPOCH, items: [['b', 9]] });
+  io.take('gets', 'b').cb(data('vb', 'E', 9));
+  t.same(r, [{ ok: true, value: 'vb', hit: false }]);
+  t.equal(node.stateOf('b', SHARD), LineState.S, 'installed as S');
+  t.same([node.lines[LineState.E], node.lines[LineState.S]], [0, 2]);
+});

@@ -12,6 +12,7 @@ import {
   isCacheCommand,
   isCacheInvPayload,
   isInvAck,
+  isStateReport,
   writeKeysOf,
 } from '../../src/cache/coherence-wire.js';
 
@@ -64,6 +65,13 @@ t.test('invalidations and acknowledgements from a peer are checked item by item'
   t.notOk(isCacheInvPayload({ c: { ...good.c, items: [[3, 'k']] } }), 'swapped types');
   t.notOk(isCacheInvPayload({ c: { ...good.c, items: 'k' } }), 'not a list');
   t.notOk(isCacheInvPayload({ f: [] }), 'a forward batch is not an invalidation');
+  t.ok(isCacheInvPayload({ c: { t: 'down', shard: 1, epoch: 2, items: [['k', 3]] } }), 'a downgrade');
+  t.notOk(isCacheInvPayload({ c: { t: 'down', shard: 1, epoch: 2, items: [['k', 'x']] } }), 'a downgrade with a bad gen');
+  t.ok(isCacheInvPayload({ c: { t: 'state', shard: 1, key: 'k' } }), 'a CACHE.STATE query');
+  t.notOk(isCacheInvPayload({ c: { t: 'state', shard: 1, key: 7 } }), 'a state query without a string key');
+  t.notOk(isCacheInvPayload({ c: { t: 'other', shard: 1, epoch: 2, items: [] } }), 'an unknown message');
+  t.ok(isStateReport({ t: 'state', from: 2, state: 'S' }));
+  t.notOk(isStateReport({ t: 'state', from: 2, state: 'X' }), 'not a MESI state');
   t.ok(isInvAck({ t: 'invack', from: 1, shard: 1, epoch: 2, items: [['k', 3]] }));
   t.notOk(isInvAck({ t: 'invack', from: 1, shard: 1, epoch: 2, items: [['k', 1.5]] }));
 });

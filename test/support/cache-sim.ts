@@ -51,7 +51,7 @@
  */
 import { CacheHome, type HomeConfig, type MemoryRead, type MemoryWrite } from '../../src/cache/cache-home.js';
 import { CacheNode, type Line, type LineStore } from '../../src/cache/cache-node.js';
-import type { CacheKey, CoherenceFailure, HomeAnswer, InvAck, InvMessage, NodeRequest } from '../../src/cache/coherence-types.js';
+import type { CacheKey, CoherenceFailure, DownMessage, HomeAnswer, InvAck, InvMessage, NodeRequest } from '../../src/cache/coherence-types.js';
 import { LineState, LINE_STATE_NAMES } from '../../src/cache/mesi.js';
 import type { NodeId } from '../../src/raft/types.js';
 import { createRng, type Rng } from '../../src/util/rng.js';
@@ -76,7 +76,7 @@ export type SimNodeCache = CacheNode<string, SimOp, SimResult>;
 export type SimHome = CacheHome<string, SimOp, SimResult>;
 
 /** A message kind, as the net hook sees it. */
-export type MsgKind = 'req-gets' | 'req-write' | 'req-renew' | 'ans-gets' | 'ans-write' | 'ans-renew' | 'notleader' | 'inv' | 'ack';
+export type MsgKind = 'req-gets' | 'req-write' | 'req-renew' | 'ans-gets' | 'ans-write' | 'ans-renew' | 'notleader' | 'inv' | 'down' | 'ack';
 
 export interface NetConfig {
   /** Delay of a message between two nodes, ms (uniform in [min, max]). */
@@ -1098,7 +1098,15 @@ export class CacheSim {
     };
     slot.home = new CacheHome<string, SimOp, SimResult>(cfg, {
       now: () => this.clock(at.id),
-      send: (to: NodeId, msg: InvMessage) => {
+      send: (to: NodeId, msg: InvMessage | DownMessage) => {
+        if (msg.t === 'down') {
+          // Not waited for (write-through): delivered like any message, lost or late like any other.
+          this.trace(() => `home ${s.id}@${slot.term} on ${at.id} -> node ${to} down ${JSON.stringify(msg.items)}`);
+          this.send('down', at.id, to, s.id, msg.items[0]?.[0], undefined, () => {
+            this.node(to).cache.onDowngrade(msg);
+          });
+          return;
+        }
         this.stats.invalidations += msg.items.length;
         this.trace(() => `home ${s.id}@${slot.term} on ${at.id} -> node ${to} inv ${JSON.stringify(msg.items)}`);
         this.send('inv', at.id, to, s.id, msg.items[0]?.[0], undefined, () => {
