@@ -15,6 +15,10 @@
  *        (0 = uniform). Mixes (--mixes, default 90/10,30/70 as GET/SET percent): a hot-key read-mostly mix and a
  *        write-heavy one. Each runs a fixed window (--seconds, default 10) after an unmeasured warm-up; ops/s
  *        (operations started and finished in the window), p50 / p99 overall and per command.
+ * Warm pass: before each GET test and each mix, every key is read once through every port, unmeasured (both
+ * systems; --cold-get skips it). Each node has its own cache, so right after a SET pass (which leaves a copy only on
+ * the writer) a short GET run measures mostly first-touch misses (measured: a 3 s GET P1 run at a cold start hit
+ * 60%, matching the expected share of first touches), which says nothing about serving hits.
  * Cache hit rate: `INFO cache` is read from every node before and after each measured Lockstep run (at the window's
  * edges for the mixes) and hits / (hits + misses) computed from the summed deltas of `cache_hits` and
  * `cache_misses`; when a node lacks those fields (no coherent cache in this build) the rate is `n/a`.
@@ -23,7 +27,7 @@
  * issues seen; writes bench/results/cache-<timestamp>.json.
  *
  *   npm run bench:cache -- [--seconds 10] [--rb-seconds 3] [--clients 50] [--keyspace 10000] [--value-size 100]
- *                          [--zipf 0.99] [--mixes 90/10,30/70] [--only rb,mix] [--skip-redis] [--skip-lockstep]
+ *                          [--zipf 0.99] [--mixes 90/10,30/70] [--only rb,mix] [--skip-redis] [--skip-lockstep] [--cold-get]
  *                          [--fsync batch] [--cache-write-policy write-through|write-back] [--node-args "..."]
  *                          [--workers N] [--shards 16] [--client-threads N] [--max-minutes M]
  * Every option can also be given as an environment variable CACHE_BENCH_<NAME> (e.g. CACHE_BENCH_SECONDS=3,
@@ -272,6 +276,8 @@ interface Options {
   parts: Part[];
   skipRedis: boolean;
   skipLockstep: boolean;
+  /** Measure GETs and mixes on cold caches (no warm pass first). */
+  coldGet: boolean;
   fsync: 'batch' | 'always' | 'never';
   cacheWritePolicy: (typeof WRITE_POLICIES)[number] | '';
   /** Extra node options (raw tokens), --cache-write-policy included. */
@@ -326,6 +332,7 @@ function parseOptions(): Options {
     parts,
     skipRedis: optBool('skip-redis'),
     skipLockstep: optBool('skip-lockstep'),
+    coldGet: optBool('cold-get'),
     fsync: opt('fsync', 'batch') as Options['fsync'],
     cacheWritePolicy: policy as Options['cacheWritePolicy'],
     nodeArgs,
@@ -558,12 +565,33 @@ async function rbSpreadRetrying(system: SystemName, ports: number[], test: strin
   }
 }
 
+/** The warm pass (see the header): GET of every key through every port, pipelined; returns the ms it took. */
+async function warmCaches(ports: number[]): Promise<number> {
+  const t0 = Date.now();
+  const conns = await Promise.all(ports.map((p) => connectResp(p, COMMAND_TIMEOUT_MS)));
+  try {
+    await Promise.all(
+      conns.map(async (c) => {
+        for (let from = 0; from < opts.keyspace; from += PREFILL_BATCH) {
+          const p = c.pipeline();
+          for (let i = from; i < Math.min(opts.keyspace, from + PREFILL_BATCH); i++) p.get(keyName(i));
+          await p.exec();
+        }
+      }),
+    );
+  } finally {
+    for (const c of conns) c.disconnect();
+  }
+  return Date.now() - t0;
+}
+
 /** redis-benchmark for every pipeline depth and test: probe (sizes -n), then the measured run. */
 async function rbPass(system: SystemName, ports: number[], probes?: Probes): Promise<void> {
   console.log(`${system}: redis-benchmark ${opts.clients} clients as ${splitClients(opts.clients, RB_PROCS).join('/')} over ${RB_PROCS} processes, -r ${opts.keyspace} -d ${opts.valueSize}`);
   for (const pipeline of RB_PIPELINES) {
     for (const test of RB_TESTS) {
       const label = `${test.toUpperCase()} P${pipeline}`;
+      if (test === 'get' && !opts.coldGet) console.log(`  (warm pass: every key read through every port in ${await warmCaches(ports)} ms)`);
       const probeN = Math.max(RB_PROBE_MIN, opts.clients * pipeline * RB_PROBE_ROUNDS);
       const probe = await rbSpreadRetrying(system, ports, test, pipeline, probeN, RB_PROBE_TIMEOUT_MS, `${label} probe -n ${probeN}`);
       let m: RbMeasure;
@@ -608,6 +636,7 @@ async function rbPass(system: SystemName, ports: number[], probes?: Probes): Pro
 
 /** One mix on one system through the client threads. */
 async function runMix(system: SystemName, ports: number[], mix: MixSpec, serverPids: number[], probes?: Probes): Promise<MixResult> {
+  if (!opts.coldGet) console.log(`  (warm pass: every key read through every port in ${await warmCaches(ports)} ms)`);
   const nThreads = Math.min(opts.clientThreads, opts.clients);
   const i32 = new SharedArrayBuffer(Int32Array.BYTES_PER_ELEMENT);
   const run = await runClientThreads<MixJob, MixReport, CacheSnapshot>({

@@ -17,9 +17,10 @@ import type { NodeId } from '../raft/types.js';
 import type { KeyspaceMachine } from '../cluster/keyspace-machine.js';
 import type { ShardWorkerTuning } from '../cluster/worker-protocol.js';
 import { CacheHome, emptyHomeStats, type HomeStats, type MemoryRead, type MemoryWrite } from './cache-home.js';
-import type { CoherenceFailure, DownMessage, HomeAnswer, InvAck, InvMessage, NodeRequest } from './coherence-types.js';
+import type { CoherenceFailure, DownMessage, FlushRequest, HomeAnswer, InvAck, InvMessage, NodeRequest } from './coherence-types.js';
 import type { CachedValue } from './coherence-wire.js';
-import { isInvAck } from './coherence-wire.js';
+import { isDownAck, isInvAck } from './coherence-wire.js';
+import { encodeWrite } from '../cluster/keyspace-codec.js';
 
 type Home = CacheHome<CachedValue, Uint8Array, Uint8Array>;
 
@@ -66,6 +67,9 @@ export class CacheHomeHost {
         return;
       case 'write':
         home.write(req, reply, now);
+        return;
+      case 'flush':
+        home.flushLine(req as FlushRequest<CachedValue>, reply, now);
         return;
     }
   }
@@ -141,6 +145,7 @@ export class CacheHomeHost {
           marginMs: t.cacheLeaseMarginMs,
           invRetryMs: t.cacheInvRetryMs,
           directoryEntriesMax: t.cacheDirectoryEntriesMax,
+          writeBack: t.cacheWritePolicy === 'write-back',
         },
         this.io(shard),
       );
@@ -165,6 +170,7 @@ export class CacheHomeHost {
         d.sendInv(to, msg).then(
           (ack) => {
             if (isInvAck(ack)) this.onAck(ack);
+            else if (isDownAck(ack)) this.homes.get(ack.shard)?.onDownAck(ack);
           },
           () => undefined, // lost: the home resends it every invRetryMs until the node acknowledges or its lease lapses
         );
@@ -181,6 +187,21 @@ export class CacheHomeHost {
       },
       confirm: (cb) => {
         d.readBarrier(shard).then(
+          () => cb({ ok: true }),
+          (err: unknown) => cb(failure(err)),
+        );
+      },
+      writeBack: (key, value, cb) => {
+        // A Modified line's data as a plain keyspace write: SET with its absolute expiry (one already past deletes the
+        // key, as Redis does), or DEL.
+        const k = Buffer.from(key, 'latin1');
+        const args =
+          value === null
+            ? [Buffer.from('del'), k]
+            : value.x > 0
+              ? [Buffer.from('set'), k, value.v, Buffer.from('pxat'), Buffer.from(String(value.x))]
+              : [Buffer.from('set'), k, value.v];
+        d.propose(shard, encodeWrite(args, Date.now())).then(
           () => cb({ ok: true }),
           (err: unknown) => cb(failure(err)),
         );

@@ -31,7 +31,11 @@ import type {
   CoherenceFailure,
   DataAnswer,
   GetSRequest,
+  DirtyItem,
+  DownAck,
   DownMessage,
+  FlushAnswer,
+  FlushRequest,
   InvMessage,
   InvAck,
   LeaseAnswer,
@@ -53,6 +57,12 @@ export interface HomeConfig {
   invRetryMs: number;
   /** Directory entries beyond this are not created: fills are then answered without a line. */
   directoryEntriesMax: number;
+  /**
+   * Write-back policy: a node's E line may have become Modified silently, so another node's read waits for the E
+   * holder's downgrade (whose answer carries the data), an invalidation's answer may carry data, nodes flush their
+   * Modified lines here, and reads also wait out the takeover (memory may lack data still held by nodes).
+   */
+  writeBack?: boolean;
 }
 
 export type MemoryRead<V> = { ok: true; value: V | null; cacheable: boolean } | CoherenceFailure;
@@ -68,6 +78,8 @@ export interface HomeIO<V, Op, R> {
   confirm(cb: (r: { ok: true } | CoherenceFailure) => void): void;
   /** Replicates and applies the write; with `want`, also returns that key's value after it. */
   writeMemory(op: Op, want: CacheKey | undefined, cb: (r: MemoryWrite<V, R>) => void): void;
+  /** Write-back: replicates "key := value" (null: delete it) into memory. Calls are replicated in call order. */
+  writeBack(key: CacheKey, value: V | null, cb: (r: { ok: true } | CoherenceFailure) => void): void;
 }
 
 export interface HomeStats {
@@ -82,6 +94,13 @@ export interface HomeStats {
   invalidationRetries: number;
   /** E holders told to become S because another node read the line. */
   downgradesSent: number;
+  /** Write-back: downgrades answered, and given up because the holder's lease lapsed. */
+  downgradesAcked: number;
+  downgradesLapsed: number;
+  /** Write-back: Modified data written to memory (from flushes and from answers to invalidations/downgrades). */
+  writebacks: number;
+  flushesAccepted: number;
+  flushesRefused: number;
   leaseRenewals: number;
   leaseRefusals: number;
 }
@@ -99,6 +118,11 @@ export function emptyHomeStats(): HomeStats {
     invalidationsLapsed: 0,
     invalidationRetries: 0,
     downgradesSent: 0,
+    downgradesAcked: 0,
+    downgradesLapsed: 0,
+    writebacks: 0,
+    flushesAccepted: 0,
+    flushesRefused: 0,
     leaseRenewals: 0,
     leaseRefusals: 0,
   };
@@ -145,6 +169,8 @@ interface DirEntry<Op, V, R> {
   /** Writes accepted on this key and not yet applied (or failed). */
   writes: number;
   inv: Map<NodeId, PendingInv>;
+  /** Write-back: downgrades sent to an E holder and not yet answered (fills of the key wait for them). */
+  down: Map<NodeId, PendingInv>;
   blockedWrites: PendingWrite<Op, V, R>[];
   waitingFills: PendingFill<V>[];
 }
@@ -159,6 +185,8 @@ export class CacheHome<V, Op, R> {
   private readonly leases = new Map<NodeId, number>();
   /** Keys with unacknowledged invalidations. */
   private readonly invKeys = new Set<CacheKey>();
+  /** Keys with unanswered downgrades (write-back). */
+  private readonly downKeys = new Set<CacheKey>();
   /** Nodes with an invalidation unacknowledged for longer than half a lease: their leases are not renewed. */
   private stuck = new Set<NodeId>();
   /** Keyless writes ('all') in flight: fills of every key wait for them. */
@@ -166,6 +194,9 @@ export class CacheHome<V, Op, R> {
   private readonly fillsWaitingAll: PendingFill<V>[] = [];
   /** Writes that arrived during the takeover wait. */
   private readonly takeoverQueue: PendingWrite<Op, V, R>[] = [];
+  /** Write-back: reads that arrived during the takeover wait (memory may lack data nodes still hold). */
+  private readonly takeoverFills: PendingFill<V>[] = [];
+  private readonly writeBackMode: boolean;
   private gen = 0;
   private closed = false;
   /** Invalidations to send this turn, per node (flushed at the end of each public call). */
@@ -178,6 +209,7 @@ export class CacheHome<V, Op, R> {
     private readonly io: HomeIO<V, Op, R>,
   ) {
     this.epoch = cfg.epoch;
+    this.writeBackMode = cfg.writeBack === true;
     this.readyAt = io.now() + cfg.leaseMs + cfg.marginMs;
   }
 
@@ -202,13 +234,25 @@ export class CacheHome<V, Op, R> {
 
   getS(req: GetSRequest, reply: (a: DataAnswer<V> | CoherenceFailure) => void, arrivedAt = this.io.now()): void {
     const fill: PendingFill<V> = { req, arrivedAt, reply };
-    if (!req.cacheable || !this.ready() || (!this.dir.has(req.key) && this.dir.size >= this.cfg.directoryEntriesMax)) {
-      this.uncachedRead(fill);
+    if (this.writeBackMode && !this.ready()) {
+      this.takeoverFills.push(fill);
       return;
+    }
+    if (!req.cacheable || !this.ready() || (!this.dir.has(req.key) && this.dir.size >= this.cfg.directoryEntriesMax)) {
+      if (!this.writeBackMode) {
+        this.uncachedRead(fill);
+        return;
+      }
+      // Under write-back even a read that installs nothing must see a Modified copy's data: it takes the fill path
+      // (which downgrades the E holder first) and is answered without a grant.
+      if (!this.dir.has(req.key) && this.dir.size >= this.cfg.directoryEntriesMax) {
+        this.uncachedRead(fill);
+        return;
+      }
     }
     const de = this.entry(req.key);
     if (this.allWrites > 0) this.fillsWaitingAll.push(fill);
-    else if (de.writes > 0) de.waitingFills.push(fill);
+    else if (de.writes > 0 || de.down.size > 0) de.waitingFills.push(fill);
     else this.startFill(de, fill);
     this.flush();
   }
@@ -243,6 +287,8 @@ export class CacheHome<V, Op, R> {
 
   onAck(ack: InvAck): void {
     if (ack.epoch !== this.epoch) return;
+    // Data first: its write-back is replicated before the write these invalidations were holding back.
+    this.takeData(ack.from, ack.data, (key) => this.dir.get(key)?.inv.get(ack.from));
     for (const [key, gen] of ack.items) {
       const de = this.dir.get(key);
       const p = de?.inv.get(ack.from);
@@ -254,12 +300,89 @@ export class CacheHome<V, Op, R> {
     this.flush();
   }
 
+  /** Write-back: an E holder answered a downgrade: it holds S now, and its data (if it was Modified) goes to memory. */
+  onDownAck(ack: DownAck): void {
+    if (ack.epoch !== this.epoch || !this.writeBackMode) return;
+    this.takeData(ack.from, ack.data, (key) => this.dir.get(key)?.down.get(ack.from));
+    for (const [key, gen] of ack.items) {
+      const de = this.dir.get(key);
+      const p = de?.down.get(ack.from);
+      if (de === undefined || p === undefined || p.gen !== gen) continue;
+      this.stats.downgradesAcked++;
+      de.down.delete(ack.from);
+      const h = de.holders.get(ack.from);
+      if (h !== undefined && h.gen === gen && h.state === 'E') h.state = 'S';
+      if (de.down.size === 0) this.downKeys.delete(key);
+      this.drainFills(de);
+      this.maybeForget(key, de);
+    }
+    this.flush();
+  }
+
+  /**
+   * Write-back: a node's Modified line. Written to memory when the directory still lists the node's E grant of
+   * that gen with nothing in flight to it (an invalidation or downgrade being answered carries the data instead, and
+   * this flush may be older than that data), or when it comes from a previous home's grant during this home's
+   * takeover wait (nothing has been granted or written here yet, and the previous home had granted the key to one
+   * node at most). Otherwise refused: `pending` tells the node an answer of its own will carry the data.
+   */
+  flushLine(req: FlushRequest<V>, reply: (a: FlushAnswer | CoherenceFailure) => void, arrivedAt = this.io.now()): void {
+    const answer = (accepted: boolean, pending: boolean, lease: boolean): void =>
+      reply({ t: 'flushed', ok: true, epoch: this.epoch, home: this.cfg.self, lease, accepted, ...(pending ? { pending } : {}) });
+    const de = this.dir.get(req.key);
+    let ok = false;
+    let pending = false;
+    if (!this.writeBackMode || this.closed) ok = false;
+    else if (req.epoch === this.epoch) {
+      const h = de?.holders.get(req.from);
+      pending = de !== undefined && (de.inv.get(req.from)?.gen === req.gen || de.down.get(req.from)?.gen === req.gen);
+      ok = h !== undefined && h.state === 'E' && h.gen === req.gen && !pending;
+    } else if (req.epoch < this.epoch && !this.ready()) ok = true;
+    if (!ok) {
+      this.stats.flushesRefused++;
+      answer(false, pending, false);
+      return;
+    }
+    this.stats.flushesAccepted++;
+    this.writeBackItem(req.key, req.value, (r) => {
+      if (!r.ok) return reply(r);
+      answer(true, false, req.epoch === this.epoch && this.grantLease(req.from, arrivedAt));
+    });
+  }
+
   /** Drives time: the end of the takeover wait, lapsed leases, invalidation retries. Call every few ms. */
   tick(): void {
     if (this.closed) return;
     const now = this.io.now();
     if (this.takeoverQueue.length > 0 && this.ready(now)) {
       for (const w of this.takeoverQueue.splice(0)) this.acceptWrite(w);
+    }
+    if (this.takeoverFills.length > 0 && this.ready(now)) {
+      for (const f of this.takeoverFills.splice(0)) this.getS(f.req, f.reply, f.arrivedAt);
+    }
+    for (const key of [...this.downKeys]) {
+      const de = this.dir.get(key);
+      if (de === undefined) {
+        this.downKeys.delete(key);
+        continue;
+      }
+      for (const [node, p] of [...de.down]) {
+        if (!this.leaseLive(node, now)) {
+          // Its lease ran out: the node dropped the line (a Modified one is lost: docs/cache-coherence.md).
+          this.stats.downgradesLapsed++;
+          de.down.delete(node);
+          const h = de.holders.get(node);
+          if (h !== undefined && h.gen === p.gen) de.holders.delete(node);
+        } else if (now - p.lastSentAt >= this.cfg.invRetryMs) {
+          p.lastSentAt = now;
+          this.queue(this.downbox, node, key, p.gen);
+        }
+      }
+      if (de.down.size === 0) {
+        this.downKeys.delete(key);
+        this.drainFills(de);
+        this.maybeForget(key, de);
+      }
     }
     const lapsed: NodeId[] = [];
     for (const [node, until] of this.leases) if (until < now) lapsed.push(node);
@@ -306,6 +429,7 @@ export class CacheHome<V, Op, R> {
     if (this.closed) return;
     this.closed = true;
     for (const w of this.takeoverQueue.splice(0)) w.reply(failure);
+    for (const f of this.takeoverFills.splice(0)) f.reply(failure);
     for (const f of this.fillsWaitingAll.splice(0)) f.reply(failure);
     for (const de of this.dir.values()) {
       for (const w of de.blockedWrites.splice(0)) if (w.blockers > 0) {
@@ -316,6 +440,7 @@ export class CacheHome<V, Op, R> {
     }
     this.dir.clear();
     this.invKeys.clear();
+    this.downKeys.clear();
   }
 
   // ------------------------------------------------------------------ internals
@@ -323,7 +448,7 @@ export class CacheHome<V, Op, R> {
   private entry(key: CacheKey): DirEntry<Op, V, R> {
     let de = this.dir.get(key);
     if (de === undefined) {
-      de = { holders: new Map(), writes: 0, inv: new Map(), blockedWrites: [], waitingFills: [] };
+      de = { holders: new Map(), writes: 0, inv: new Map(), down: new Map(), blockedWrites: [], waitingFills: [] };
       this.dir.set(key, de);
     }
     return de;
@@ -335,7 +460,7 @@ export class CacheHome<V, Op, R> {
     // is lost and a grant is made while a write is in flight (test/cache/coherence-sim.test.ts, "a late fill answer
     // does not forget the key's newer entry").
     if (this.dir.get(key) !== de) return;
-    if (de.holders.size === 0 && de.writes === 0 && de.inv.size === 0 && de.waitingFills.length === 0 && de.blockedWrites.length === 0) {
+    if (de.holders.size === 0 && de.writes === 0 && de.inv.size === 0 && de.down.size === 0 && de.waitingFills.length === 0 && de.blockedWrites.length === 0) {
       this.dir.delete(key);
     }
   }
@@ -366,6 +491,10 @@ export class CacheHome<V, Op, R> {
 
   private startFill(de: DirEntry<Op, V, R>, fill: PendingFill<V>): void {
     const { from, key } = fill.req;
+    if (this.writeBackMode && this.askDowngrades(key, de, from)) {
+      de.waitingFills.push(fill);
+      return;
+    }
     const gen = ++this.gen;
     const prev = de.holders.get(from);
     const shadow = prev === undefined ? undefined : prev.state === 'F' ? prev.shadow : prev.gen;
@@ -386,7 +515,10 @@ export class CacheHome<V, Op, R> {
       }
       const lease = this.grantLease(from, fill.arrivedAt);
       let grant: 'E' | 'S' | null = null;
-      if (current && lease && r.cacheable) {
+      // (Under write-back an E holder appearing while this fill read memory would mean a grant that did not revoke
+      // this filler: never expected, and then nothing is granted rather than sharing a line that may be Modified.)
+      const unsafe = this.writeBackMode && [...de.holders].some(([n, o]) => n !== from && o.state === 'E');
+      if (current && lease && r.cacheable && fill.req.cacheable && !unsafe) {
         let others = false;
         for (const [n, o] of de.holders) {
           if (n === from) continue;
@@ -499,14 +631,14 @@ export class CacheHome<V, Op, R> {
           this.stats.grantsE++;
           grant = { key, value: r.value, gen };
         }
-        if (de.writes === 0 && this.allWrites === 0) this.drainFills(de);
+        if (this.allWrites === 0) this.drainFills(de);
         this.maybeForget(key, de);
       }
       if (w.all) {
         this.allWrites--;
         if (this.allWrites === 0) {
           for (const f of this.fillsWaitingAll.splice(0)) this.getS(f.req, f.reply, f.arrivedAt);
-          for (const [, de] of this.dir) if (de.writes === 0) this.drainFills(de);
+          for (const [, de] of this.dir) this.drainFills(de);
         }
       }
       if (!r.ok) w.reply(r);
@@ -515,9 +647,55 @@ export class CacheHome<V, Op, R> {
     });
   }
 
+  /** Starts the fills waiting on `de` once no write, write-back or downgrade of the key is in flight. */
   private drainFills(de: DirEntry<Op, V, R>): void {
-    if (de.waitingFills.length === 0) return;
-    for (const f of de.waitingFills.splice(0)) this.startFill(de, f);
+    if (de.waitingFills.length === 0 || de.writes > 0 || de.down.size > 0 || this.allWrites > 0) return;
+    for (const f of de.waitingFills.splice(0)) {
+      // A fill may start downgrades again (a holder granted E meanwhile): the rest wait with it.
+      if (de.down.size > 0) de.waitingFills.push(f);
+      else this.startFill(de, f);
+    }
+  }
+
+  /**
+   * Write-back: asks every other E holder of `key` to downgrade (its answer carries the data if the line became
+   * Modified). True when a downgrade is outstanding: the caller's fill waits for it.
+   */
+  private askDowngrades(key: CacheKey, de: DirEntry<Op, V, R>, reader: NodeId): boolean {
+    const now = this.io.now();
+    for (const [n, o] of de.holders) {
+      if (n === reader || o.state !== 'E' || de.down.has(n) || !this.leaseLive(n, now)) continue;
+      de.down.set(n, { gen: o.gen, sentAt: now, lastSentAt: now });
+      this.downKeys.add(key);
+      this.stats.downgradesSent++;
+      this.queue(this.downbox, n, key, o.gen);
+    }
+    return de.down.size > 0;
+  }
+
+  /** Write-back: `value` (a Modified line's data) goes to memory; fills of the key wait until it is there. */
+  private writeBackItem(key: CacheKey, value: V | null, done?: (r: { ok: true } | CoherenceFailure) => void): void {
+    const de = this.entry(key);
+    de.writes++;
+    this.stats.writebacks++;
+    this.io.writeBack(key, value, (r) => {
+      de.writes--;
+      this.drainFills(de);
+      this.maybeForget(key, de);
+      done?.(r);
+      this.flush();
+    });
+  }
+
+  /** The data of an acknowledgement, for the grants still pending in `pending` (per key) from `from`. */
+  private takeData(from: NodeId, data: DirtyItem[] | undefined, pending: (key: CacheKey) => PendingInv | undefined): void {
+    if (data === undefined || !this.writeBackMode) return;
+    for (const [key, gen, value] of data) {
+      const p = pending(key);
+      // Only data of a grant still being revoked: later data of that grant cannot exist (the node's line is clean
+      // or gone once it answered), and data of an older grant would overwrite newer writes.
+      if (p !== undefined && p.gen === gen) this.writeBackItem(key, value as V | null);
+    }
   }
 
   private queueInv(node: NodeId, key: CacheKey, gen: number): void {

@@ -24,8 +24,8 @@
  *   - Every state change goes through mesi.ts `transition` and is counted.
  */
 import type { NodeId } from '../raft/types.js';
-import { LineState, transition, TransitionCounters, type LineEvent } from './mesi.js';
-import type { CacheKey, CoherenceFailure, DataAnswer, DownAck, DownMessage, HomeAnswer, InvAck, InvMessage, LeaseAnswer, NodeRequest, WrittenAnswer } from './coherence-types.js';
+import { LineAction, LineState, transition, TransitionCounters, type LineEvent } from './mesi.js';
+import type { CacheKey, CoherenceFailure, DataAnswer, DirtyItem, DownAck, DownMessage, FlushAnswer, HomeAnswer, InvAck, InvMessage, LeaseAnswer, NodeRequest, WrittenAnswer } from './coherence-types.js';
 
 export interface Line<V> {
   state: LineState;
@@ -50,12 +50,25 @@ export interface NodeCacheConfig {
   renewMs: number;
   /** At most this many evicted keys ride one renewal (the rest are forgotten: the home then invalidates them needlessly). */
   evictedBatchMax: number;
+  /**
+   * Write-back policy (the homes must run it too): a single-key write of a line held in E or M completes locally
+   * (io.execLocal) and leaves it Modified; Modified data goes to the home at most `flushMs` after the line's first
+   * unflushed write, when the line is evicted, when the shard's home changes, and with the answer to an invalidation
+   * or downgrade.
+   */
+  writeBack?: boolean;
+  flushMs?: number;
 }
 
 export interface NodeIO<V, Op, R> {
   now(): number;
   /** Sends a request to the home of `shard` (the shard's leader); the answer or a failure comes back once. */
-  request(shard: number, req: NodeRequest<Op>, cb: (a: HomeAnswer<V, R> | CoherenceFailure) => void): void;
+  request(shard: number, req: NodeRequest<Op, V>, cb: (a: HomeAnswer<V, R> | CoherenceFailure) => void): void;
+  /**
+   * Write-back: runs the single-key write `op` of `key` on `current` (the line's value) here; its reply and the
+   * value after it, or null when it cannot run locally (then it goes to the home as under write-through).
+   */
+  execLocal?(key: CacheKey, op: Op, current: V | null): { result: R; value: V | null } | null;
 }
 
 export type ReadResult<V> = { ok: true; value: V | null; hit: boolean } | CoherenceFailure;
@@ -77,6 +90,32 @@ export interface NodeCacheStats {
   evictions: number;
   renewalsSent: number;
   renewalsRefused: number;
+  /** Write-back: writes completed on a local E/M line, flushes sent / accepted, Modified data handed over in an answer
+   *  to an invalidation or downgrade, and Modified data lost (lease lapsed, or the home refused its flush). */
+  localWrites: number;
+  flushesSent: number;
+  flushesAccepted: number;
+  writebacksInAnswers: number;
+  writebacksLost: number;
+}
+
+/** Write-back: a Modified line still in the store: when it became dirty, and its local write count. */
+interface Dirty {
+  since: number;
+  ver: number;
+  /** The `ver` a flush in flight carries (0: none). */
+  flushing: number;
+}
+
+/** Write-back: Modified data no longer in the store (evicted, expired, or its home changed), until the home has it. */
+interface WbEntry<V> {
+  shard: number;
+  epoch: number;
+  gen: number;
+  value: V | null;
+  flushing: boolean;
+  /** Given up (counted lost) after this time if no home took it. */
+  until: number;
 }
 
 interface ShardLease {
@@ -145,6 +184,11 @@ export class CacheNode<V, Op, R> {
     evictions: 0,
     renewalsSent: 0,
     renewalsRefused: 0,
+    localWrites: 0,
+    flushesSent: 0,
+    flushesAccepted: 0,
+    writebacksInAnswers: 0,
+    writebacksLost: 0,
   };
   readonly transitions = new TransitionCounters();
   /** Lines held per state (index: LineState). */
@@ -153,12 +197,30 @@ export class CacheNode<V, Op, R> {
   private readonly shards = new Map<number, ShardLease>();
   private readonly pend = new Map<CacheKey, KeyPending<V>>();
   private writeSeq = 0;
+  private readonly writeBack: boolean;
+  private readonly flushMs: number;
+  private readonly dirty = new Map<CacheKey, Dirty>();
+  private readonly wb = new Map<CacheKey, WbEntry<V>>();
+  /**
+   * Modified data already handed over in an answer, kept for one lease: if the home asks again (its request or our
+   * answer was lost on a broken link), the answer carries it again (the home takes data only for a grant it is
+   * still revoking, so a repeat is harmless).
+   */
+  private readonly handedOver = new Map<CacheKey, { epoch: number; gen: number; value: V | null; until: number }>();
 
   constructor(
     private readonly cfg: NodeCacheConfig,
     private readonly store: LineStore<V>,
     private readonly io: NodeIO<V, Op, R>,
-  ) {}
+  ) {
+    this.writeBack = cfg.writeBack === true;
+    this.flushMs = cfg.flushMs ?? 100;
+  }
+
+  /** Write-back: Modified lines in the store, and Modified data waiting outside it (INFO). */
+  get dirtyCounts(): { lines: number; buffered: number } {
+    return { lines: this.dirty.size, buffered: this.wb.size };
+  }
 
   /** The node's state of a key (CACHE.STATE): I unless a live line holds it. */
   stateOf(key: CacheKey, shard: number): LineState {
@@ -172,6 +234,22 @@ export class CacheNode<V, Op, R> {
   leaseOf(shard: number): { epoch: number; home: NodeId; until: number } | undefined {
     const l = this.shards.get(shard);
     return l === undefined ? undefined : { epoch: l.epoch, home: l.home, until: l.until };
+  }
+
+  /**
+   * May a line of `key` be served locally now (the shard's lease is live and no write of the key from this node is in
+   * flight)? The edge's hit path checks this, then looks the line up itself and calls countHit (no Line object).
+   */
+  mayHit(shard: number, key: CacheKey): boolean {
+    const lease = this.shards.get(shard);
+    if (lease === undefined || lease.until <= this.io.now()) return false;
+    const p = this.pend.get(key);
+    return p === undefined || p.writes === 0;
+  }
+
+  /** Counts a hit the caller served from a line it found after mayHit said yes. */
+  countHit(): void {
+    this.stats.hits++;
   }
 
   /** A hit (counted) when the key can be served locally now; undefined otherwise, with nothing counted (call read()). */
@@ -191,6 +269,13 @@ export class CacheNode<V, Op, R> {
     const lease = this.lease(shard);
     const p = this.pend.get(key);
     const now = this.io.now();
+    const buffered = this.wb.get(key);
+    if (buffered !== undefined && buffered.shard === shard && buffered.epoch === lease.epoch && lease.until > now && (p === undefined || p.writes === 0)) {
+      // Our own Modified data, evicted and on its way home: this node still owns the line.
+      this.stats.hits++;
+      cb({ ok: true, value: buffered.value, hit: true });
+      return;
+    }
     if ((p === undefined || p.writes === 0) && lease.until > now) {
       const line = this.store.get(key);
       if (line !== undefined) {
@@ -240,6 +325,7 @@ export class CacheNode<V, Op, R> {
    * node would like to hold in E (the home decides).
    */
   write(shard: number, keys: CacheKey[] | 'all', op: Op, want: CacheKey | undefined, cb: (r: WriteResult<R>) => void): void {
+    if (this.writeBack && keys !== 'all' && keys.length === 1 && want === keys[0] && this.writeLocal(shard, keys[0]!, op, cb)) return;
     const lease = this.lease(shard);
     const seq = ++this.writeSeq;
     if (keys === 'all') {
@@ -301,11 +387,83 @@ export class CacheNode<V, Op, R> {
     });
   }
 
+  /**
+   * Write-back: a write of a line this node holds in E or M, done here (E -> M). False when it cannot be (no such
+   * line, lease not live, something of the key in flight, or execLocal declines): the caller sends it to the home.
+   */
+  private writeLocal(shard: number, key: CacheKey, op: Op, cb: (r: WriteResult<R>) => void): boolean {
+    const now = this.io.now();
+    const lease = this.shards.get(shard);
+    if (lease === undefined || lease.until <= now || this.pend.has(key) || this.io.execLocal === undefined) return false;
+    const line = this.store.peek(key);
+    if (line === undefined || line.shard !== shard || (line.state !== LineState.E && line.state !== LineState.M)) return false;
+    const r = this.io.execLocal(key, op, line.value);
+    if (r === null) return false;
+    const t = transition(line.state, 'write-wb');
+    this.transitions.count(line.state, t.next);
+    this.lines[line.state]!--;
+    this.lines[t.next]!++;
+    this.store.put(key, { state: t.next, value: r.value, gen: line.gen, shard });
+    let d = this.dirty.get(key);
+    if (d === undefined) {
+      d = { since: now, ver: 0, flushing: 0 };
+      this.dirty.set(key, d);
+    }
+    d.ver++;
+    this.stats.localWrites++;
+    if (this.store.peek(key) === undefined) {
+      // The store would not keep it (too large, or expiring within the TTL margin): the data goes home at once.
+      this.lines[t.next]!--;
+      this.transitions.count(t.next, LineState.I);
+      lease.keys.delete(key);
+      this.dirty.delete(key);
+      this.buffer(key, shard, lease.epoch, line.gen, r.value);
+    }
+    cb({ ok: true, result: r.result });
+    return true;
+  }
+
+  /** Write-back: Modified data leaves the store; it is served from here (same home) and flushed at the next tick. */
+  private buffer(key: CacheKey, shard: number, epoch: number, gen: number, value: V | null): void {
+    this.wb.set(key, { shard, epoch, gen, value, flushing: false, until: this.io.now() + 2 * this.cfg.leaseMs });
+  }
+
+  /** Write-back: the data this node holds for (key, grant gen of `epoch`): its M line, buffered, or handed over. */
+  private takeDirty(key: CacheKey, epoch: number, gen: number, out: DirtyItem[]): void {
+    if (!this.writeBack) return;
+    const line = this.store.peek(key);
+    const lease = line === undefined ? undefined : this.shards.get(line.shard);
+    let value: { v: V | null } | undefined;
+    if (line !== undefined && line.state === LineState.M && line.gen === gen && lease?.epoch === epoch) {
+      value = { v: line.value };
+      this.dirty.delete(key);
+    } else {
+      const b = this.wb.get(key);
+      if (b !== undefined && b.epoch === epoch && b.gen === gen) {
+        value = { v: b.value };
+        this.wb.delete(key);
+      } else {
+        const h = this.handedOver.get(key);
+        if (h !== undefined && h.epoch === epoch && h.gen === gen) out.push([key, gen, h.value]);
+        return;
+      }
+    }
+    out.push([key, gen, value.v]);
+    this.stats.writebacksInAnswers++;
+    this.handedOver.set(key, { epoch, gen, value: value.v, until: this.io.now() + this.cfg.leaseMs });
+  }
+
   /** An invalidation from a home: drop the lines, poison what is in flight for those keys, acknowledge. */
   onInvalidate(msg: InvMessage): InvAck {
     this.stats.invalidationsReceived += msg.items.length;
+    const data: DirtyItem[] = [];
     for (const [key, gen] of msg.items) {
-      this.drop(key, 'inv');
+      this.takeDirty(key, msg.epoch, gen, data);
+      const line = this.writeBack ? this.store.peek(key) : undefined;
+      const newer = line !== undefined && line.gen > gen && this.shards.get(line.shard)?.epoch === msg.epoch;
+      // Write-back: a line of a newer grant stays (this is a late repeat of an invalidation the home has seen
+      // answered, or it would not have granted again), and it may hold Modified data nobody else has.
+      if (!newer) this.drop(key, 'inv');
       const p = this.pend.get(key);
       if (p !== undefined) {
         if (p.fill !== null) p.fill.poisoned = true;
@@ -316,7 +474,7 @@ export class CacheNode<V, Op, R> {
         }
       }
     }
-    return { t: 'invack', from: this.cfg.self, shard: msg.shard, epoch: msg.epoch, items: msg.items };
+    return { t: 'invack', from: this.cfg.self, shard: msg.shard, epoch: msg.epoch, items: msg.items, ...(data.length > 0 ? { data } : {}) };
   }
 
   /**
@@ -324,11 +482,13 @@ export class CacheNode<V, Op, R> {
    * grant not installed yet (its answer still on its way) is remembered and installs as S.
    */
   onDowngrade(msg: DownMessage): DownAck {
+    const data: DirtyItem[] = [];
     for (const [key, gen] of msg.items) {
+      this.takeDirty(key, msg.epoch, gen, data);
       const line = this.store.peek(key);
       const lease = this.shards.get(msg.shard);
       if (line !== undefined && line.shard === msg.shard && line.gen === gen && lease !== undefined && lease.epoch === msg.epoch) {
-        if (line.state !== LineState.E) continue;
+        if (line.state !== LineState.E && line.state !== LineState.M) continue;
         const t = transition(line.state, 'fwd-gets');
         this.transitions.count(line.state, t.next);
         this.lines[line.state]!--;
@@ -340,7 +500,7 @@ export class CacheNode<V, Op, R> {
         if (p !== undefined) p.down = [msg.epoch, gen];
       }
     }
-    return { t: 'downack', from: this.cfg.self, shard: msg.shard, epoch: msg.epoch };
+    return { t: 'downack', from: this.cfg.self, shard: msg.shard, epoch: msg.epoch, items: msg.items, ...(data.length > 0 ? { data } : {}) };
   }
 
   /** The store evicted a line (LRU or TTL). */
@@ -352,6 +512,12 @@ export class CacheNode<V, Op, R> {
     const lease = this.shards.get(line.shard);
     if (lease === undefined) return;
     lease.keys.delete(key);
+    if (line.state === LineState.M) {
+      // Its data goes home (the home keeps listing this node until then: not reported as evicted).
+      this.dirty.delete(key);
+      this.buffer(key, line.shard, lease.epoch, line.gen, line.value);
+      return;
+    }
     if (lease.evicted.length < this.cfg.evictedBatchMax) lease.evicted.push([key, line.gen]);
   }
 
@@ -362,6 +528,69 @@ export class CacheNode<V, Op, R> {
       if (lease.until <= now && !lease.lapsed) this.lapse(lease);
       if ((lease.keys.size > 0 || lease.evicted.length > 0) && !lease.renewing && now - lease.lastRenewSent >= this.cfg.renewMs) this.renew(shard, lease, now);
     }
+    if (!this.writeBack) return;
+    for (const [key, d] of this.dirty) if (d.flushing === 0 && now - d.since >= this.flushMs) this.flushLine(key, d, now);
+    for (const [key, b] of [...this.wb]) {
+      if (b.flushing) continue;
+      if (now > b.until) {
+        this.wb.delete(key);
+        this.stats.writebacksLost++;
+      } else this.flushBuffered(key, b, now);
+    }
+    for (const [key, h] of [...this.handedOver]) if (h.until < now) this.handedOver.delete(key);
+  }
+
+  /** Write-back: sends a Modified line home; accepted, it is clean (E) unless written again meanwhile. */
+  private flushLine(key: CacheKey, d: Dirty, now: number): void {
+    const line = this.store.peek(key);
+    const lease = line === undefined ? undefined : this.shards.get(line.shard);
+    if (line === undefined || line.state !== LineState.M || lease === undefined) {
+      this.dirty.delete(key);
+      return;
+    }
+    const ver = d.ver;
+    const { shard, gen } = line;
+    d.flushing = ver;
+    this.stats.flushesSent++;
+    this.io.request(shard, { t: 'flush', from: this.cfg.self, shard, epoch: lease.epoch, key, gen, value: line.value }, (a) => {
+      const mine = this.dirty.get(key) === d;
+      if (mine) d.flushing = 0;
+      if (!a.ok) return; // sent again at the next tick
+      const f = a as FlushAnswer;
+      this.onAnswer(shard, a, now);
+      const cur = this.store.peek(key);
+      const same = mine && cur !== undefined && cur.state === LineState.M && cur.gen === gen && cur.shard === shard;
+      if (f.accepted) {
+        this.stats.flushesAccepted++;
+        if (same && d.ver === ver) {
+          const t = transition(LineState.M, 'flushed');
+          this.transitions.count(LineState.M, t.next);
+          this.lines[LineState.M]!--;
+          this.lines[t.next]!++;
+          this.store.put(key, { ...cur, state: t.next });
+          this.dirty.delete(key);
+        } else if (same) d.since = now; // written again after this flush left: due flushMs after that at the latest
+      } else if (!f.pending && same) {
+        // The home no longer lists this grant (our lease lapsed there): the line may be stale and its data is lost.
+        this.drop(key, 'lapse'); // (counts the loss)
+      }
+    });
+  }
+
+  private flushBuffered(key: CacheKey, b: WbEntry<V>, now: number): void {
+    b.flushing = true;
+    this.stats.flushesSent++;
+    this.io.request(b.shard, { t: 'flush', from: this.cfg.self, shard: b.shard, epoch: b.epoch, key, gen: b.gen, value: b.value }, (a) => {
+      b.flushing = false;
+      if (!a.ok) return;
+      const f = a as FlushAnswer;
+      this.onAnswer(b.shard, a, now);
+      if (this.wb.get(key) !== b) return; // handed over in an answer meanwhile
+      if (f.accepted) this.stats.flushesAccepted++;
+      else if (f.pending) return; // an invalidation or downgrade on its way here will take it
+      else this.stats.writebacksLost++;
+      this.wb.delete(key);
+    });
   }
 
   // ------------------------------------------------------------------ internals
@@ -479,6 +708,14 @@ export class CacheNode<V, Op, R> {
     const line = this.store.peek(key);
     if (line === undefined) return;
     const t = transition(line.state, event);
+    if (line.state === LineState.M) {
+      this.dirty.delete(key);
+      const lease = this.shards.get(line.shard);
+      if (t.action === LineAction.SendData && event !== 'inv' && event !== 'fwd-gets' && lease !== undefined) {
+        // (inv / fwd-gets: the caller put the data in its answer.) A write sent home, or a new home: flush it there.
+        this.buffer(key, line.shard, lease.epoch, line.gen, line.value);
+      } else if (t.action === LineAction.LoseData) this.stats.writebacksLost++;
+    }
     this.store.delete(key);
     this.transitions.count(line.state, t.next);
     this.lines[line.state]!--;

@@ -19,6 +19,9 @@ import type { CacheKey, CoherenceFailure, HomeAnswer, NodeRequest } from './cohe
 import { decodeAnswer, encodeCacheRequest, type CachedValue, type CacheWriteOp } from './coherence-wire.js';
 import { LineState, LINE_STATE_NAMES } from './mesi.js';
 import { CacheStore, type CacheEntry } from './store.js';
+import { KeyspaceMachine, isReplicatedWrite } from '../cluster/keyspace-machine.js';
+import { encodeWrite } from '../cluster/keyspace-codec.js';
+import { STRING_COMMANDS } from './string-commands.js';
 
 export interface ClusterCacheOptions {
   nodeId: NodeId;
@@ -32,6 +35,10 @@ export interface ClusterCacheOptions {
   ttlMarginMs: number;
   /** How often the cache's timer runs (lease lapses, renewals, expiry sweep), ms. */
   tickMs?: number;
+  /** docs/cache-coherence.md; the homes must run the same policy. Default write-through. */
+  writePolicy?: 'write-through' | 'write-back';
+  /** Write-back: a Modified line is flushed at most this long after its first unflushed write, ms. */
+  flushMs?: number;
 }
 
 const SHARD_BITS = 16384;
@@ -47,8 +54,35 @@ export function failureReply(f: CoherenceFailure): Extract<ShardReply, { ok: fal
   return { ok: false, code: f.code, leader: 0, message: f.message };
 }
 
+const LOCAL_WRITES = new Map(STRING_COMMANDS.filter((s) => isReplicatedWrite(s) && s.firstKey === 1 && s.lastKey === 1).map((s) => [s.name, s]));
+const B = (s: string): Buffer => Buffer.from(s, 'latin1');
+
+/**
+ * Write-back: runs a single-key string write on `current` in a scratch keyspace (the same command code the shards
+ * run), and returns its reply record and the key's value after it. Null for a command that is not a single-key
+ * replicated string write (it goes to the home).
+ */
+function execLocal(scratch: KeyspaceMachine, key: CacheKey, args: CacheWriteOp, current: CachedValue | null): { result: Uint8Array; value: CachedValue | null } | null {
+  const spec = LOCAL_WRITES.get(args[0]!.toString('latin1').toLowerCase());
+  if (spec === undefined) return null;
+  const k = B(key);
+  const now = Date.now();
+  try {
+    if (current !== null) scratch.applyData(encodeWrite(current.x > 0 ? [B('set'), k, current.v, B('pxat'), B(String(current.x))] : [B('set'), k, current.v], now));
+    const result = scratch.applyData(encodeWrite(args, now));
+    const after = scratch.peekString(k, now);
+    const value = after === null ? null : { v: Buffer.from(after.value), x: after.expireAt };
+    return result instanceof Uint8Array ? { result: Uint8Array.from(result), value } : null;
+  } catch {
+    return null; // (checked at the edge already; anything odd simply goes to the home)
+  } finally {
+    scratch.applyData(encodeWrite([B('del'), k], now));
+  }
+}
+
 export class ClusterCache {
   readonly store: CacheStore;
+  readonly writePolicy: 'write-through' | 'write-back';
   readonly node: CacheNode<CachedValue, CacheWriteOp, Uint8Array>;
   private readonly timer: NodeJS.Timeout;
   private readonly ttlMarginMs: number;
@@ -69,13 +103,19 @@ export class ClusterCache {
         let expireAt = 0;
         if (v !== null && v.x > 0) {
           expireAt = v.x - this.ttlMarginMs;
-          // Too close to its end to be worth holding (and it must not be served past the memory's expiry).
-          if (expireAt <= Date.now()) return;
+          // Too close to its end to be worth holding (and it must not be served past the memory's expiry); an older
+          // line of the key must not stay behind it.
+          if (expireAt <= Date.now()) {
+            store.deleteLatin1(key);
+            return;
+          }
         }
         try {
           store.set(Buffer.from(key, 'latin1'), v === null ? EMPTY : v.v, { expireAt, state: encodeState(line) });
         } catch {
-          // Larger than the whole cache: not cached (CacheNode sees it absent and counts nothing).
+          // Larger than the whole cache: not cached (CacheNode sees it absent and counts nothing). An older line of
+          // the key must not stay behind it.
+          store.deleteLatin1(key);
         }
       },
       delete: (key) => {
@@ -83,12 +123,22 @@ export class ClusterCache {
       },
     };
     const runtime = opts.runtime;
+    this.writePolicy = opts.writePolicy ?? 'write-through';
+    const scratch = new KeyspaceMachine();
     this.node = new CacheNode<CachedValue, CacheWriteOp, Uint8Array>(
-      { self: opts.nodeId, leaseMs: opts.leaseMs, renewMs: opts.renewMs ?? Math.max(1, Math.floor(opts.leaseMs / 4)), evictedBatchMax: 1024 },
+      {
+        self: opts.nodeId,
+        leaseMs: opts.leaseMs,
+        renewMs: opts.renewMs ?? Math.max(1, Math.floor(opts.leaseMs / 4)),
+        evictedBatchMax: 1024,
+        writeBack: this.writePolicy === 'write-back',
+        flushMs: opts.flushMs ?? 100,
+      },
       lines,
       {
         now: () => performance.now(),
-        request: (shard, req: NodeRequest<CacheWriteOp>, cb: (a: HomeAnswer<CachedValue, Uint8Array> | CoherenceFailure) => void) => {
+        execLocal: (key, args, current) => execLocal(scratch, key, args, current),
+        request: (shard, req: NodeRequest<CacheWriteOp, CachedValue>, cb: (a: HomeAnswer<CachedValue, Uint8Array> | CoherenceFailure) => void) => {
           const { kind, args } = encodeCacheRequest(req);
           runtime.submit(shard, kind, args, (r) => {
             if (!r.ok) return cb({ ok: false, code: r.code, message: r.message });
@@ -117,10 +167,18 @@ export class ClusterCache {
     this.timer.unref();
   }
 
-  /** The cached value if the key can be served locally now (a hit, counted); undefined if not (nothing counted). */
-  peekHit(shard: number, key: Buffer): CachedValue | null | undefined {
-    const line = this.node.tryHit(shard, key.toString('latin1'));
-    return line === undefined ? undefined : line.value;
+  /**
+   * The cached bytes if the key can be served locally now (a hit, counted; null for a cached "no such key");
+   * undefined if not (nothing counted). The hot path of GET: it reads the store entry directly instead of building
+   * a Line (CacheNode.tryHit does the same check with one).
+   */
+  peekHit(shard: number, key: Buffer): Buffer | null | undefined {
+    const k = key.toString('latin1');
+    if (!this.node.mayHit(shard, k)) return undefined;
+    const e = this.store.getLatin1(k);
+    if (e === undefined) return undefined;
+    this.node.countHit();
+    return (e.state & ABSENT) !== 0 ? null : e.value;
   }
 
   /** GET: a hit answers synchronously (before this returns); a miss asks the home. */
@@ -143,8 +201,9 @@ export class ClusterCache {
   infoLines(): string[] {
     const s = this.node.stats;
     const reads = s.hits + s.misses;
+    const d = this.node.dirtyCounts;
     const out = [
-      `cache_policy:write-through`,
+      `cache_policy:${this.writePolicy}`,
       `cache_lines:${this.store.size}`,
       `cache_bytes:${this.store.bytes}`,
       `cache_lines_m:${this.node.lines[LineState.M]}`,
@@ -163,6 +222,13 @@ export class ClusterCache {
       `cache_home_change_lines:${s.homeChangeLines}`,
       `cache_lease_renewals_sent:${s.renewalsSent}`,
       `cache_lease_renewals_refused:${s.renewalsRefused}`,
+      `cache_dirty_lines:${d.lines}`,
+      `cache_writeback_buffered:${d.buffered}`,
+      `cache_local_writes:${s.localWrites}`,
+      `cache_flushes_sent:${s.flushesSent}`,
+      `cache_flushes_accepted:${s.flushesAccepted}`,
+      `cache_writebacks_in_answers:${s.writebacksInAnswers}`,
+      `cache_writebacks_lost:${s.writebacksLost}`,
     ];
     for (const [name, n] of this.node.transitions.entries()) out.push(`cache_transition_${name.replace('->', '_to_')}:${n}`);
     return out;

@@ -59,7 +59,22 @@ export interface RenewRequest {
   evicted: [key: CacheKey, gen: number][];
 }
 
-export type NodeRequest<Op> = GetSRequest | WriteRequest<Op> | RenewRequest;
+/**
+ * Write-back: the node's Modified line of `key` (granted as E with `gen` in home `epoch`), to be written to memory.
+ * Sent at most flushMs after the line became dirty, when it is evicted, and when the shard's home changed (then with
+ * the old epoch: a new home takes those only during its takeover wait). `value` null: the key was deleted.
+ */
+export interface FlushRequest<V = unknown> {
+  t: 'flush';
+  from: NodeId;
+  shard: number;
+  epoch: number;
+  key: CacheKey;
+  gen: number;
+  value: V | null;
+}
+
+export type NodeRequest<Op, V = unknown> = GetSRequest | WriteRequest<Op> | RenewRequest | FlushRequest<V>;
 
 /** Every successful answer renews the node's lease when `lease` is true (the home confirmed its leadership). */
 interface AnswerBase {
@@ -88,7 +103,15 @@ export interface LeaseAnswer extends AnswerBase {
   t: 'lease';
 }
 
-export type HomeAnswer<V, R> = DataAnswer<V> | WrittenAnswer<V, R> | LeaseAnswer;
+/** `accepted` false: the home did not write it (the grant was revoked, or the takeover wait is over): it is lost. */
+export interface FlushAnswer extends AnswerBase {
+  t: 'flushed';
+  accepted: boolean;
+  /** Refused because an invalidation or downgrade of that line is on its way to the node: its answer carries the data. */
+  pending?: boolean;
+}
+
+export type HomeAnswer<V, R> = DataAnswer<V> | WrittenAnswer<V, R> | LeaseAnswer | FlushAnswer;
 
 // ---------------------------------------------------------------- home -> node (answered with an ack)
 
@@ -122,12 +145,17 @@ export interface StateQuery {
 
 export type HomeMessage = InvMessage | DownMessage | StateQuery;
 
+/** A Modified line's data riding an acknowledgement (write-back): the key, its grant's gen, the value (null: deleted). */
+export type DirtyItem<V = unknown> = [key: CacheKey, gen: number, value: V | null];
+
 export interface InvAck {
   t: 'invack';
   from: NodeId;
   shard: number;
   epoch: number;
   items: [key: CacheKey, gen: number][];
+  /** Write-back: the data of the Modified lines among them (the home writes it to memory before going on). */
+  data?: DirtyItem[];
 }
 
 /** A node's answer to a StateQuery: its line's state as it would serve it now (I unless a live line holds it). */
@@ -142,6 +170,9 @@ export interface DownAck {
   from: NodeId;
   shard: number;
   epoch: number;
+  items: [key: CacheKey, gen: number][];
+  /** Write-back: the data of the lines that were Modified (they are S now, clean once memory has it). */
+  data?: DirtyItem[];
 }
 
 export type NodeAck = InvAck | DownAck | StateReport;

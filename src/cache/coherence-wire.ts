@@ -6,6 +6,11 @@
  *   _c.renew <from> <epoch> <evicted: msgpack [[key, gen], ...]>   (read kind)
  *   _c.write <from> <want key or ''> <keys: msgpack string[] | '*'> <the write's own args...>   (write kind)
  *   _c.state <key>                                                  (read kind: CACHE.STATE, answered by the home)
+ *   _c.flush <from> <epoch> <key> <gen> <value: msgpack CachedValue | nil>   (read kind: a write-back, see below)
+ *
+ * `_c.flush` is a read-kind request although it writes memory: the home decides whether to write it (a flush of a
+ * grant the home no longer lists is refused, so routing it again after a leader change is safe, where the write
+ * path's outcome-unknown rules would only get in the way).
  *
  * The home's answer is one bulk string holding the msgpack of the HomeAnswer (a written answer carries the
  * write's own reply record as bytes). Home -> node messages travel as peer requests `{ c: InvMessage | DownMessage | StateQuery }`
@@ -16,7 +21,7 @@
  */
 import { Packr } from 'msgpackr';
 import type { NodeId } from '../raft/types.js';
-import type { CacheKey, HomeAnswer, HomeMessage, InvAck, NodeRequest, StateReport } from './coherence-types.js';
+import type { CacheKey, DirtyItem, DownAck, HomeAnswer, HomeMessage, InvAck, NodeRequest, StateReport } from './coherence-types.js';
 
 /** A string value as cached: bytes and absolute expiry (unix ms, 0 = none). */
 export interface CachedValue {
@@ -31,6 +36,7 @@ export const CACHE_GETS = '_c.gets';
 export const CACHE_RENEW = '_c.renew';
 export const CACHE_WRITE = '_c.write';
 export const CACHE_STATE = '_c.state';
+export const CACHE_FLUSH = '_c.flush';
 
 const packr = new Packr({ useRecords: false, mapsAsObjects: true });
 const B = (s: string): Buffer => Buffer.from(s, 'latin1');
@@ -52,6 +58,8 @@ export function encodeCacheRequest(req: NodeRequest<CacheWriteOp>): { kind: 'rea
         kind: 'write',
         args: [B(CACHE_WRITE), B(String(req.from)), B(req.want ?? ''), req.keys === 'all' ? B('*') : packr.pack(req.keys), ...req.op],
       };
+    case 'flush':
+      return { kind: 'read', args: [B(CACHE_FLUSH), B(String(req.from)), B(String(req.epoch)), B(req.key), B(String(req.gen)), packr.pack(req.value)] };
   }
 }
 
@@ -76,6 +84,7 @@ export function checkCacheCommand(kind: 'read' | 'write', args: readonly Buffer[
     else if (name === CACHE_RENEW && kind === 'read' && args.length === 4) nodeIdOf(args[1]);
     else if (name === CACHE_WRITE && kind === 'write' && args.length >= 5) nodeIdOf(args[1]);
     else if (name === CACHE_STATE && kind === 'read' && args.length === 2) return null;
+    else if (name === CACHE_FLUSH && kind === 'read' && args.length === 6) nodeIdOf(args[1]);
     else return `malformed cache command ${name ?? '(none)'}`;
   } catch (err) {
     return (err as Error).message;
@@ -98,6 +107,14 @@ export function decodeCacheRequest(args: Buffer[]): NodeRequest<CacheWriteOp> & 
     const evicted = packr.unpack(args[3]!) as unknown;
     if (!Array.isArray(evicted)) throw new CacheWireError('bad evicted list');
     return { t: 'renew', from, shard: -1, epoch, evicted: evicted as [CacheKey, number][] };
+  }
+  if (name === CACHE_FLUSH) {
+    const epoch = Number(args[2]!.toString('latin1'));
+    const gen = Number(args[4]!.toString('latin1'));
+    if (!Number.isSafeInteger(epoch) || !Number.isSafeInteger(gen)) throw new CacheWireError('bad epoch or gen');
+    const value = toCachedValue(packr.unpack(args[5]!));
+    if (value === undefined) throw new CacheWireError('bad flushed value');
+    return { t: 'flush', from, shard: -1, epoch, key: args[3]!.toString('latin1'), gen, value };
   }
   if (name === CACHE_WRITE) {
     const want = args[2]!.toString('latin1');
@@ -122,6 +139,29 @@ export function decodeAnswer(b: Uint8Array): HomeAnswer<CachedValue, Uint8Array>
     a.grant.value.v = Buffer.from(v.buffer, v.byteOffset, v.byteLength);
   }
   return a;
+}
+
+/** A CachedValue (or null) from msgpack, with its bytes as a Buffer; undefined when it is not one. */
+function toCachedValue(u: unknown): CachedValue | null | undefined {
+  if (u === null) return null;
+  if (u === undefined || typeof u !== 'object') return undefined;
+  const o = u as { v?: unknown; x?: unknown };
+  if (!(o.v instanceof Uint8Array) || typeof o.x !== 'number' || !Number.isFinite(o.x)) return undefined;
+  return { v: Buffer.from(o.v.buffer, o.v.byteOffset, o.v.byteLength), x: o.x };
+}
+
+/** The dirty data of an acknowledgement from a peer: checked item by item, values turned into CachedValues. */
+function checkDirty(data: unknown): DirtyItem<CachedValue>[] | undefined | false {
+  if (data === undefined) return undefined;
+  if (!Array.isArray(data)) return false;
+  const out: DirtyItem<CachedValue>[] = [];
+  for (const it of data) {
+    if (!Array.isArray(it) || it.length !== 3 || typeof it[0] !== 'string' || !Number.isInteger(it[1])) return false;
+    const v = toCachedValue(it[2]);
+    if (v === undefined) return false;
+    out.push([it[0], it[1] as number, v]);
+  }
+  return out;
 }
 
 /** True for `_c.state` (CACHE.STATE), which is not a NodeRequest: the worker answers it itself. */
@@ -157,7 +197,22 @@ export function isStateReport(p: unknown): p is StateReport {
 export function isInvAck(p: unknown): p is InvAck {
   if (p === null || typeof p !== 'object') return false;
   const a = p as InvAck;
-  return a.t === 'invack' && Number.isInteger(a.from) && Number.isInteger(a.shard) && Number.isInteger(a.epoch) && isItemList(a.items);
+  return a.t === 'invack' && Number.isInteger(a.from) && Number.isInteger(a.shard) && Number.isInteger(a.epoch) && isItemList(a.items) && normalizeData(a);
+}
+
+export function isDownAck(p: unknown): p is DownAck {
+  if (p === null || typeof p !== 'object') return false;
+  const a = p as DownAck;
+  return a.t === 'downack' && Number.isInteger(a.from) && Number.isInteger(a.shard) && Number.isInteger(a.epoch) && isItemList(a.items) && normalizeData(a);
+}
+
+/** Checks an acknowledgement's dirty data and replaces it with the checked copy (values as Buffers). */
+function normalizeData(a: { data?: DirtyItem[] }): boolean {
+  const d = checkDirty(a.data);
+  if (d === false) return false;
+  if (d === undefined) delete a.data;
+  else a.data = d;
+  return true;
 }
 
 /**

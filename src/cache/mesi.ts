@@ -13,7 +13,9 @@
  * Events:
  *   read        a local read (hit in M/E/S; in I it is a miss and the node asks the home: no state change yet)
  *   write-wb    a local write under write-back: M and E complete locally; S and I ask the home for M
- *   write-wt    a local write under write-through: the node drops its copy and sends the write to the home
+ *   write-wt    a write sent to the home (every write under write-through; under write-back one the node cannot
+ *               complete locally: multi-key, DEL, a line in S or I): the node drops its copy (M: its data goes home
+ *               first, so the home writes it back before the write)
  *   fill-e      the home granted E for a read miss (or for the node's own write-through write)
  *   fill-s      the home granted S for a read miss
  *   fill-m      the home granted M for a write-back write (from I, or upgrading S)
@@ -83,7 +85,6 @@ const A = {
  * Why the NEVER entries are impossible:
  *   - fill-* only arrive for a request of a line the node does not hold in that state: fills install into I;
  *     fill-m may also upgrade S (the node keeps serving its S copy while it asks for M).
- *   - write-wt never meets M: under write-through no line is ever Modified.
  *   - fwd-gets goes only to a node the directory lists as E or M; a node in S was never told it was alone,
  *     and a node in I (evicted, or not yet filled) answers it as such, which the table allows.
  *   - evict of I: an invalid line is not in the store, so nothing can evict it.
@@ -93,7 +94,7 @@ const TABLE: readonly (readonly (Transition | null)[])[] = [
   /* I */ [T(I, A.GetS), T(I, A.GetM), T(I, A.WriteHome), T(E), T(S), T(M), T(I), T(I), T(I), NEVER, T(I), T(I)],
   /* S */ [T(S, A.Hit), T(S, A.GetM), T(I, A.WriteHome), NEVER, NEVER, T(M), T(I), NEVER, T(S), T(I), T(I), T(I)],
   /* E */ [T(E, A.Hit), T(M, A.WriteLocal), T(I, A.WriteHome), NEVER, NEVER, NEVER, T(I), T(S), T(E), T(I), T(I), T(I)],
-  /* M */ [T(M, A.Hit), T(M, A.WriteLocal), NEVER, NEVER, NEVER, NEVER, T(I, A.SendData), T(S, A.SendData), T(E), T(I, A.SendData), T(I, A.LoseData), T(I, A.SendData)],
+  /* M */ [T(M, A.Hit), T(M, A.WriteLocal), T(I, A.SendData), NEVER, NEVER, NEVER, T(I, A.SendData), T(S, A.SendData), T(E), T(I, A.SendData), T(I, A.LoseData), T(I, A.SendData)],
 ];
 
 const EVENT_INDEX = new Map<LineEvent, number>(LINE_EVENTS.map((e, i) => [e, i]));

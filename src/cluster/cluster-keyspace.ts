@@ -273,7 +273,7 @@ export function clusterKeyspaceCommands(deps: ClusterKeyspaceDeps): CommandSpec[
         const value = cache.peekHit(shardOf(key), key);
         if (value === undefined) return false;
         if (value === null) ctx.reply.nil();
-        else ctx.reply.bulk(value.v);
+        else ctx.reply.bulk(value);
         return true;
       };
       return { ...spec, handler, async: true, fast };

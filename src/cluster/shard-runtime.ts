@@ -61,6 +61,7 @@ export const SHARD_WORKER_TUNING_DEFAULT: ShardWorkerTuning = {
   cacheInvRetryMs: 100,
   cacheDirectoryEntriesMax: 1_000_000,
   cacheValueBytesMax: 64 * 1024,
+  cacheWritePolicy: 'write-through',
 };
 
 export interface RuntimeNode {
@@ -269,7 +270,7 @@ export class ShardRuntime {
             (m.t === 'inv'
               ? { t: 'invack', from: this.opts.nodeId, shard: m.shard, epoch: m.epoch, items: m.items }
               : m.t === 'down'
-                ? { t: 'downack', from: this.opts.nodeId, shard: m.shard, epoch: m.epoch }
+                ? { t: 'downack', from: this.opts.nodeId, shard: m.shard, epoch: m.epoch, items: m.items }
                 : { t: 'state', from: this.opts.nodeId, state: 'I' });
           worker.postMessage({ t: 'cack', id: msg.id, ack } satisfies EdgeToWorker);
           return;

@@ -107,6 +107,8 @@ export interface ShardWorkerTuning {
   cacheDirectoryEntriesMax: number;
   /** Values longer than this are never cached (always read from the home). */
   cacheValueBytesMax: number;
+  /** docs/cache-coherence.md; the same on every node. */
+  cacheWritePolicy: 'write-through' | 'write-back';
 }
 
 export interface InitMessage {

@@ -75,6 +75,8 @@ export const NODE_OPTIONS: readonly OptionSpec[] = [
   { name: 'keyspace-max-bytes', kind: 'bytes', default: 0, min: 0, max: 1024 * GiB, unit: 'bytes', help: 'replicated memory limit per shard; writes beyond it get -OOM (0 = unbounded); the same on every node' },
   { name: 'deadlock-detect', kind: 'int', default: 1000, min: 30, max: 600_000, unit: 'ms', help: 'a lock deadlock (a cycle of waiting owners across the cluster) is found and broken within this time' },
   { name: 'cache-lease', kind: 'int', default: 1000, min: 20, max: 600_000, unit: 'ms', help: 'coherent cache line lease: a node cut off from a shard\'s home stops serving its lines within this time, and a new home waits this long before its first write; the same on every node' },
+  { name: 'cache-write-policy', kind: 'enum', default: 'write-through', choices: ['write-through', 'write-back'], help: 'write-through: a write completes once replicated; write-back: a write to a line this node owns completes locally and is written back within --cache-flush-ms (a node crash can lose such writes nobody else read yet); the same on every node' },
+  { name: 'cache-flush-ms', kind: 'int', default: 100, min: 1, max: 600_000, unit: 'ms', help: 'write-back: a Modified line is written back at most this long after its first unflushed write' },
   { name: 'election-timeout', kind: 'int', default: 150, min: 20, max: 60_000, unit: 'ms', help: 'lower bound of the randomized Raft election timeout (heartbeat = a third of it)' },
   { name: 'log-level', kind: 'enum', default: 'info', choices: ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'], help: 'pino log level' },
   { name: 'log-format', kind: 'enum', default: 'auto', choices: ['auto', 'json', 'pretty'], help: 'auto = pretty on a TTY, JSON otherwise' },
@@ -106,6 +108,8 @@ export interface ClusterOptions {
   electionTimeoutMs: number;
   deadlockDetectMs: number;
   cacheLeaseMs: number;
+  cacheWritePolicy: 'write-through' | 'write-back';
+  cacheFlushMs: number;
 }
 
 export interface NodeOptions {
@@ -332,6 +336,8 @@ export function loadNodeOptions(
       electionTimeoutMs: num('election-timeout'),
       deadlockDetectMs: num('deadlock-detect'),
       cacheLeaseMs: num('cache-lease'),
+      cacheWritePolicy: str('cache-write-policy') as 'write-through' | 'write-back',
+      cacheFlushMs: num('cache-flush-ms'),
     },
   };
   options.cluster.members = parseMembers(str('peers'), { id: num('id'), host: str('host'), port: num('port'), peerPort: num('peer-port') });

@@ -83,6 +83,7 @@ export async function startClusterNode(options: NodeOptions, logger: Logger): Pr
       keyspaceBytesMax: c.keyspaceBytesMax,
       cacheLeaseMs: c.cacheLeaseMs,
       cacheLeaseMarginMs: cacheMarginMs(c.cacheLeaseMs),
+      cacheWritePolicy: c.cacheWritePolicy,
     },
     logLevel: options.logLevel,
     logger,
@@ -121,7 +122,15 @@ export async function startClusterNode(options: NodeOptions, logger: Logger): Pr
   refresher.unref();
 
   // The node's coherent cache keeps its lines in the node-local store (docs/cache-coherence.md).
-  const cache = new ClusterCache({ nodeId: c.id, runtime, limits: options.cache, leaseMs: c.cacheLeaseMs, ttlMarginMs: cacheMarginMs(c.cacheLeaseMs) });
+  const cache = new ClusterCache({
+    nodeId: c.id,
+    runtime,
+    limits: options.cache,
+    leaseMs: c.cacheLeaseMs,
+    ttlMarginMs: cacheMarginMs(c.cacheLeaseMs),
+    writePolicy: c.cacheWritePolicy,
+    flushMs: c.cacheFlushMs,
+  });
   const server = new RespServer(
     { host: options.host, port: options.port, resp: options.resp, server: options.server, protectedMode: options.protectedMode },
     cache.store,

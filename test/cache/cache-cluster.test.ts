@@ -12,8 +12,7 @@ import t from 'tap';
 import type { Redis } from 'ioredis';
 import { errorCode, withCluster, type ProcCluster } from '../support/cluster-procs.js';
 import { checkLinearizable, kvModel, type KvInput, type KvOutput, type Operation } from '../support/linearizability.js';
-import { keySlot } from '../../src/cluster/slots.js';
-import { shardOfSlot } from '../../src/cluster/ring.js';
+import { cacheInfo, edgeRequests, keyLedBy as keyLedByIn, retrying } from '../support/cache-cluster.js';
 
 const FILE_TIMEOUT_MS = 170_000;
 const SHARDS = 8;
@@ -23,57 +22,7 @@ const OPTS = { shards: SHARDS, electionTimeoutMs: 300, leaderWaitMs: 3000, reque
 t.setTimeout(FILE_TIMEOUT_MS);
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-const shardOf = (key: string) => shardOfSlot(keySlot(Buffer.from(key)), SHARDS);
-
-async function cacheInfo(c: ProcCluster, id: number): Promise<Record<string, number>> {
-  const raw = await c.info(id, 'cache');
-  const out: Record<string, number> = {};
-  for (const [k, v] of Object.entries(raw)) out[k] = Number(v);
-  return out;
-}
-
-/** Sum of edge_requests over the node's workers (INFO raft): requests that left the edge thread. */
-async function edgeRequests(c: ProcCluster, id: number): Promise<number> {
-  const raw = await c.info(id, 'raft');
-  let n = 0;
-  for (const [k, v] of Object.entries(raw)) {
-    if (!/^worker\d+$/.test(k)) continue;
-    const m = /edge_requests=(\d+)/.exec(v);
-    if (m !== null) n += Number(m[1]);
-  }
-  return n;
-}
-
-/** The node leading `shard` now, from any live node's INFO raft. */
-async function leaderOf(c: ProcCluster, shard: number): Promise<number> {
-  for (const id of c.liveIds()) {
-    const r = await c.raft(id);
-    const s = r.shards.find((x) => x.shard === shard);
-    if (s !== undefined && s.role === 'leader') return id;
-  }
-  return 0;
-}
-
-/** A key whose shard is led by `leader` (and not by the nodes in `avoid`). */
-async function keyLedBy(c: ProcCluster, leader: number, prefix: string): Promise<string> {
-  for (let i = 0; i < 2000; i++) {
-    const k = `${prefix}${i}`;
-    if ((await leaderOf(c, shardOf(k))) === leader) return k;
-  }
-  throw new Error(`no key led by node ${leader}`);
-}
-
-async function retrying<T>(windowMs: number, f: () => Promise<T>): Promise<T> {
-  const deadline = Date.now() + windowMs;
-  for (;;) {
-    try {
-      return await f();
-    } catch (err) {
-      if (Date.now() >= deadline) throw err;
-      await sleep(100);
-    }
-  }
-}
+const keyLedBy = (c: ProcCluster, leader: number, prefix: string) => keyLedByIn(c, SHARDS, leader, prefix);
 
 t.test('coherence on a real cluster: local hits, invalidation, eviction, a paused holder, a killed leader', async (t) => {
   await withCluster(t, { ...OPTS, extraFlags: [...OPTS.extraFlags, '--cache-max-items', '200'] }, async (c) => {

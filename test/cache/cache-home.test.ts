@@ -4,7 +4,7 @@
 // by writes, and the regressions found by test/cache/coherence-sim.test.ts.
 import t from 'tap';
 import { CacheHome, type HomeConfig, type HomeIO, type MemoryRead, type MemoryWrite } from '../../src/cache/cache-home.js';
-import type { CacheKey, CoherenceFailure, DataAnswer, DownMessage, InvMessage, LeaseAnswer, WrittenAnswer } from '../../src/cache/coherence-types.js';
+import type { CacheKey, CoherenceFailure, DataAnswer, DownMessage, FlushAnswer, InvMessage, LeaseAnswer, WrittenAnswer } from '../../src/cache/coherence-types.js';
 import type { NodeId } from '../../src/raft/types.js';
 
 type Op = { key: string; value: string };
@@ -36,8 +36,22 @@ class ScriptedIO implements HomeIO<string, Op, string> {
   confirm(cb: (r: { ok: true } | CoherenceFailure) => void): void {
     this.confirms.push(cb);
   }
+  /** Memory calls in the order they were made ('write:<value>' / 'wb:<key>=<value>'): Raft replicates in that order. */
+  readonly calls: string[] = [];
   writeMemory(op: Op, want: CacheKey | undefined, cb: (r: MemoryWrite<string, string>) => void): void {
+    this.calls.push(`write:${op.value}`);
     this.writes.push({ op, want, cb });
+  }
+  readonly writeBacks: { key: CacheKey; value: string | null; cb: (r: { ok: true } | CoherenceFailure) => void }[] = [];
+  writeBack(key: CacheKey, value: string | null, cb: (r: { ok: true } | CoherenceFailure) => void): void {
+    this.calls.push(`wb:${key}=${value}`);
+    this.writeBacks.push({ key, value, cb });
+  }
+  /** Completes the oldest pending write-back. */
+  wbDone(): void {
+    const w = this.writeBacks.shift();
+    if (w === undefined) throw new Error('no write-back pending');
+    w.cb({ ok: true });
   }
 
   /** Completes the oldest pending memory read. */
@@ -444,4 +458,103 @@ t.test('failures of memory are passed on and leave no directory entry behind', a
   const r = renew(home, 2);
   io.confirms.shift()!({ ok: false, code: 'NOTLEADER', message: 'deposed' });
   t.same(r.one(), { ok: false, code: 'NOTLEADER', message: 'deposed' });
+});
+
+// ---------------------------------------------------------------------------------------------------------- write-back
+
+function flushReq(home: Home, from: NodeId, key: string, gen: number, value: string | null, epoch = EPOCH) {
+  const a = answers<FlushAnswer>();
+  home.flushLine({ t: 'flush', from, shard: 0, epoch, key, gen, value }, a.cb);
+  return a;
+}
+
+t.test('write-back: a read of a key another node holds in E waits for its downgrade, whose data reaches memory first; both end in S', async (t) => {
+  const { home, io } = setup({ writeBack: true });
+  ready(home, io);
+  const g2 = hold(home, io, 2, 'k', 'old');
+  const r = getS(home, 3, 'k');
+  t.equal(io.reads.length, 0, 'memory is not read while node 2 may hold the line Modified');
+  t.same(io.sent.filter((x) => x.msg.t === 'down'), [{ to: 2, msg: { t: 'down', shard: 0, epoch: EPOCH, items: [['k', g2]] } }]);
+  home.onDownAck({ t: 'downack', from: 2, shard: 0, epoch: EPOCH, items: [['k', g2 + 1]], data: [['k', g2 + 1, 'stale-gen']] });
+  t.same(io.calls, [], 'data of another grant is not taken, and the downgrade is still outstanding');
+  home.onDownAck({ t: 'downack', from: 2, shard: 0, epoch: EPOCH, items: [['k', g2]], data: [['k', g2, 'mod']] });
+  t.same(io.calls, ['wb:k=mod'], "node 2's Modified data is written back");
+  t.equal(io.reads.length, 0, 'the fill still waits for the write-back');
+  io.wbDone();
+  t.equal(io.reads.length, 1, 'then memory is read');
+  io.read('mod');
+  const d = r.one() as DataAnswer<string>;
+  t.same([d.value, d.grant], ['mod', 'S']);
+  t.same(home.holdersOf('k').holders.sort(), [
+    [2, 'S'],
+    [3, 'S'],
+  ]);
+  t.same([home.stats.downgradesSent, home.stats.downgradesAcked, home.stats.writebacks], [1, 1, 1]);
+});
+
+t.test('write-back: a holder that never answers the downgrade is given up after its lease; the read goes on', async (t) => {
+  const { home, io } = setup({ writeBack: true });
+  ready(home, io);
+  hold(home, io, 2, 'k');
+  const r = getS(home, 3, 'k');
+  io.t += RETRY;
+  home.tick();
+  t.equal(io.sent.filter((x) => x.msg.t === 'down').length, 2, 'the downgrade is sent again');
+  io.t += LEASE + MARGIN + 1;
+  home.tick();
+  t.equal(home.stats.downgradesLapsed, 1);
+  io.read('v');
+  t.same((r.one() as DataAnswer<string>).grant, 'E', 'node 2 is forgotten: node 3 is alone');
+});
+
+t.test('write-back: the data in an invalidation answer is written back before the write that waited for it', async (t) => {
+  const { home, io } = setup({ writeBack: true });
+  ready(home, io);
+  const g2 = hold(home, io, 2, 'k');
+  const w = write(home, 3, 'k', 'new');
+  t.same(io.calls, []);
+  home.onAck({ t: 'invack', from: 2, shard: 0, epoch: EPOCH, items: [['k', g2]], data: [['k', g2, 'mod']] });
+  t.same(io.calls, ['wb:k=mod', 'write:new'], 'replicated in this order');
+  io.wbDone();
+  io.write('new');
+  t.equal((w.one() as WrittenAnswer<string, string>).result, 'ok:new');
+});
+
+t.test('write-back: flushes are taken only for a listed E grant with nothing in flight to its holder', async (t) => {
+  const { home, io } = setup({ writeBack: true });
+  ready(home, io);
+  const g2 = hold(home, io, 2, 'k');
+  const ok = flushReq(home, 2, 'k', g2, 'm1');
+  t.same(io.calls, ['wb:k=m1']);
+  io.wbDone();
+  t.same([(ok.one() as FlushAnswer).accepted, (ok.one() as FlushAnswer).lease], [true, true]);
+  t.equal((flushReq(home, 2, 'k', g2 + 7, 'x').one() as FlushAnswer).accepted, false, 'another gen is refused');
+  t.equal((flushReq(home, 4, 'k', g2, 'x').one() as FlushAnswer).accepted, false, 'a node not listed is refused');
+  getS(home, 3, 'k'); // downgrade of node 2 now in flight
+  const pend = flushReq(home, 2, 'k', g2, 'm2').one() as FlushAnswer;
+  t.same([pend.accepted, pend.pending], [false, true], 'refused while a downgrade is out: its answer will carry the data');
+  t.same(io.calls, ['wb:k=m1']);
+});
+
+t.test("write-back: a new home takes the previous home's flushes only during its takeover wait, and reads wait it out too", async (t) => {
+  const { home, io } = setup({ writeBack: true, epoch: EPOCH + 1 });
+  const r = getS(home, 3, 'k');
+  const early = flushReq(home, 2, 'k', 9, 'dirty', EPOCH);
+  t.same(io.calls, ['wb:k=dirty'], 'taken during the takeover wait');
+  io.wbDone();
+  t.equal((early.one() as FlushAnswer).accepted, true);
+  t.equal(io.reads.length, 0, 'a read waits for the end of the takeover');
+  ready(home, io);
+  t.equal(io.reads.length, 1);
+  io.read('dirty');
+  t.equal((r.one() as DataAnswer<string>).value, 'dirty');
+  t.equal((flushReq(home, 2, 'k', 9, 'late', EPOCH).one() as FlushAnswer).accepted, false, 'refused after the wait');
+});
+
+t.test('write-through homes take no flush', async (t) => {
+  const { home, io } = setup();
+  ready(home, io);
+  const g2 = hold(home, io, 2, 'k');
+  t.equal((flushReq(home, 2, 'k', g2, 'm').one() as FlushAnswer).accepted, false);
+  t.same(io.calls, []);
 });

@@ -3,7 +3,7 @@
 // when an answer may install a line, and the regressions found by test/cache/coherence-sim.test.ts.
 import t from 'tap';
 import { CacheNode, type NodeIO, type ReadResult, type WriteResult } from '../../src/cache/cache-node.js';
-import type { CoherenceFailure, DataAnswer, HomeAnswer, LeaseAnswer, NodeRequest, RenewRequest, WrittenAnswer } from '../../src/cache/coherence-types.js';
+import type { CoherenceFailure, DataAnswer, FlushAnswer, FlushRequest, HomeAnswer, LeaseAnswer, NodeRequest, RenewRequest, WrittenAnswer } from '../../src/cache/coherence-types.js';
 import { LineState } from '../../src/cache/mesi.js';
 import { LruLineStore } from '../support/cache-sim.js';
 
@@ -318,7 +318,7 @@ t.test('a downgrade turns the named E line into S; one arriving before its grant
   t.equal(node.stateOf('a', SHARD), LineState.E);
   node.onDowngrade({ t: 'down', shard: SHARD, epoch: EPOCH, items: [['a', 6]] });
   t.equal(node.stateOf('a', SHARD), LineState.E, 'a downgrade of another grant changes nothing');
-  t.same(node.onDowngrade({ t: 'down', shard: SHARD, epoch: EPOCH, items: [['a', 7]] }), { t: 'downack', from: 2, shard: SHARD, epoch: EPOCH });
+  t.same(node.onDowngrade({ t: 'down', shard: SHARD, epoch: EPOCH, items: [['a', 7]] }), { t: 'downack', from: 2, shard: SHARD, epoch: EPOCH, items: [['a', 7]] });
   t.equal(node.stateOf('a', SHARD), LineState.S, 'E -> S');
   t.equal(node.transitions.get(LineState.E, LineState.S), 1, 'counted as E->S');
   t.same(read(node, 'a'), [{ ok: true, value: 'va', hit: true }], 'still a hit');
@@ -330,4 +330,133 @@ t.test('a downgrade turns the named E line into S; one arriving before its grant
   t.same(r, [{ ok: true, value: 'vb', hit: false }]);
   t.equal(node.stateOf('b', SHARD), LineState.S, 'installed as S');
   t.same([node.lines[LineState.E], node.lines[LineState.S]], [0, 2]);
+});
+
+// ---------------------------------------------------------------------------------------------------------- write-back
+
+const FLUSH = 50;
+
+/** A write-back node whose local writes are SETs (`op.value` replaces the line's value). */
+function setupWb(capacity = 8): { node: Node; io: ScriptedIO & { execLocal(key: string, op: Op, current: string | null): { result: string; value: string | null } }; store: LruLineStore } {
+  const io = Object.assign(new ScriptedIO(), {
+    execLocal: (_key: string, op: Op, _current: string | null) => ({ result: `ok:${op.value}`, value: op.value }),
+  });
+  const store = new LruLineStore(capacity);
+  const node = new CacheNode<string, Op, string>({ self: 2, leaseMs: LEASE, renewMs: RENEW, evictedBatchMax: 4, writeBack: true, flushMs: FLUSH }, store, io);
+  store.onEvict = (k, l) => node.onEvicted(k, l);
+  return { node, io, store };
+}
+
+const flushed = (accepted: boolean, pending = false): FlushAnswer => ({ t: 'flushed', ok: true, epoch: EPOCH, home: 1, lease: accepted, accepted, ...(pending ? { pending } : {}) });
+
+t.test('write-back: a write of an E line completes locally (E->M) and is flushed within flushMs; then E again', async (t) => {
+  const { node, io } = setupWb();
+  fill(node, io, 'a', 'v0', 7, 'E');
+  t.same(write(node, 'a', 'v1'), [{ ok: true, result: 'ok:v1' }], 'answered at once');
+  t.equal(io.reqs.length, 0, 'no request left the node');
+  t.equal(node.stateOf('a', SHARD), LineState.M);
+  t.same(read(node, 'a'), [{ ok: true, value: 'v1', hit: true }], 'the node serves its own write');
+  io.t += FLUSH - 1;
+  node.tick();
+  t.equal(io.reqs.filter((r) => r.req.t === 'flush').length, 0, 'not due yet');
+  io.t += 1;
+  node.tick();
+  const f = io.take('flush');
+  t.same(f.req, { t: 'flush', from: 2, shard: SHARD, epoch: EPOCH, key: 'a', gen: 7, value: 'v1' });
+  write(node, 'a', 'v2'); // written again while the flush is out
+  f.cb(flushed(true));
+  t.equal(node.stateOf('a', SHARD), LineState.M, 'still Modified: v2 is not home yet');
+  io.t += FLUSH;
+  node.tick();
+  const f2 = io.take('flush');
+  t.equal((f2.req as FlushRequest<string>).value, 'v2');
+  f2.cb(flushed(true));
+  t.equal(node.stateOf('a', SHARD), LineState.E, 'clean again');
+  t.same([node.transitions.get(LineState.E, LineState.M), node.transitions.get(LineState.M, LineState.E)], [1, 1]);
+  t.same([node.stats.localWrites, node.stats.flushesSent, node.stats.flushesAccepted], [2, 2, 2]);
+});
+
+t.test('write-back: an S or I line, or a multi-key write, goes to the home', async (t) => {
+  const { node, io } = setupWb();
+  fill(node, io, 's', 'v', 3, 'S');
+  write(node, 's', 'x');
+  t.equal(io.take('write').req.t, 'write', 'S: through the home');
+  write(node, 'nothing', 'x');
+  t.equal(io.take('write').req.t, 'write', 'I: through the home');
+  t.equal(node.stats.localWrites, 0);
+});
+
+t.test('write-back: invalidations and downgrades carry the Modified data (again if asked again)', async (t) => {
+  const { node, io } = setupWb();
+  fill(node, io, 'b', 'v', 3, 'E');
+  write(node, 'b', 'mb');
+  const ack = node.onInvalidate({ t: 'inv', shard: SHARD, epoch: EPOCH, items: [['b', 3]] });
+  t.same(ack.data, [['b', 3, 'mb']]);
+  t.equal(node.stateOf('b', SHARD), LineState.I);
+  t.same(node.onInvalidate({ t: 'inv', shard: SHARD, epoch: EPOCH, items: [['b', 3]] }).data, [['b', 3, 'mb']], 'a repeated invalidation gets the data again');
+  t.same(node.onInvalidate({ t: 'inv', shard: SHARD, epoch: EPOCH, items: [['b', 2]] }).data, undefined, 'not for another grant');
+
+  fill(node, io, 'c', 'v', 4, 'E');
+  write(node, 'c', 'mc');
+  const d = node.onDowngrade({ t: 'down', shard: SHARD, epoch: EPOCH, items: [['c', 4]] });
+  t.same(d.data, [['c', 4, 'mc']]);
+  t.equal(node.stateOf('c', SHARD), LineState.S, 'M -> S');
+  t.same(read(node, 'c'), [{ ok: true, value: 'mc', hit: true }]);
+  io.t += FLUSH;
+  node.tick();
+  t.equal(io.reqs.filter((r) => r.req.t === 'flush').length, 0, 'nothing left to flush');
+  t.equal(node.stats.writebacksInAnswers, 2);
+});
+
+t.test('write-back: a late invalidation of an older grant leaves a Modified line of a newer grant alone', async (t) => {
+  const { node, io } = setupWb();
+  fill(node, io, 'k', 'v', 9, 'E');
+  write(node, 'k', 'm');
+  const ack = node.onInvalidate({ t: 'inv', shard: SHARD, epoch: EPOCH, items: [['k', 5]] });
+  t.same(ack.data, undefined);
+  t.equal(node.stateOf('k', SHARD), LineState.M, 'kept');
+});
+
+t.test('write-back: an evicted Modified line is served from the buffer until its flush is taken', async (t) => {
+  const { node, io } = setupWb(1);
+  fill(node, io, 'd', 'v', 5, 'E');
+  write(node, 'd', 'md');
+  fill(node, io, 'e', 'v', 6, 'S'); // evicts d (capacity 1)
+  t.equal(node.stateOf('d', SHARD), LineState.I);
+  t.same(read(node, 'd'), [{ ok: true, value: 'md', hit: true }], 'served from the write-back buffer');
+  node.tick();
+  const f = io.take('flush');
+  t.same((f.req as FlushRequest<string>).value, 'md');
+  f.cb(flushed(true));
+  t.same(node.dirtyCounts, { lines: 0, buffered: 0 });
+  read(node, 'd');
+  t.equal(io.take('gets', 'd').req.t, 'gets', 'now a miss');
+  const renewal = node.leaseOf(SHARD);
+  t.ok(renewal !== undefined);
+});
+
+t.test('write-back: a flush the home refuses (not pending) loses the data and drops the line', async (t) => {
+  const { node, io } = setupWb();
+  fill(node, io, 'f', 'v', 5, 'E');
+  write(node, 'f', 'mf');
+  io.t += FLUSH;
+  node.tick();
+  io.take('flush').cb(flushed(false, true));
+  t.equal(node.stateOf('f', SHARD), LineState.M, 'pending: an invalidation or downgrade will take the data');
+  io.t += FLUSH;
+  node.tick();
+  io.take('flush').cb(flushed(false));
+  t.equal(node.stateOf('f', SHARD), LineState.I);
+  t.equal(node.stats.writebacksLost, 1);
+});
+
+t.test('write-back: a lapsed lease loses the Modified lines (counted)', async (t) => {
+  const { node, io } = setupWb();
+  fill(node, io, 'g', 'v', 5, 'E');
+  write(node, 'g', 'mg');
+  io.t += LEASE + 1;
+  node.tick();
+  t.equal(node.stateOf('g', SHARD), LineState.I);
+  t.equal(node.stats.writebacksLost, 1);
+  t.same(node.dirtyCounts, { lines: 0, buffered: 0 });
 });

@@ -51,7 +51,7 @@
  */
 import { CacheHome, type HomeConfig, type MemoryRead, type MemoryWrite } from '../../src/cache/cache-home.js';
 import { CacheNode, type Line, type LineStore } from '../../src/cache/cache-node.js';
-import type { CacheKey, CoherenceFailure, DownMessage, HomeAnswer, InvAck, InvMessage, NodeRequest } from '../../src/cache/coherence-types.js';
+import type { CacheKey, CoherenceFailure, DownMessage, FlushRequest, HomeAnswer, InvAck, InvMessage, NodeRequest } from '../../src/cache/coherence-types.js';
 import { LineState, LINE_STATE_NAMES } from '../../src/cache/mesi.js';
 import type { NodeId } from '../../src/raft/types.js';
 import { createRng, type Rng } from '../../src/util/rng.js';
@@ -76,7 +76,7 @@ export type SimNodeCache = CacheNode<string, SimOp, SimResult>;
 export type SimHome = CacheHome<string, SimOp, SimResult>;
 
 /** A message kind, as the net hook sees it. */
-export type MsgKind = 'req-gets' | 'req-write' | 'req-renew' | 'ans-gets' | 'ans-write' | 'ans-renew' | 'notleader' | 'inv' | 'down' | 'ack';
+export type MsgKind = 'req-gets' | 'req-write' | 'req-renew' | 'ans-gets' | 'ans-write' | 'ans-renew' | 'notleader' | 'inv' | 'down' | 'ack' | 'req-flush' | 'ans-flush';
 
 export interface NetConfig {
   /** Delay of a message between two nodes, ms (uniform in [min, max]). */
@@ -1029,6 +1029,9 @@ export class CacheSim {
       case 'renew':
         slot.home.renew(req, reply);
         break;
+      case 'flush':
+        slot.home.flushLine(req as FlushRequest<string>, reply);
+        break;
     }
   }
 
@@ -1130,6 +1133,17 @@ export class CacheSim {
           const r: { ok: true } | CoherenceFailure = this.isLeader(slot) ? { ok: true } : fail('TRYAGAIN', `home ${s.id}@${slot.term} is not the leader`);
           return () => cb(r);
         }, { kind: 'confirm' });
+      },
+      // Write-back is not simulated yet (the nodes run write-through): a Modified line's data would land here.
+      writeBack: (key: CacheKey, value: string | null, cb: (r: { ok: true } | CoherenceFailure) => void) => {
+        this.memoryCall(slot, true, () => {
+          const ok = this.isLeader(slot);
+          if (ok) {
+            if (value === null) s.mem.delete(key);
+            else s.mem.set(key, value);
+          }
+          return () => cb(ok ? { ok: true } : fail('TRYAGAIN', `home ${s.id}@${slot.term} is not the leader`));
+        }, { kind: 'write', key });
       },
       writeMemory: (op: SimOp, want: CacheKey | undefined, cb: (r: MemoryWrite<string, SimResult>) => void) => {
         this.checkHandoff(op, slot);

@@ -1,0 +1,178 @@
+// The write-back policy on a real 3-node cluster (child processes on loopback, ioredis clients on every node, every
+// node started with --cache-write-policy write-back):
+//   1. a write to a line the node holds in E completes on that node (no request leaves its edge) and leaves it M;
+//      another node's read snoops it: the data is written back and both end in S; an untouched Modified line is
+//      flushed within --cache-flush-ms and is E again; local INCRs add up when read elsewhere; Modified lines pushed
+//      out of a small LRU are written back; DEL of a Modified line goes through the home after its data.
+//   2. what a crash may lose: a node killed -9 right after local writes loses at most the writes nobody else read
+//      (the key then reads as its last written-back value, never anything else), and never a write another node read.
+// Timings are reported with t.comment and bounded generously, never asserted tightly (the machine is shared).
+import t from 'tap';
+import type { Redis } from 'ioredis';
+import { withCluster, type ProcCluster } from '../support/cluster-procs.js';
+import { cacheInfo, edgeRequests, keyLedBy as keyLedByIn, retrying } from '../support/cache-cluster.js';
+
+const FILE_TIMEOUT_MS = 170_000;
+const SHARDS = 8;
+const LEASE_MS = 600;
+const FLUSH_MS = 300;
+const OPTS = {
+  shards: SHARDS,
+  electionTimeoutMs: 300,
+  leaderWaitMs: 3000,
+  requestTimeoutMs: 6000,
+  extraFlags: ['--cache-lease', String(LEASE_MS), '--cache-write-policy', 'write-back', '--cache-flush-ms', String(FLUSH_MS), '--deadlock-detect', '600000'],
+};
+
+t.setTimeout(FILE_TIMEOUT_MS);
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+const keyLedBy = (c: ProcCluster, leader: number, prefix: string) => keyLedByIn(c, SHARDS, leader, prefix);
+
+/** CACHE.STATE of `key` asked through node `via`: node id -> [state, directory view]. */
+async function states(r: Redis, key: string): Promise<Map<number, [string, string]>> {
+  const rows = (await r.call('CACHE.STATE', key)) as [number, string, string][];
+  return new Map(rows.map(([n, st, d]) => [n, [st, d]]));
+}
+
+t.test('write-back: local writes in M, snoops, flushes, INCR, DEL', async (t) => {
+  await withCluster(t, OPTS, async (c) => {
+    const r = new Map<number, Redis>(c.ids.map((id) => [id, c.client(id)]));
+    const cl = (id: number) => r.get(id)!;
+    t.teardown(() => {
+      for (const x of r.values()) x.disconnect();
+    });
+    t.equal((await c.info(1, 'cache'))['cache_policy'], 'write-back');
+    await retrying(10_000, () => cl(1).set('warm', '1'));
+
+    // -- the first write goes through the home (E grant); the next ones stay on node 1 (M)
+    const k = await keyLedBy(c, 2, 'wb:');
+    t.equal(await cl(1).set(k, 'v1'), 'OK');
+    t.same((await states(cl(3), k)).get(1), ['E', 'E'], 'the writer holds E');
+    const before = await cacheInfo(c, 1);
+    const edgeBefore = await edgeRequests(c, 1);
+    t.equal(await cl(1).set(k, 'v2'), 'OK');
+    t.equal(await cl(1).append(k, '+'), 3);
+    t.equal(await cl(1).get(k), 'v2+', 'the writer reads its own Modified line');
+    const after = await cacheInfo(c, 1);
+    const edgeAfter = await edgeRequests(c, 1);
+    t.equal(after['cache_local_writes']! - before['cache_local_writes']!, 2, 'two writes completed locally');
+    t.ok(edgeAfter - edgeBefore <= after['cache_lease_renewals_sent']! - before['cache_lease_renewals_sent']! + after['cache_flushes_sent']! - before['cache_flushes_sent']!, 'no write left the edge (only renewals and flushes)');
+    const m = await states(cl(3), k);
+    t.ok(m.get(1)![0] === 'M' || m.get(1)![0] === 'E', `node 1 holds M (or E once flushed): ${m.get(1)![0]}`);
+
+    // -- a read elsewhere snoops: the data goes home, both end in S
+    await cl(1).set(k, 'v3');
+    t.equal(await cl(2).get(k), 'v3', 'node 2 reads the Modified value');
+    const s = await states(cl(3), k);
+    t.same([s.get(1), s.get(2)], [['S', 'S'], ['S', 'S']], 'writer and reader both in S');
+    t.equal(await cl(3).get(k), 'v3');
+
+    // -- an untouched Modified line is flushed within --cache-flush-ms, and is clean (E) again
+    const f = await keyLedBy(c, 3, 'flush:');
+    await cl(1).set(f, 'a');
+    await cl(1).set(f, 'b'); // local: M
+    const t0 = Date.now();
+    let st = '';
+    while (Date.now() - t0 < 10_000) {
+      st = (await states(cl(2), f)).get(1)![0];
+      if (st === 'E') break;
+      await sleep(50);
+    }
+    t.equal(st, 'E', 'flushed and clean again');
+    t.comment(`Modified -> clean after ${Date.now() - t0} ms (--cache-flush-ms ${FLUSH_MS})`);
+    const fi = await cacheInfo(c, 1);
+    t.ok(fi['cache_flushes_accepted']! >= 1, `node 1 flushes accepted: ${fi['cache_flushes_accepted']}`);
+    t.ok(fi['cache_transition_M_to_E']! >= 1, 'M->E counted');
+    t.equal(await cl(3).get(f), 'b');
+
+    // -- INCRs on one node add up
+    for (let i = 0; i < 50; i++) await cl(2).incr('wb:ctr');
+    t.equal(await cl(1).get('wb:ctr'), '50', 'read elsewhere after 50 INCRs (49 of them local)');
+    t.equal(await cl(2).incr('wb:ctr'), 51, 'the next INCR sees them all');
+
+    // -- DEL of a key this node holds Modified: its data goes home first, then the delete
+    await cl(1).set('wb:del', 'x');
+    await cl(1).set('wb:del', 'y');
+    t.equal(await cl(1).del('wb:del'), 1);
+    for (const id of c.ids) t.equal(await cl(id).get('wb:del'), null, `deleted on node ${id}`);
+
+    const homes = (await Promise.all(c.ids.map((id) => cacheInfo(c, id)))).reduce((n, x) => n + x['cache_home_writebacks']!, 0);
+    t.ok(homes > 0, `the homes wrote back ${homes} Modified lines`);
+  });
+});
+
+t.test('write-back with flushes 60 s away: eviction writes back; a crash loses at most the writes nobody else read', async (t) => {
+  const flags = [...OPTS.extraFlags.map((f) => (f === String(FLUSH_MS) ? '60000' : f)), '--cache-max-items', '100'];
+  await withCluster(t, { ...OPTS, extraFlags: flags }, async (c) => {
+    const r = new Map<number, Redis>(c.ids.map((id) => [id, c.client(id)]));
+    const cl = (id: number) => r.get(id)!;
+    t.teardown(() => {
+      for (const x of r.values()) x.disconnect();
+    });
+    await retrying(10_000, () => cl(1).set('warm', '1'));
+
+    // -- Modified lines pushed out of a 100-line LRU are written back (the flush timer is 60 s away)
+    for (let i = 0; i < 90; i++) await cl(3).set(`ev:${i}`, `a${i}`); // through the home: E lines
+    const lw = (await cacheInfo(c, 3))['cache_local_writes']!;
+    for (let i = 0; i < 90; i++) await cl(3).set(`ev:${i}`, `b${i}`); // local: M lines
+    const mid = await cacheInfo(c, 3);
+    t.ok(mid['cache_local_writes']! - lw >= 80, `local writes: ${mid['cache_local_writes']! - lw} of 90`);
+    for (let i = 90; i < 200; i++) await cl(3).set(`ev:${i}`, `b${i}`); // new lines push the Modified ones out
+    let bad = 0;
+    for (let i = 0; i < 200; i++) if ((await cl(1).get(`ev:${i}`)) !== `b${i}`) bad++;
+    t.equal(bad, 0, 'every last write is read on node 1');
+    const ev = await cacheInfo(c, 3);
+    t.ok(ev['cache_evictions']! > 0 && ev['cache_lines']! <= 100, `node 3 evicted ${ev['cache_evictions']} lines, holds ${ev['cache_lines']}`);
+    t.ok(ev['cache_flushes_accepted']! > 0, `evicted Modified lines were flushed: ${ev['cache_flushes_accepted']}`);
+    t.equal(ev['cache_writebacks_lost'], 0, 'nothing lost');
+    // Keys whose home is node 2, so killing node 1 leaves their home alone.
+    const read = await keyLedBy(c, 2, 'seen:');
+    const unread = await keyLedBy(c, 2, 'unseen:');
+    t.equal(await cl(1).set(read, 'r1'), 'OK');
+    t.equal(await cl(1).set(read, 'r2'), 'OK'); // local (M)
+    t.equal(await cl(3).get(read), 'r2', 'read on node 3: snooped and written back');
+    t.equal(await cl(1).set(read, 'r3'), 'OK'); // through the home again (node 1 holds S now)
+    t.equal(await cl(1).set(unread, 'u1'), 'OK');
+    t.equal(await cl(1).set(unread, 'u2'), 'OK'); // local (M), flush due only after 60 s
+    t.same((await states(cl(2), unread)).get(1), ['M', 'E'], 'node 1 holds u2 Modified (the directory lists its E grant)');
+    await c.kill(1);
+    // The home gives node 1 up when its lease lapses; then reads go on.
+    const t0 = Date.now();
+    const got = await retrying(15_000, () => cl(3).get(unread));
+    t.comment(`after the kill, the unread key reads ${JSON.stringify(got)} (${Date.now() - t0} ms)`);
+    t.ok(got === 'u1' || got === 'u2', 'the unread key holds its last written-back value or the lost write, nothing else');
+    t.equal(got, 'u1', 'u2 was never written back (the flush was 60 s away): lost, as documented');
+    t.equal(await cl(3).get(read), 'r3', 'what another node read, and the later write through the home, survive');
+    t.equal(await cl(2).get(read), 'r3');
+    const lapsed = (await cacheInfo(c, 2))['cache_home_downgrades_lapsed']! + (await cacheInfo(c, 3))['cache_home_downgrades_lapsed']!;
+    t.comment(`downgrades given up at the homes: ${lapsed}`);
+  });
+});
+
+t.test("write-back: a killed home's Modified lines reach the new home during its takeover wait", async (t) => {
+  // A lease well above the election time: the nodes hear of the new home before their leases lapse.
+  const flags = OPTS.extraFlags.map((f) => (f === String(FLUSH_MS) ? '60000' : f === String(LEASE_MS) ? '1500' : f));
+  await withCluster(t, { ...OPTS, extraFlags: flags }, async (c) => {
+    const r = new Map<number, Redis>(c.ids.map((id) => [id, c.client(id)]));
+    const cl = (id: number) => r.get(id)!;
+    t.teardown(() => {
+      for (const x of r.values()) x.disconnect();
+    });
+    await retrying(10_000, () => cl(1).set('warm', '1'));
+    const k = await keyLedBy(c, 2, 'lc:');
+    t.equal(await cl(1).set(k, 'm1'), 'OK');
+    t.equal(await cl(1).set(k, 'm2'), 'OK'); // local (M); its flush is 60 s away
+    t.same((await states(cl(3), k)).get(1), ['M', 'E'], 'node 1 holds m2 Modified');
+    const before = await cacheInfo(c, 1);
+    await c.kill(2);
+    const t0 = Date.now();
+    const got = await retrying(15_000, () => cl(3).get(k));
+    t.comment(`read after killing the home: ${JSON.stringify(got)} in ${Date.now() - t0} ms`);
+    t.equal(got, 'm2', 'the Modified value was written back to the new home');
+    const after = await cacheInfo(c, 1);
+    t.ok(after['cache_flushes_accepted']! > before['cache_flushes_accepted']!, 'by a flush of node 1');
+    t.equal(after['cache_writebacks_lost'], 0, 'nothing lost');
+    t.equal(await cl(1).get(k), 'm2');
+  });
+});
