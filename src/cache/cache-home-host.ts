@@ -19,8 +19,13 @@ import type { ShardWorkerTuning } from '../cluster/worker-protocol.js';
 import { CacheHome, emptyHomeStats, type HomeStats, type MemoryRead, type MemoryWrite } from './cache-home.js';
 import type { CoherenceFailure, DownMessage, FlushRequest, HomeAnswer, InvAck, InvMessage, NodeRequest } from './coherence-types.js';
 import type { CachedValue } from './coherence-wire.js';
-import { isDownAck, isInvAck } from './coherence-wire.js';
-import { encodeWrite } from '../cluster/keyspace-codec.js';
+import { decodeEntry, encodeWrite, KeyspaceEntryKind } from '../cluster/keyspace-codec.js';
+import type { BackingStore } from './backing-store.js';
+import { STRING_COMMANDS } from './string-commands.js';
+import { isDownAck, isInvAck, writeKeysOf } from './coherence-wire.js';
+
+const STRING_SPECS = new Map(STRING_COMMANDS.map((s) => [s.name, s]));
+const B = (s: string): Buffer => Buffer.from(s, 'latin1');
 
 type Home = CacheHome<CachedValue, Uint8Array, Uint8Array>;
 
@@ -33,6 +38,8 @@ export interface HomeHostDeps {
   /** Proposes an encoded keyspace entry; resolves with the apply result (a reply record) after it applied. */
   propose(shard: number, data: Uint8Array): Promise<unknown>;
   machine(shard: number): KeyspaceMachine | null;
+  /** The external Redis below memory (--cache-backing), or null. */
+  backing: BackingStore | null;
   /** Delivers an invalidation (or a downgrade) to `to`'s cache; resolves with its acknowledgement. */
   sendInv(to: NodeId, msg: InvMessage | DownMessage): Promise<unknown>;
   log: Logger;
@@ -105,14 +112,19 @@ export class CacheHomeHost {
     for (const shard of hosted) if (!this.homes.has(shard) && this.deps.leaderTerm(shard) !== null) this.homeFor(shard);
   }
 
-  /** Directory entries per led shard, and the homes' counters (INFO cache on the worker side). */
-  stats(): { homes: number; directory: number; counters: HomeStats } {
-    const c = { ...this.retired };
+  /**
+   * Directory entries per led shard, and the homes' counters (INFO cache on the worker side), with the backing
+   * store's (backingReads, backingReadHits, ...) when there is one.
+   */
+  stats(): { homes: number; directory: number; counters: HomeStats & Record<string, number> } {
+    const c: HomeStats & Record<string, number> = { ...this.retired };
     let directory = 0;
     for (const h of this.homes.values()) {
       directory += h.directorySize;
-      for (const k of Object.keys(c) as (keyof HomeStats)[]) c[k] += h.stats[k];
+      for (const k of Object.keys(this.retired) as (keyof HomeStats)[]) c[k] += h.stats[k];
     }
+    const b = this.deps.backing;
+    if (b !== null) for (const [k, v] of Object.entries(b.stats)) c[`backing${k[0]!.toUpperCase()}${k.slice(1)}`] = v;
     return { homes: this.homes.size, directory, counters: c };
   }
 
@@ -124,6 +136,42 @@ export class CacheHomeHost {
     this.homes.delete(shard);
     home.close(failure(new HostError('NOTLEADER', `shard ${shard}: leadership of term ${home.epoch} ended`)));
     for (const k of Object.keys(this.retired) as (keyof HomeStats)[]) this.retired[k] += home.stats[k];
+  }
+
+  /**
+   * A GET missed memory: read the backing store, and load what it has into memory with SET NX (a write that reached
+   * memory meanwhile wins), then answer with what memory holds.
+   */
+  private loadFromBacking(shard: number, key: string, backing: BackingStore, cb: (r: MemoryRead<CachedValue>) => void): void {
+    const k = Buffer.from(key, 'latin1');
+    backing.read(k).then(
+      (v) => {
+        if (v === null) return cb({ ok: true, value: null, cacheable: true });
+        const args = v.x > 0 ? [B('set'), k, v.v, B('nx'), B('pxat'), B(String(v.x))] : [B('set'), k, v.v, B('nx')];
+        this.deps.propose(shard, encodeWrite(args, Date.now())).then(
+          () => {
+            const m = this.deps.machine(shard);
+            const e = m === null ? null : m.peekString(k, Date.now());
+            cb({ ok: true, value: e === null ? null : { v: e.value, x: e.expireAt }, cacheable: e === null || e.value.length <= this.deps.tuning.cacheValueBytesMax });
+          },
+          (err: unknown) => cb(failure(err)),
+        );
+      },
+      (err: unknown) => cb(failure(err)),
+    );
+  }
+
+  /** After a write applied to memory: the new values of its keys go to the backing store (keyless writes do not). */
+  private sendToBacking(shard: number, keys: string[]): void {
+    const backing = this.deps.backing;
+    const m = this.deps.machine(shard);
+    if (backing === null || m === null) return;
+    const now = Date.now();
+    for (const key of keys) {
+      const k = Buffer.from(key, 'latin1');
+      const e = m.peekString(k, now);
+      backing.write(k, e === null ? null : { v: e.value, x: e.expireAt });
+    }
   }
 
   private homeFor(shard: number): Home | null {
@@ -180,6 +228,7 @@ export class CacheHomeHost {
           () => {
             const p = peek(key);
             if (p === null) cb(failure(new HostError('NOTLEADER', `shard ${shard} is not hosted here`)));
+            else if (p.value === null && d.backing !== null) this.loadFromBacking(shard, key, d.backing, cb);
             else cb({ ok: true, value: p.value, cacheable: p.cacheable });
           },
           (err: unknown) => cb(failure(err)),
@@ -202,13 +251,17 @@ export class CacheHomeHost {
               ? [Buffer.from('set'), k, value.v, Buffer.from('pxat'), Buffer.from(String(value.x))]
               : [Buffer.from('set'), k, value.v];
         d.propose(shard, encodeWrite(args, Date.now())).then(
-          () => cb({ ok: true }),
+          () => {
+            this.sendToBacking(shard, [key]);
+            cb({ ok: true });
+          },
           (err: unknown) => cb(failure(err)),
         );
       },
       writeMemory: (data, want, cb: (r: MemoryWrite<CachedValue, Uint8Array>) => void) => {
         d.propose(shard, data).then(
           (result) => {
+            if (d.backing !== null) this.sendToBacking(shard, writtenKeys(data));
             const record = result instanceof Uint8Array ? result : new Uint8Array(0);
             if (want === undefined) return cb({ ok: true, result: record });
             const p = peek(want);
@@ -220,4 +273,14 @@ export class CacheHomeHost {
       },
     };
   }
+}
+
+/** The keys a proposed keyspace write names ([] for a keyless one, FLUSHALL/FLUSHDB: not sent to the backing store). */
+function writtenKeys(data: Uint8Array): string[] {
+  const e = decodeEntry(data);
+  if (e.kind !== KeyspaceEntryKind.Write) return [];
+  const spec = STRING_SPECS.get(e.args[0]!.toString('latin1').toLowerCase());
+  if (spec === undefined) return [];
+  const keys = writeKeysOf(spec, e.args);
+  return keys === 'all' ? [] : keys;
 }

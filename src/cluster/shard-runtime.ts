@@ -62,6 +62,7 @@ export const SHARD_WORKER_TUNING_DEFAULT: ShardWorkerTuning = {
   cacheDirectoryEntriesMax: 1_000_000,
   cacheValueBytesMax: 64 * 1024,
   cacheWritePolicy: 'write-through',
+  cacheBacking: '',
 };
 
 export interface RuntimeNode {

@@ -53,6 +53,7 @@ import type { LockEvent } from '../locks/lock-table.js';
 import { checkQueueCommand, isQueueCommand, popPartitionKey, queueBlockMs, queueExpiryArgs } from '../queue/queue-entries.js';
 import { recordValue } from './record-value.js';
 import { CacheHomeHost } from '../cache/cache-home-host.js';
+import { BackingStore } from '../cache/backing-store.js';
 import type { HomeMessage, NodeAck, NodeRequest, WrittenAnswer } from '../cache/coherence-types.js';
 import {
   cacheWriteArgs,
@@ -213,6 +214,8 @@ export class ShardWorker {
   private balanceTimer: NodeJS.Timeout | null = null;
   private lockTimer: NodeJS.Timeout | null = null;
   private cacheHomes!: CacheHomeHost;
+  /** --cache-backing: the external Redis below this worker's shards (connected on first use). */
+  private backing: BackingStore | null = null;
   /** The shards this worker replicates (fixed at start). */
   private hostedShardIds: number[] = [];
   /** Invalidations relayed to the edge, by id, waiting for its acknowledgement. */
@@ -305,6 +308,7 @@ export class ShardWorker {
       });
       this.host = host;
       this.hostedShardIds = init.shards.map((s) => s.shard);
+      if (init.tuning.cacheBacking !== '') this.backing = new BackingStore(init.tuning.cacheBacking, this.log.child({ component: 'cache-backing' }));
       this.cacheHomes = new CacheHomeHost({
         nodeId: init.nodeId,
         tuning: init.tuning,
@@ -316,6 +320,7 @@ export class ShardWorker {
         propose: (id, data) => this.host.propose(id, data),
         machine: (id) => this.shards.get(id)?.machine ?? null,
         sendInv: (to, msg) => this.sendCacheMessage(to, msg),
+        backing: this.backing,
         log: this.log,
       });
       await transport.start();
@@ -1152,6 +1157,7 @@ export class ShardWorker {
     for (const t of [this.leaderPoll, this.timeoutScan, this.sweepTimer, this.balanceTimer, this.lockTimer]) if (t !== null) clearInterval(t);
     this.leaderPoll = this.timeoutScan = this.sweepTimer = this.balanceTimer = this.lockTimer = null;
     this.cacheHomes?.close();
+    await this.backing?.close();
     for (const settle of this.edgeInvs.values()) settle({ t: 'invack', from: this.init.nodeId, shard: -1, epoch: -1, items: [] });
     this.edgeInvs.clear();
     await this.host.stop();

@@ -109,6 +109,8 @@ export interface ShardWorkerTuning {
   cacheValueBytesMax: number;
   /** docs/cache-coherence.md; the same on every node. */
   cacheWritePolicy: 'write-through' | 'write-back';
+  /** --cache-backing: a redis:// URL, or '' for none. */
+  cacheBacking: string;
 }
 
 export interface InitMessage {

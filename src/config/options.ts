@@ -77,6 +77,7 @@ export const NODE_OPTIONS: readonly OptionSpec[] = [
   { name: 'cache-lease', kind: 'int', default: 1000, min: 20, max: 600_000, unit: 'ms', help: 'coherent cache line lease: a node cut off from a shard\'s home stops serving its lines within this time, and a new home waits this long before its first write; the same on every node' },
   { name: 'cache-write-policy', kind: 'enum', default: 'write-through', choices: ['write-through', 'write-back'], help: 'write-through: a write completes once replicated; write-back: a write to a line this node owns completes locally and is written back within --cache-flush-ms (a node crash can lose such writes nobody else read yet); the same on every node' },
   { name: 'cache-flush-ms', kind: 'int', default: 100, min: 1, max: 600_000, unit: 'ms', help: 'write-back: a Modified line is written back at most this long after its first unflushed write' },
+  { name: 'cache-backing', kind: 'string', default: '', help: 'an external Redis below the replicated keyspace (redis://host:port/db): GET misses load from it, writes are sent to it (docs/cache-coherence.md); empty = none' },
   { name: 'election-timeout', kind: 'int', default: 150, min: 20, max: 60_000, unit: 'ms', help: 'lower bound of the randomized Raft election timeout (heartbeat = a third of it)' },
   { name: 'log-level', kind: 'enum', default: 'info', choices: ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'], help: 'pino log level' },
   { name: 'log-format', kind: 'enum', default: 'auto', choices: ['auto', 'json', 'pretty'], help: 'auto = pretty on a TTY, JSON otherwise' },
@@ -110,6 +111,8 @@ export interface ClusterOptions {
   cacheLeaseMs: number;
   cacheWritePolicy: 'write-through' | 'write-back';
   cacheFlushMs: number;
+  /** '' = no backing store. */
+  cacheBacking: string;
 }
 
 export interface NodeOptions {
@@ -338,6 +341,7 @@ export function loadNodeOptions(
       cacheLeaseMs: num('cache-lease'),
       cacheWritePolicy: str('cache-write-policy') as 'write-through' | 'write-back',
       cacheFlushMs: num('cache-flush-ms'),
+      cacheBacking: str('cache-backing'),
     },
   };
   options.cluster.members = parseMembers(str('peers'), { id: num('id'), host: str('host'), port: num('port'), peerPort: num('peer-port') });
@@ -348,6 +352,16 @@ export function loadNodeOptions(
       throw new OptionError(`--port ${options.port} disagrees with this node's entry in --peers (${me.host}:${me.port})`);
     }
     options.port = me.port;
+  }
+  if (options.cluster.cacheBacking !== '') {
+    let ok = false;
+    try {
+      const u = new URL(options.cluster.cacheBacking);
+      ok = u.protocol === 'redis:' || u.protocol === 'rediss:';
+    } catch {
+      ok = false;
+    }
+    if (!ok) throw new OptionError(`--cache-backing: expected a redis://host:port[/db] URL, got "${options.cluster.cacheBacking}"`);
   }
   if (options.cluster.shards < options.cluster.workers) {
     throw new OptionError(`--shards ${options.cluster.shards} is less than --workers ${options.cluster.workers}: some workers would have nothing to do`);

@@ -84,6 +84,7 @@ export async function startClusterNode(options: NodeOptions, logger: Logger): Pr
       cacheLeaseMs: c.cacheLeaseMs,
       cacheLeaseMarginMs: cacheMarginMs(c.cacheLeaseMs),
       cacheWritePolicy: c.cacheWritePolicy,
+      cacheBacking: c.cacheBacking,
     },
     logLevel: options.logLevel,
     logger,

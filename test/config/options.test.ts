@@ -48,6 +48,11 @@ t.test('bad options are refused with the option, the value and the accepted rang
   t.throws(() => loadNodeOptions(['--bogus', '1'], {}, noEnvFile), /unknown option --bogus/);
   t.throws(() => loadNodeOptions(['--port'], {}, noEnvFile), /--port: missing value/);
   t.throws(() => loadNodeOptions(['--protected-mode', 'maybe'], {}, noEnvFile), /expected yes\/no/);
+  t.throws(() => loadNodeOptions(['--cache-write-policy', 'write-around'], {}, noEnvFile), /expected one of write-through\|write-back/);
+  t.throws(() => loadNodeOptions(['--cache-backing', 'http://x:1'], {}, noEnvFile), /--cache-backing: expected a redis:\/\/host:port/);
+  t.throws(() => loadNodeOptions(['--cache-backing', 'not a url'], {}, noEnvFile), /--cache-backing: expected a redis:\/\/host:port/);
+  t.equal(loadNodeOptions(['--cache-backing', 'redis://127.0.0.1:6379/2'], {}, noEnvFile).options.cluster.cacheBacking, 'redis://127.0.0.1:6379/2');
+  t.equal(loadNodeOptions([], {}, noEnvFile).options.cluster.cacheWritePolicy, 'write-through', 'write-through by default');
 });
 
 t.test('boolean flags take yes/no or a --no- prefix', async (t) => {
