@@ -322,9 +322,10 @@ export class CacheHome<V, Op, R> {
   /**
    * Write-back: a node's Modified line. Written to memory when the directory still lists the node's E grant of
    * that gen with nothing in flight to it (an invalidation or downgrade being answered carries the data instead, and
-   * this flush may be older than that data), or when it comes from a previous home's grant during this home's
-   * takeover wait (nothing has been granted or written here yet, and the previous home had granted the key to one
-   * node at most). Otherwise refused: `pending` tells the node an answer of its own will carry the data.
+   * this flush may be older than that data), or when it is a takeover flush (a previous home's grant's data, sent
+   * with this home's epoch by a node that learned of this home while still holding it) during this home's takeover
+   * wait (nothing has been granted or written here yet, and the previous home had granted the key to one node at
+   * most). Otherwise refused: `pending` tells the node an answer of its own will carry the data.
    */
   flushLine(req: FlushRequest<V>, reply: (a: FlushAnswer | CoherenceFailure) => void, arrivedAt = this.io.now()): void {
     const answer = (accepted: boolean, pending: boolean, lease: boolean): void =>
@@ -333,11 +334,24 @@ export class CacheHome<V, Op, R> {
     let ok = false;
     let pending = false;
     if (!this.writeBackMode || this.closed) ok = false;
-    else if (req.epoch === this.epoch) {
+    else if (req.epoch === this.epoch && req.gen === 0) {
+      // A takeover flush (cache-node.ts WbEntry.takeover: this home's epoch, gen 0, which no grant has), taken only
+      // during the takeover wait, when nothing of this epoch has been granted or written yet. A flush of an older
+      // epoch is refused: it may have been sent to the previous home before that home took the same data through an
+      // invalidation and then wrote newer values (delayed, or parked through the election), and this home cannot tell
+      // (test/cache/coherence-sim.test.ts, "a flush delayed across a leader change does not overwrite newer writes").
+      // Gen 0 keeps a late takeover flush from passing for a flush of this home's own gen-1 grant of the key
+      // ("a late takeover flush is not taken for a flush of the new home's own grant").
+      ok = !this.ready();
+    } else if (req.epoch === this.epoch) {
       const h = de?.holders.get(req.from);
       pending = de !== undefined && (de.inv.get(req.from)?.gen === req.gen || de.down.get(req.from)?.gen === req.gen);
-      ok = h !== undefined && h.state === 'E' && h.gen === req.gen && !pending;
-    } else if (req.epoch < this.epoch && !this.ready()) ok = true;
+      // Only while the node's lease is live here: once it ran out, readers and writers no longer wait for that
+      // node (askDowngrades, revokeOthers skip it; its data is lost, docs/cache-coherence.md) even before tick()
+      // forgets its grants, so a reader may already have read memory without it (test/cache/coherence-sim.test.ts,
+      // "a flush arriving after its node's lease ran out at the home is refused").
+      ok = h !== undefined && h.state === 'E' && h.gen === req.gen && !pending && this.leaseLive(req.from, this.io.now());
+    }
     if (!ok) {
       this.stats.flushesRefused++;
       answer(false, pending, false);
@@ -491,7 +505,7 @@ export class CacheHome<V, Op, R> {
 
   private startFill(de: DirEntry<Op, V, R>, fill: PendingFill<V>): void {
     const { from, key } = fill.req;
-    if (this.writeBackMode && this.askDowngrades(key, de, from)) {
+    if (this.writeBackMode && this.askDowngrades(key, de)) {
       de.waitingFills.push(fill);
       return;
     }
@@ -593,6 +607,15 @@ export class CacheHome<V, Op, R> {
       }
     }
     de.holders.clear();
+    // Write-back: downgrades still out for this key are void. The invalidation's answer carries the data a
+    // downgrade's answer would have (cache-node.ts handedOver), and is written back before this write; a downgrade's
+    // answer arriving after the write is performed would write that older data over it. (A holder whose lease lapsed
+    // is not invalidated: its data is lost, and its late answer must not land either.) (test/cache/coherence-sim.test.ts,
+    // "a downgrade answer arriving after a write does not write its data over it")
+    if (de.down.size > 0) {
+      de.down.clear();
+      this.downKeys.delete(key);
+    }
   }
 
   private invCleared(key: CacheKey, de: DirEntry<Op, V, R>): void {
@@ -658,13 +681,20 @@ export class CacheHome<V, Op, R> {
   }
 
   /**
-   * Write-back: asks every other E holder of `key` to downgrade (its answer carries the data if the line became
+   * Write-back: asks every E holder of `key` to downgrade (its answer carries the data if the line became
    * Modified). True when a downgrade is outstanding: the caller's fill waits for it.
+   *
+   * The reader itself too: a node listed E that sends a read miss sent it before its E grant arrived (a fill that
+   * waited here behind the node's own write, which was then granted E), or it lost its line (evicted, not yet
+   * reported). The fill's grant replaces the node's entry, and a node that does not install it (the fill was poisoned
+   * by the write) keeps the older E line, which it may write locally: that line would no longer be listed as E, so
+   * other readers would be granted S beside it and its Modified data never asked for (test/cache/coherence-sim.test.ts,
+   * "a read sent before the reader's own write does not hide its E line").
    */
-  private askDowngrades(key: CacheKey, de: DirEntry<Op, V, R>, reader: NodeId): boolean {
+  private askDowngrades(key: CacheKey, de: DirEntry<Op, V, R>): boolean {
     const now = this.io.now();
     for (const [n, o] of de.holders) {
-      if (n === reader || o.state !== 'E' || de.down.has(n) || !this.leaseLive(n, now)) continue;
+      if (o.state !== 'E' || de.down.has(n) || !this.leaseLive(n, now)) continue;
       de.down.set(n, { gen: o.gen, sentAt: now, lastSentAt: now });
       this.downKeys.add(key);
       this.stats.downgradesSent++;

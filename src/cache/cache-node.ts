@@ -105,6 +105,14 @@ interface Dirty {
   ver: number;
   /** The `ver` a flush in flight carries (0: none). */
   flushing: number;
+  /**
+   * A flush of this line failed (timed out, or its home failed): it may still reach the home and be taken there, so
+   * no further flush of this grant may go (the home cannot order two flushes of one grant: a later one taken first
+   * would be overwritten by the older data). The data goes home through a downgrade the node asks for itself
+   * (snoopSelf), which also ends the grant, so the old flush is refused whenever it arrives
+   * (test/cache/coherence-sim.test.ts, "a flush that timed out is not followed by another flush of its grant").
+   */
+  snoop: boolean;
 }
 
 /** Write-back: Modified data no longer in the store (evicted, expired, or its home changed), until the home has it. */
@@ -114,8 +122,20 @@ interface WbEntry<V> {
   gen: number;
   value: V | null;
   flushing: boolean;
+  /** A flush of the line this data came from is still out: this one waits for its answer (see `buffer`). */
+  afterLine: boolean;
+  /** A flush of the line this data came from failed: this data waits for a downgrade (see Dirty.snoop). */
+  snoop: boolean;
   /** Given up (counted lost) after this time if no home took it. */
   until: number;
+  /**
+   * Data of an older home's grant (`epoch` < the shard's lease epoch: the node learned of a new home) is sent as a
+   * takeover flush: with the new home's epoch and gen 0 (no grant of that home has gen 0, so it is never taken for
+   * a flush of one of its own grants), which that home takes only during its takeover wait. Bound to the first such
+   * epoch: a later home may come after that one wrote it and then newer writes (its answer lost), so the data is
+   * then given up (lost) rather than sent again.
+   */
+  takeover: number | null;
 }
 
 interface ShardLease {
@@ -164,10 +184,21 @@ interface KeyPending<V> {
    */
   lastWrite: number;
   /**
-   * A downgrade (E -> S) that arrived before the E grant it names was installed (the grant's answer and the
-   * downgrade travel on different paths): that grant installs as S.
+   * Downgrades (E -> S) that arrived before the E grant they name was installed (the grant's answer and the
+   * downgrade travel on different paths): that grant installs as S. Each answer takes only the one naming its own
+   * grant: a fill and a write of the key can both be out, and the fill's answer used to take (and drop) the mark
+   * meant for the write's grant, which then installed as E while the home listed it S beside another reader
+   * (test/cache/coherence-sim.test.ts, "a downgrade meant for a write's grant is not taken by a fill's answer").
    */
-  down: [epoch: number, gen: number] | null;
+  down: [epoch: number, gen: number][];
+}
+
+/** Whether a downgrade of grant (epoch, gen) arrived before that grant's answer; takes the mark if so. */
+function takeDown<V>(p: KeyPending<V>, epoch: number, gen: number): boolean {
+  const i = p.down.findIndex(([e, g]) => e === epoch && g === gen);
+  if (i < 0) return false;
+  p.down.splice(i, 1);
+  return true;
 }
 
 export class CacheNode<V, Op, R> {
@@ -207,6 +238,8 @@ export class CacheNode<V, Op, R> {
    * still revoking, so a repeat is harmless).
    */
   private readonly handedOver = new Map<CacheKey, { epoch: number; gen: number; value: V | null; until: number }>();
+  /** Write-back: keys with a snoopSelf request out. */
+  private readonly snooping = new Set<CacheKey>();
 
   constructor(
     private readonly cfg: NodeCacheConfig,
@@ -220,6 +253,12 @@ export class CacheNode<V, Op, R> {
   /** Write-back: Modified lines in the store, and Modified data waiting outside it (INFO). */
   get dirtyCounts(): { lines: number; buffered: number } {
     return { lines: this.dirty.size, buffered: this.wb.size };
+  }
+
+  /** Write-back: the Modified data of `key` waiting in the write-back buffer, if any (tests, the simulator). */
+  bufferedOf(key: CacheKey): { shard: number; epoch: number; gen: number; value: V | null } | undefined {
+    const b = this.wb.get(key);
+    return b === undefined ? undefined : { shard: b.shard, epoch: b.epoch, gen: b.gen, value: b.value };
   }
 
   /** The node's state of a key (CACHE.STATE): I unless a live line holds it. */
@@ -299,8 +338,6 @@ export class CacheNode<V, Op, R> {
     this.stats.fillsSent++;
     this.io.request(shard, { t: 'gets', from: this.cfg.self, shard, key, cacheable }, (a) => {
       if (pk.fill === fill) pk.fill = null;
-      const down = pk.down;
-      pk.down = null;
       this.forgetIfIdle(key, pk);
       if (!a.ok) {
         for (const w of fill.waiters) w(a);
@@ -311,7 +348,7 @@ export class CacheNode<V, Op, R> {
       const live = this.onAnswer(shard, a, sentAt);
       let installed = false;
       if (d.grant !== null && live && !fill.poisoned && lease.inc === inc && (this.pend.get(key)?.writes ?? 0) === 0 && lease.allWrites === 0) {
-        const downgraded = down !== null && down[0] === d.epoch && down[1] === d.gen;
+        const downgraded = takeDown(pk, d.epoch, d.gen);
         installed = this.install(shard, key, d.grant === 'E' && !downgraded ? 'fill-e' : 'fill-s', d.value, d.gen);
       }
       if (installed) for (const w of fill.late) w({ ok: true, value: d.value, hit: false });
@@ -348,7 +385,7 @@ export class CacheNode<V, Op, R> {
     this.io.request(shard, { t: 'write', from: this.cfg.self, shard, keys, op, ...(want !== undefined ? { want } : {}) }, (a) => {
       let installable = false;
       let revoked: [epoch: number, gen: number] | null = null;
-      let down: [epoch: number, gen: number] | null = null;
+      let down: KeyPending<V> | null = null;
       if (keys === 'all') lease.allWrites--;
       else {
         for (const key of keys) {
@@ -359,8 +396,7 @@ export class CacheNode<V, Op, R> {
             if (key === want) {
               installable = !p.writePoisoned && p.lastWrite === seq;
               revoked = p.writeInv;
-              down = p.down;
-              p.down = null;
+              down = p;
             }
             p.writePoisoned = false;
             p.writeInv = null;
@@ -380,7 +416,7 @@ export class CacheNode<V, Op, R> {
         lease.allWrites === 0 &&
         w.grant.key === want
       ) {
-        const downgraded = down !== null && down[0] === w.epoch && down[1] === w.grant.gen;
+        const downgraded = down !== null && takeDown(down, w.epoch, w.grant.gen);
         this.install(shard, want, downgraded ? 'fill-s' : 'fill-e', w.grant.value, w.grant.gen);
       }
       cb({ ok: true, result: w.result });
@@ -406,7 +442,7 @@ export class CacheNode<V, Op, R> {
     this.store.put(key, { state: t.next, value: r.value, gen: line.gen, shard });
     let d = this.dirty.get(key);
     if (d === undefined) {
-      d = { since: now, ver: 0, flushing: 0 };
+      d = { since: now, ver: 0, flushing: 0, snoop: false };
       this.dirty.set(key, d);
     }
     d.ver++;
@@ -416,16 +452,42 @@ export class CacheNode<V, Op, R> {
       this.lines[t.next]!--;
       this.transitions.count(t.next, LineState.I);
       lease.keys.delete(key);
-      this.dirty.delete(key);
-      this.buffer(key, shard, lease.epoch, line.gen, r.value);
+      this.buffer(key, shard, lease.epoch, line.gen, r.value, this.undirty(key));
     }
     cb({ ok: true, result: r.result });
     return true;
   }
 
-  /** Write-back: Modified data leaves the store; it is served from here (same home) and flushed at the next tick. */
-  private buffer(key: CacheKey, shard: number, epoch: number, gen: number, value: V | null): void {
-    this.wb.set(key, { shard, epoch, gen, value, flushing: false, until: this.io.now() + 2 * this.cfg.leaseMs });
+  /**
+   * Write-back: Modified data leaves the store; it is served from here (same home) and flushed at the next tick, or
+   * once the answer to a flush of the line still out comes back (`lineFlushOut`): two flushes of one grant out at
+   * once can arrive in either order, and the home, which takes both, would write the older data last
+   * (test/cache/coherence-sim.test.ts, "an evicted line's flush waits for the flush of the line still out").
+   */
+  private buffer(key: CacheKey, shard: number, epoch: number, gen: number, value: V | null, line: { flushOut: boolean; snoop: boolean }): void {
+    this.wb.set(key, { shard, epoch, gen, value, flushing: line.flushOut, afterLine: line.flushOut, snoop: line.snoop, until: this.io.now() + 2 * this.cfg.leaseMs, takeover: null });
+  }
+
+  /** Write-back: forgets the Modified line's flush state: whether a flush of it is still out, or one failed. */
+  private undirty(key: CacheKey): { flushOut: boolean; snoop: boolean } {
+    const d = this.dirty.get(key);
+    this.dirty.delete(key);
+    return { flushOut: d !== undefined && d.flushing !== 0, snoop: d?.snoop === true };
+  }
+
+  /**
+   * Write-back: asks the home to downgrade this node's own E grant of `key` (a read miss that will not be cached:
+   * the home asks every E holder of the key, the reader too, for a downgrade, whose answer carries the Modified
+   * data). One at a time per key; sent again at a tick while the data is still here.
+   */
+  private snoopSelf(shard: number, key: CacheKey): void {
+    if (this.snooping.has(key)) return;
+    this.snooping.add(key);
+    const sentAt = this.io.now();
+    this.io.request(shard, { t: 'gets', from: this.cfg.self, shard, key, cacheable: false }, (a) => {
+      this.snooping.delete(key);
+      if (a.ok) this.onAnswer(shard, a, sentAt);
+    });
   }
 
   /** Write-back: the data this node holds for (key, grant gen of `epoch`): its M line, buffered, or handed over. */
@@ -460,9 +522,13 @@ export class CacheNode<V, Op, R> {
     for (const [key, gen] of msg.items) {
       this.takeDirty(key, msg.epoch, gen, data);
       const line = this.writeBack ? this.store.peek(key) : undefined;
-      const newer = line !== undefined && line.gen > gen && this.shards.get(line.shard)?.epoch === msg.epoch;
+      const lineEpoch = line === undefined ? undefined : this.shards.get(line.shard)?.epoch;
+      const newer = line !== undefined && lineEpoch !== undefined && (lineEpoch > msg.epoch || (lineEpoch === msg.epoch && line.gen > gen));
       // Write-back: a line of a newer grant stays (this is a late repeat of an invalidation the home has seen
-      // answered, or it would not have granted again), and it may hold Modified data nobody else has.
+      // answered, or it would not have granted again), and it may hold Modified data nobody else has. So does a line
+      // of a newer home: an invalidation from a deposed home that does not know it yet revokes none of the new home's
+      // grants, and dropping a Modified line here (its data goes only with an answer to its own home) lost it
+      // (test/cache/coherence-sim.test.ts, "an invalidation from a deposed home leaves the new home's lines alone").
       if (!newer) this.drop(key, 'inv');
       const p = this.pend.get(key);
       if (p !== undefined) {
@@ -497,7 +563,7 @@ export class CacheNode<V, Op, R> {
         this.stats.downgradesReceived++;
       } else {
         const p = this.pend.get(key);
-        if (p !== undefined) p.down = [msg.epoch, gen];
+        if (p !== undefined) p.down.push([msg.epoch, gen]);
       }
     }
     return { t: 'downack', from: this.cfg.self, shard: msg.shard, epoch: msg.epoch, items: msg.items, ...(data.length > 0 ? { data } : {}) };
@@ -514,8 +580,7 @@ export class CacheNode<V, Op, R> {
     lease.keys.delete(key);
     if (line.state === LineState.M) {
       // Its data goes home (the home keeps listing this node until then: not reported as evicted).
-      this.dirty.delete(key);
-      this.buffer(key, line.shard, lease.epoch, line.gen, line.value);
+      this.buffer(key, line.shard, lease.epoch, line.gen, line.value, this.undirty(key));
       return;
     }
     if (lease.evicted.length < this.cfg.evictedBatchMax) lease.evicted.push([key, line.gen]);
@@ -525,17 +590,25 @@ export class CacheNode<V, Op, R> {
   tick(): void {
     const now = this.io.now();
     for (const [shard, lease] of this.shards) {
-      if (lease.until <= now && !lease.lapsed) this.lapse(lease);
-      if ((lease.keys.size > 0 || lease.evicted.length > 0) && !lease.renewing && now - lease.lastRenewSent >= this.cfg.renewMs) this.renew(shard, lease, now);
+      if (lease.until <= now && !lease.lapsed) this.lapse(lease, shard);
+      // (Buffered Modified data of this home's grants keeps the lease renewed too: a lapse drops it.)
+      const held = lease.keys.size > 0 || lease.evicted.length > 0 || (this.wb.size > 0 && [...this.wb.values()].some((b) => b.shard === shard && b.epoch === lease.epoch));
+      if (held && !lease.renewing && now - lease.lastRenewSent >= this.cfg.renewMs) this.renew(shard, lease, now);
     }
     if (!this.writeBack) return;
-    for (const [key, d] of this.dirty) if (d.flushing === 0 && now - d.since >= this.flushMs) this.flushLine(key, d, now);
+    for (const [key, d] of this.dirty) {
+      if (d.snoop) {
+        const line = this.store.peek(key);
+        if (line !== undefined) this.snoopSelf(line.shard, key);
+      } else if (d.flushing === 0 && now - d.since >= this.flushMs) this.flushLine(key, d, now);
+    }
     for (const [key, b] of [...this.wb]) {
       if (b.flushing) continue;
       if (now > b.until) {
         this.wb.delete(key);
         this.stats.writebacksLost++;
-      } else this.flushBuffered(key, b, now);
+      } else if (b.snoop && this.shards.get(b.shard)?.epoch === b.epoch) this.snoopSelf(b.shard, key);
+      else this.flushBuffered(key, b, now); // (of an older home's grant: a takeover flush, see WbEntry.takeover)
     }
     for (const [key, h] of [...this.handedOver]) if (h.until < now) this.handedOver.delete(key);
   }
@@ -550,12 +623,25 @@ export class CacheNode<V, Op, R> {
     }
     const ver = d.ver;
     const { shard, gen } = line;
+    const epoch = lease.epoch;
     d.flushing = ver;
     this.stats.flushesSent++;
-    this.io.request(shard, { t: 'flush', from: this.cfg.self, shard, epoch: lease.epoch, key, gen, value: line.value }, (a) => {
+    this.io.request(shard, { t: 'flush', from: this.cfg.self, shard, epoch, key, gen, value: line.value }, (a) => {
       const mine = this.dirty.get(key) === d;
       if (mine) d.flushing = 0;
-      if (!a.ok) return; // sent again at the next tick
+      const b = this.wb.get(key);
+      if (!mine && b !== undefined && b.afterLine && b.shard === shard && b.epoch === epoch && b.gen === gen) {
+        // The line moved to the buffer while this flush was out: the buffer's own flush may go now (or, this one
+        // failed, the buffer waits for a downgrade).
+        b.afterLine = false;
+        b.flushing = false;
+        if (!a.ok) b.snoop = true;
+      }
+      if (!a.ok) {
+        // It may still arrive and be taken: no other flush of this grant (Dirty.snoop).
+        if (mine) d.snoop = true;
+        return;
+      }
       const f = a as FlushAnswer;
       this.onAnswer(shard, a, now);
       const cur = this.store.peek(key);
@@ -578,9 +664,28 @@ export class CacheNode<V, Op, R> {
   }
 
   private flushBuffered(key: CacheKey, b: WbEntry<V>, now: number): void {
+    // A flush carries its grant's epoch, except the takeover flush of an older home's data (WbEntry.takeover): a
+    // flush of an older epoch reaching a new home may be one sent to its predecessor before the data was taken home
+    // there by an invalidation and overwritten by later writes (a request parked through the election, or delayed),
+    // so the new home takes only takeover flushes, which the node sends once it knows that home, for data it still
+    // held then (cache-home.ts flushLine; test/cache/coherence-sim.test.ts, "a flush delayed across a leader change
+    // does not overwrite newer writes").
+    const lease = this.shards.get(b.shard);
+    let epoch = b.epoch;
+    let gen = b.gen;
+    if (lease !== undefined && lease.epoch > b.epoch) {
+      if (b.takeover === null) b.takeover = lease.epoch;
+      else if (b.takeover !== lease.epoch) {
+        this.wb.delete(key);
+        this.stats.writebacksLost++;
+        return;
+      }
+      epoch = b.takeover;
+      gen = 0;
+    }
     b.flushing = true;
     this.stats.flushesSent++;
-    this.io.request(b.shard, { t: 'flush', from: this.cfg.self, shard: b.shard, epoch: b.epoch, key, gen: b.gen, value: b.value }, (a) => {
+    this.io.request(b.shard, { t: 'flush', from: this.cfg.self, shard: b.shard, epoch, key, gen, value: b.value }, (a) => {
       b.flushing = false;
       if (!a.ok) return;
       const f = a as FlushAnswer;
@@ -588,6 +693,7 @@ export class CacheNode<V, Op, R> {
       if (this.wb.get(key) !== b) return; // handed over in an answer meanwhile
       if (f.accepted) this.stats.flushesAccepted++;
       else if (f.pending) return; // an invalidation or downgrade on its way here will take it
+      else if (epoch === b.epoch && a.epoch > b.epoch) return; // a new home refused it: sent again as a takeover flush
       else this.stats.writebacksLost++;
       this.wb.delete(key);
     });
@@ -596,12 +702,23 @@ export class CacheNode<V, Op, R> {
   // ------------------------------------------------------------------ internals
 
   /** The shard's lease ran out: its lines go, and answers to requests sent before now install nothing. */
-  private lapse(lease: ShardLease): void {
+  private lapse(lease: ShardLease, shard: number): void {
     lease.lapsed = true;
     lease.inc++;
     for (const key of [...lease.keys]) {
       this.drop(key, 'lapse');
       this.stats.lapsedLines++;
+    }
+    // Write-back: buffered Modified data of this lease's grants goes too (lost, like the Modified lines). The home
+    // forgets the node's grants once its own view of the lease ran out, so another node may write the key without
+    // invalidating this one; kept, the buffer was served again once a later answer renewed the lease (read() serves
+    // it before the store) and its flush was refused anyway (test/cache/coherence-sim.test.ts, "buffered Modified
+    // data does not outlive a lapsed lease"). Data of an older home's grants (a takeover flush) is not served and is
+    // left to the new home's takeover wait.
+    for (const [key, b] of [...this.wb]) {
+      if (b.shard !== shard || b.epoch !== lease.epoch) continue;
+      this.wb.delete(key);
+      this.stats.writebacksLost++;
     }
   }
 
@@ -617,7 +734,7 @@ export class CacheNode<V, Op, R> {
   private pending(key: CacheKey): KeyPending<V> {
     let p = this.pend.get(key);
     if (p === undefined) {
-      p = { fill: null, writes: 0, writePoisoned: false, writeInv: null, lastWrite: 0, down: null };
+      p = { fill: null, writes: 0, writePoisoned: false, writeInv: null, lastWrite: 0, down: [] };
       this.pend.set(key, p);
     }
     return p;
@@ -650,7 +767,7 @@ export class CacheNode<V, Op, R> {
     // A lease that ran out while the node did not tick (paused, stalled) lapses here, before this answer extends it:
     // the home has forgotten the node's lines once its own view of the lease ran out, so a write may have changed
     // them without invalidating them (test/cache/coherence-sim.test.ts, "a renewal answered after an unnoticed lapse").
-    if (lease.until <= this.io.now() && !lease.lapsed) this.lapse(lease);
+    if (lease.until <= this.io.now() && !lease.lapsed) this.lapse(lease, shard);
     if (a.epoch > lease.epoch) {
       for (const key of [...lease.keys]) {
         this.drop(key, 'new-home');
@@ -709,11 +826,11 @@ export class CacheNode<V, Op, R> {
     if (line === undefined) return;
     const t = transition(line.state, event);
     if (line.state === LineState.M) {
-      this.dirty.delete(key);
+      const state = this.undirty(key);
       const lease = this.shards.get(line.shard);
       if (t.action === LineAction.SendData && event !== 'inv' && event !== 'fwd-gets' && lease !== undefined) {
         // (inv / fwd-gets: the caller put the data in its answer.) A write sent home, or a new home: flush it there.
-        this.buffer(key, line.shard, lease.epoch, line.gen, line.value);
+        this.buffer(key, line.shard, lease.epoch, line.gen, line.value, state);
       } else if (t.action === LineAction.LoseData) this.stats.writebacksLost++;
     }
     this.store.delete(key);

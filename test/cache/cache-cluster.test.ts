@@ -10,9 +10,9 @@
 import { writeFileSync } from 'node:fs';
 import t from 'tap';
 import type { Redis } from 'ioredis';
-import { errorCode, withCluster, type ProcCluster } from '../support/cluster-procs.js';
-import { checkLinearizable, kvModel, type KvInput, type KvOutput, type Operation } from '../support/linearizability.js';
-import { cacheInfo, edgeRequests, keyLedBy as keyLedByIn, retrying } from '../support/cache-cluster.js';
+import { withCluster, type ProcCluster } from '../support/cluster-procs.js';
+import { checkLinearizable, kvModel } from '../support/linearizability.js';
+import { cacheInfo, edgeRequests, keyLedBy as keyLedByIn, retrying, runKvClients } from '../support/cache-cluster.js';
 
 const FILE_TIMEOUT_MS = 170_000;
 const SHARDS = 8;
@@ -158,48 +158,7 @@ t.test('linearizable GET/SET/INCR from all nodes while a node is paused, then an
     const warm = c.client(1);
     for (const k of KEYS) await retrying(10_000, () => warm.set(k, '0'));
     warm.disconnect();
-    // The initial values are part of the history (the model starts from "no such key").
-    const history: Operation<KvInput, KvOutput>[] = KEYS.map((key) => ({ clientId: 0, input: { kind: 'set', key, value: '0' }, output: {}, call: -2, ret: -1 }));
-    const start = performance.now();
-    const now = () => performance.now() - start;
-    let stop = false;
-    let clientId = 0;
-    const counts = { ok: 0, failed: 0, unknown: 0 };
-    const runClient = async (node: number): Promise<void> => {
-      const id = ++clientId;
-      const r = c.client(node, { maxRetriesPerRequest: 0, retryStrategy: () => 100, commandTimeout: 8000 });
-      let n = 0;
-      try {
-        while (!stop) {
-          const key = KEYS[Math.floor(Math.random() * KEYS.length)]!;
-          const roll = Math.random();
-          const input: KvInput = roll < 0.6 ? { kind: 'get', key } : roll < 0.8 ? { kind: 'set', key, value: String(id * 1_000_000 + ++n) } : { kind: 'incr', key };
-          const call = now();
-          try {
-            let output: KvOutput;
-            if (input.kind === 'get') output = { value: await r.get(key) };
-            else if (input.kind === 'set') {
-              await r.set(key, input.value);
-              output = {};
-            } else output = { value: String(await r.incr(key)) };
-            history.push({ clientId: id, input, output, call, ret: now() });
-            counts.ok++;
-          } catch (err) {
-            if (input.kind === 'get') counts.failed++; // a failed read changed nothing
-            else {
-              // A write that failed may or may not have happened.
-              history.push({ clientId: id, input, output: {}, call, ret: Infinity });
-              counts.unknown++;
-            }
-            void errorCode(err);
-            await sleep(50);
-          }
-        }
-      } finally {
-        r.disconnect();
-      }
-    };
-    const clients = c.ids.flatMap((id) => [runClient(id), runClient(id)]);
+    const run = runKvClients(c, KEYS, c.ids.flatMap((id) => [id, id]));
     await sleep(2000);
     c.pause(3);
     await sleep(2500);
@@ -209,8 +168,7 @@ t.test('linearizable GET/SET/INCR from all nodes while a node is paused, then an
     await sleep(2500);
     await c.restart(2);
     await sleep(2000);
-    stop = true;
-    await Promise.all(clients);
+    const { history, counts } = await run.stop();
     t.comment(`ops: ${counts.ok} ok, ${counts.failed} failed reads, ${counts.unknown} writes with unknown outcome`);
     t.ok(counts.ok > 100, 'the cluster served operations throughout');
     const res = checkLinearizable(kvModel(), history, { timeoutMs: 60_000, witness: false });

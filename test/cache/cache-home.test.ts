@@ -536,11 +536,12 @@ t.test('write-back: flushes are taken only for a listed E grant with nothing in 
   t.same(io.calls, ['wb:k=m1']);
 });
 
-t.test("write-back: a new home takes the previous home's flushes only during its takeover wait, and reads wait it out too", async (t) => {
+t.test('write-back: a new home takes takeover flushes (its epoch, gen 0) only during its takeover wait, never an older epoch; reads wait it out too', async (t) => {
   const { home, io } = setup({ writeBack: true, epoch: EPOCH + 1 });
   const r = getS(home, 3, 'k');
-  const early = flushReq(home, 2, 'k', 9, 'dirty', EPOCH);
-  t.same(io.calls, ['wb:k=dirty'], 'taken during the takeover wait');
+  t.equal((flushReq(home, 2, 'k', 9, 'old-epoch', EPOCH).one() as FlushAnswer).accepted, false, "a flush made for the previous home is refused: it may be older than that home's later writes");
+  const early = flushReq(home, 2, 'k', 0, 'dirty', EPOCH + 1);
+  t.same(io.calls, ['wb:k=dirty'], 'a takeover flush is taken during the takeover wait');
   io.wbDone();
   t.equal((early.one() as FlushAnswer).accepted, true);
   t.equal(io.reads.length, 0, 'a read waits for the end of the takeover');
@@ -548,7 +549,7 @@ t.test("write-back: a new home takes the previous home's flushes only during its
   t.equal(io.reads.length, 1);
   io.read('dirty');
   t.equal((r.one() as DataAnswer<string>).value, 'dirty');
-  t.equal((flushReq(home, 2, 'k', 9, 'late', EPOCH).one() as FlushAnswer).accepted, false, 'refused after the wait');
+  t.equal((flushReq(home, 2, 'k', 0, 'late', EPOCH + 1).one() as FlushAnswer).accepted, false, 'refused after the wait');
 });
 
 t.test('write-through homes take no flush', async (t) => {

@@ -1,6 +1,8 @@
 // Helpers of the real-cluster cache tests (test/cache/cache-cluster.test.ts, cache-writeback.test.ts): INFO readers,
-// shard leadership lookups and a retry loop for the first writes after a cluster (or a new leader) comes up.
-import type { ProcCluster } from './cluster-procs.js';
+// shard leadership lookups, a retry loop for the first writes after a cluster (or a new leader) comes up, and
+// GET/SET/INCR clients that record a history for the linearizability checker.
+import { errorCode, type ProcCluster } from './cluster-procs.js';
+import type { KvInput, KvOutput, Operation } from './linearizability.js';
 import { keySlot } from '../../src/cluster/slots.js';
 import { shardOfSlot } from '../../src/cluster/ring.js';
 
@@ -56,3 +58,61 @@ export async function retrying<T>(windowMs: number, f: () => Promise<T>): Promis
   }
 }
 
+
+/**
+ * Clients (one per entry of `nodes`, on that node) running GET (60%) / SET (20%) / INCR (20%) on `keys` until
+ * stop(), recording every operation for test/support/linearizability.ts: a failed read is left out (it changed
+ * nothing), a failed write is recorded with ret = Infinity (it may or may not have happened). The keys must be
+ * set to '0' before (the history starts with those SETs).
+ */
+export function runKvClients(
+  c: ProcCluster,
+  keys: string[],
+  nodes: number[],
+): { stop(): Promise<{ history: Operation<KvInput, KvOutput>[]; counts: { ok: number; failed: number; unknown: number } }> } {
+  const history: Operation<KvInput, KvOutput>[] = keys.map((key) => ({ clientId: 0, input: { kind: 'set', key, value: '0' }, output: {}, call: -2, ret: -1 }));
+  const start = performance.now();
+  const now = () => performance.now() - start;
+  let stopped = false;
+  const counts = { ok: 0, failed: 0, unknown: 0 };
+  const runClient = async (node: number, id: number): Promise<void> => {
+    const r = c.client(node, { maxRetriesPerRequest: 0, retryStrategy: () => 100, commandTimeout: 8000 });
+    let n = 0;
+    try {
+      while (!stopped) {
+        const key = keys[Math.floor(Math.random() * keys.length)]!;
+        const roll = Math.random();
+        const input: KvInput = roll < 0.6 ? { kind: 'get', key } : roll < 0.8 ? { kind: 'set', key, value: String(id * 1_000_000 + ++n) } : { kind: 'incr', key };
+        const call = now();
+        try {
+          let output: KvOutput;
+          if (input.kind === 'get') output = { value: await r.get(key) };
+          else if (input.kind === 'set') {
+            await r.set(key, input.value);
+            output = {};
+          } else output = { value: String(await r.incr(key)) };
+          history.push({ clientId: id, input, output, call, ret: now() });
+          counts.ok++;
+        } catch (err) {
+          if (input.kind === 'get') counts.failed++;
+          else {
+            history.push({ clientId: id, input, output: {}, call, ret: Infinity });
+            counts.unknown++;
+          }
+          void errorCode(err);
+          await sleep(50);
+        }
+      }
+    } finally {
+      r.disconnect();
+    }
+  };
+  const running = nodes.map((node, i) => runClient(node, i + 1));
+  return {
+    async stop() {
+      stopped = true;
+      await Promise.all(running);
+      return { history, counts };
+    },
+  };
+}

@@ -1,30 +1,34 @@
 /**
- * Deterministic simulator of the MESI cache core (src/cache/cache-node.ts, src/cache/cache-home.ts, write-through):
- * 3 nodes, each with a CacheNode over a small LRU line store, 1-2 shards whose CacheHome lives on the shard's
- * "leader" node, an abstract replicated memory per shard, a lossy network, leader changes, partitions, pauses and
- * crashes, and clients issuing GET / SET / INCR (and, rarely, FLUSHALL of a shard: a keyless write). One seed
- * drives everything: same seed, same run.
+ * Deterministic simulator of the MESI cache core (src/cache/cache-node.ts, src/cache/cache-home.ts), write-through or
+ * write-back (CacheSimConfig.writeBack): 3 nodes, each with a CacheNode over a small LRU line store, 1-2 shards whose
+ * CacheHome lives on the shard's "leader" node, an abstract replicated memory per shard, a lossy network, leader
+ * changes, partitions, pauses and crashes, and clients issuing GET / SET / INCR (and, rarely, FLUSHALL of a shard: a
+ * keyless write). One seed drives everything: same seed, same run.
  *
  * What it owns:
  *   - time: one global virtual clock (ms) and an event queue (test/sim/event-queue.ts); no real timers. Each node's
  *     clock is `offset + global * (1 + drift)`, |drift| <= driftMax (0.5%), so leases are measured on drifting
  *     clocks (HomeConfig.marginMs must cover the drift). Every node (and the homes on it) ticks every tickMs.
- *   - memory: per shard an atomic map key -> string, changed only by writes applied in order. readMemory/confirm/
- *     writeMemory take a random delay (a Raft round); each has a check point inside that delay where leadership is
- *     checked (and a read reads, a write applies). A home that is not the shard's current leader at its check point
- *     fails with TRYAGAIN. A home whose node is paused or isolated stalls at the check point (Raft cannot progress).
- *     Writes apply in the order they were handed to memory and their callbacks reach the home in that order (Raft's
- *     apply loop); reads and confirms complete in any order. `memHook` lets scenario tests fix a call's delay.
+ *   - memory: per shard an atomic map key -> string, changed only by writes (and, under write-back, write-backs of
+ *     Modified data) applied in order. readMemory/confirm/writeMemory/writeBack take a random delay (a Raft round);
+ *     each has a check point inside that delay where leadership is checked (and a read reads, a write applies). A
+ *     home that is not the shard's current leader at its check point fails with TRYAGAIN. A home whose node is paused
+ *     or isolated stalls at the check point (Raft cannot progress). Writes apply in the order they were handed to
+ *     memory and their callbacks reach the home in that order (Raft's apply loop); reads and confirms complete in any
+ *     order. Under write-back the order also holds across a stall (HomeSlot.applyQueue); write-through runs keep the
+ *     original scheduling, where two writes stalled together can apply out of order (kept so their seeds replay).
+ *     `memHook` lets scenario tests fix a call's delay.
  *   - leadership: at a leader change the old home's writes that were handed to memory and not yet applied are
  *     resolved at once (each applies or is dropped, a coin flip): a new leader's first read barrier sees them
  *     settled, as in Raft. The old home stays reachable and keeps answering for `unawareMs` (a deposed home that does
  *     not know it yet: its memory calls fail), then it is close()d. The new home (epoch = term + 1) is created after
  *     an election delay on a healthy node; its takeover wait must protect coherence.
- *   - the network: node <-> home requests, answers, invalidations and acks, with random delay, reordering (5x
- *     delays), stalls (100-400 ms, like a TCP retransmit after a partition heals), loss and partitions of one node
- *     (both directions cut, also for messages already in flight). A request whose answer does not come back within
- *     `requestTimeoutMs` fails with TRYAGAIN at the requester (the request itself may still arrive and act later).
- *     A per-message hook (`netHook`) lets scenario tests delay or drop chosen messages.
+ *   - the network: node <-> home requests, answers, invalidations, downgrades and their acks (a downgrade's is waited
+ *     for under write-back only), with random delay, reordering (5x delays), stalls (100-400 ms, like a TCP
+ *     retransmit after a partition heals), loss and partitions of one node (both directions cut, also for messages
+ *     already in flight). A request whose answer does not come back within `requestTimeoutMs` fails with TRYAGAIN at
+ *     the requester (the request itself may still arrive and act later). A per-message hook (`netHook`) lets
+ *     scenario tests delay or drop chosen messages.
  *   - faults on nodes: pause (SIGSTOP: nothing runs, incoming work queues in a backlog, time passes; on resume the
  *     backlog runs with the node's tick at a random place in it), crash + restart (the CacheNode and every home on
  *     the node vanish; the restarted node has a fresh CacheNode and no lines).
@@ -32,26 +36,50 @@
  *     read is left out (it had no effect); a write whose outcome the client does not know (failure, timeout, crash)
  *     is left out when memory never applied it (the simulator knows: it is indistinguishable from a write that
  *     never happened), and otherwise recorded pending (ret = Infinity) or at the time memory applied it (see
- *     `history`).
+ *     `history`). Under write-back a write of an E/M line completes synchronously on the node (NodeIO.execLocal runs
+ *     SimOp set/incr on the line's value): call = ret, its linearization point.
+ *   - write-back provenance: every local write is logged on its grant (node incarnation, shard, epoch, gen, key:
+ *     `grants`); Modified data leaving a node (a flush, or an answer to an invalidation or downgrade) is attributed
+ *     to its grant and to how many of its local writes it holds, and checked to be the value after the last of
+ *     them; a write-back that applies marks that many writes as in memory. A local write none of whose data ever
+ *     applied, once its node no longer holds it, is lost (`lossReport`).
  *
  * Invariants checked after every event (a violation throws SimViolation and stops the run):
- *   - no-stale-hit: for every live node and every line it would serve as a hit now (the line is in the store, the
- *     shard's lease is live on the node's clock, and no write of that key from the node is in flight), the line's
- *     value equals the value memory holds now. This is the protocol's promise: memory changes only after every
- *     other copy is invalidated and acknowledged or its lease lapsed, and the writer never serves during its write.
+ *   - no-stale-hit (write-through): for every live node and every line it would serve as a hit now (the line is in
+ *     the store, the shard's lease is live on the node's clock, and no write of that key from the node is in flight),
+ *     the line's value equals the value memory holds now. This is the protocol's promise: memory changes only after
+ *     every other copy is invalidated and acknowledged or its lease lapsed, and the writer never serves during its
+ *     write.
+ *   - no-stale-hit and exclusive (write-back, `checkCoherenceWb`): the truth of a key is the value of a Modified line
+ *     (or buffered Modified data, which a node serves before its store) some live node could serve; else the value a
+ *     node handed over in an answer and still serves from its downgraded S line (readers wait until memory has it);
+ *     else memory. Every servable line equals the truth; at most one node holds a servable E or M line of a key, and
+ *     then nobody else holds a servable line of it.
  *   - write-handoff: when a home hands a write to memory, no node other than the writer holds a line of that key it
  *     would serve, and the writer holds none it would serve either unless its own write of that key is in flight
- *     (for a FLUSHALL: no node holds a servable line of any key of the shard).
+ *     (for a FLUSHALL: no node holds a servable line of any key of the shard). Under write-back buffered data counts
+ *     as a line, and when a home hands a write-back to memory, no node but the one whose data it is holds a servable
+ *     line of the key (that one holds it M, or exactly the written value), unless memory already holds that value.
+ *   - stale-write-back (write-back): a write-back never carries data of a local write made before the last write of
+ *     the key handed to memory (every write through a home takes the line's data home first).
+ *   - write-back-data: Modified data leaving a node is the value after its grant's last local write (above).
  *   - answered-once: a home answers each request at most once; at the end of a run every request delivered to a
  *     home that did not crash has been answered.
- *   - acked-write-applied: a write acknowledged ok to a client was applied to memory, with the result it returned.
+ *   - acked-write-applied: a write acknowledged ok to a client was applied to memory, with the result it returned
+ *     (a local write under write-back: it reaches memory through a write-back or is lost; its result is checked by
+ *     the history).
  *   - mesi: CacheNode drives every state change through mesi.ts `transition`, which throws on a forbidden pair.
- * At the end of a random run: faults stop, every node heals, each node reads each key (it must succeed and see
- * memory), and the whole history must be linearizable (kvModel, partitioned per key).
+ * At the end of a random run: faults stop, every node heals, (write-back) no node holds Modified data 2 s later,
+ * each node reads each key (it must succeed and see memory), and the whole history must be linearizable (kvModel,
+ * partitioned per key). Under write-back the history leaves out the local writes that were lost and the reads of
+ * them (hits on the writer's node of that grant's line), and first: every loss must be documented
+ * (docs/cache-coherence.md "What write-back can lose": a crash; the node's lease lapsing, or a new home, while it
+ * held the data; or data handed over in an answer followed by such a lapse or a leader change), and no read left in
+ * the history returned a value only a lost write produced. A run that lost nothing is checked whole.
  */
 import { CacheHome, type HomeConfig, type MemoryRead, type MemoryWrite } from '../../src/cache/cache-home.js';
 import { CacheNode, type Line, type LineStore } from '../../src/cache/cache-node.js';
-import type { CacheKey, CoherenceFailure, DownMessage, FlushRequest, HomeAnswer, InvAck, InvMessage, NodeRequest } from '../../src/cache/coherence-types.js';
+import type { CacheKey, CoherenceFailure, DirtyItem, DownAck, DownMessage, FlushRequest, HomeAnswer, InvAck, InvMessage, NodeRequest } from '../../src/cache/coherence-types.js';
 import { LineState, LINE_STATE_NAMES } from '../../src/cache/mesi.js';
 import type { NodeId } from '../../src/raft/types.js';
 import { createRng, type Rng } from '../../src/util/rng.js';
@@ -75,8 +103,30 @@ export type SimResult = { value?: string; error?: 'NOTINT' };
 export type SimNodeCache = CacheNode<string, SimOp, SimResult>;
 export type SimHome = CacheHome<string, SimOp, SimResult>;
 
-/** A message kind, as the net hook sees it. */
-export type MsgKind = 'req-gets' | 'req-write' | 'req-renew' | 'ans-gets' | 'ans-write' | 'ans-renew' | 'notleader' | 'inv' | 'down' | 'ack' | 'req-flush' | 'ans-flush';
+/**
+ * A write-back handed to memory (write-back mode): `key := value` from the Modified data of grant `gk` (see
+ * CacheSim.grants) as it stood after that grant's `index`-th local write.
+ */
+interface WbOp {
+  kind: 'wb';
+  key: string;
+  value: string | null;
+  gk: string;
+  index: number;
+  id: 0;
+  from: NodeId;
+}
+
+/** Where a write-back's data came from: a grant's log (CacheSim.grants) and how many of its local writes it holds. */
+interface WbSource {
+  gk: string;
+  index: number;
+  node: NodeId;
+  inc: number;
+}
+
+/** A message kind, as the net hook sees it ('ack' answers an invalidation, 'downack' a downgrade). */
+export type MsgKind = 'req-gets' | 'req-write' | 'req-renew' | 'ans-gets' | 'ans-write' | 'ans-renew' | 'notleader' | 'inv' | 'down' | 'ack' | 'downack' | 'req-flush' | 'ans-flush';
 
 export interface NetConfig {
   /** Delay of a message between two nodes, ms (uniform in [min, max]). */
@@ -123,8 +173,16 @@ export interface CacheSimConfig {
   electionDelayMinMs: number;
   electionDelayMaxMs: number;
   net: NetConfig;
-  /** Keep a ring of the last events (for failure reports; off for speed). */
+  /** Keep a ring of the last events (for failure reports; off for speed), of `traceMax` lines (default 400). */
   trace: boolean;
+  traceMax?: number;
+  /**
+   * Write-back policy on every node and home (docs/cache-coherence.md "Write-back"): single-key writes of E/M lines
+   * complete locally (SimOp set/incr semantics on the line's value), Modified lines are flushed `flushMs` after their
+   * first unflushed write, and the homes wait for downgrade answers. The invariants change with it (see the header).
+   */
+  writeBack: boolean;
+  flushMs: number;
 }
 
 export const DEFAULT_SIM_CONFIG: Omit<CacheSimConfig, 'seed'> = {
@@ -149,6 +207,8 @@ export const DEFAULT_SIM_CONFIG: Omit<CacheSimConfig, 'seed'> = {
   electionDelayMaxMs: 150,
   net: { delayMinMs: 1, delayMaxMs: 10, loss: 0, reorder: 0, stall: 0 },
   trace: false,
+  writeBack: false,
+  flushMs: 40,
 };
 
 /** A broken invariant: a coherence bug (or a simulator bug), never an expected outcome. */
@@ -175,6 +235,14 @@ export interface OpHandle {
   output: KvOutput | undefined;
   failure: CoherenceFailure | null;
   hit: boolean;
+  /** Write-back: a write completed on the node's line (its linearization point is its execution). */
+  local?: boolean;
+  /**
+   * Write-back: the grant (CacheSim.grants key) a local write wrote or a hit was served from, and how many local
+   * writes of that grant it includes (a local write: its own 1-based position).
+   */
+  grant?: string;
+  index?: number;
 }
 
 interface Ev extends SimEvent {
@@ -199,6 +267,39 @@ interface SimNode {
   writesInFlight: Map<string, number>;
   /** Set while the node is down or paused by the fault injector (ends at this global time). */
   faultUntil: number;
+  /**
+   * Write-back: per key, the Modified data this incarnation handed over in an answer to a downgrade or invalidation
+   * (on its way home). A downgraded line keeps serving it in S before memory has it: no-stale-hit excuses that line
+   * while its value is this one and no write of the key has reached memory since.
+   */
+  handed: Map<string, string | null>;
+  /**
+   * Write-back: per shard, the lease as the last check saw it (live, epoch, until on the node's clock), and the
+   * global times it lapsed: a live lease whose `until` has passed by the next check, or whose epoch changed (the node
+   * learned of a new home), even when an answer renewed it within the same event.
+   */
+  leaseSeen: { live: boolean; epoch: number; until: number }[];
+  lapses: number[][];
+  /** Write-back: per shard, the global times the node learned of a new home (also in `lapses`). */
+  homeChanges: number[][];
+}
+
+/** Write-back: the local writes made on one grant of a line (node incarnation, shard, epoch, gen, key). */
+interface GrantLog {
+  node: NodeId;
+  inc: number;
+  shard: number;
+  key: string;
+  /** The local writes in order, and the line's value after each. */
+  writes: OpHandle[];
+  values: (string | null)[];
+  /** How many of them memory holds (the largest index a write-back from this grant carried when it applied). */
+  homed: number;
+  /** The last global time the node held the data (M line or buffered; checked after every event). */
+  heldAt: number;
+  /** The first global time an answer of the node carried the data with its most local writes, and how many. */
+  handedAt: number;
+  handedIndex: number;
 }
 
 interface HomeSlot {
@@ -217,10 +318,18 @@ interface HomeSlot {
   lastWriteReplyAt: number;
   /** Global time of the last write check point scheduled (writes apply in proposal order). */
   lastWriteCheckAt: number;
+  /**
+   * Writes (and write-backs) handed to memory whose check point has not run, in proposal order: each runs when its
+   * time has come (`due`) and every earlier one has run, so a stall (the home's node paused or cut off) cannot
+   * reorder them.
+   */
+  applyQueue: { due: boolean; run: () => void }[];
+  /** A retry of the queue's head is scheduled (its node was stalled). */
+  applyRetry: boolean;
 }
 
 interface WriteRec {
-  op: SimOp;
+  op: SimOp | WbOp;
   want: CacheKey | undefined;
   state: 'proposed' | 'applied' | 'applied-late' | 'dropped';
   result: SimResult | undefined;
@@ -233,6 +342,8 @@ interface SimShard {
   term: number;
   leader: NodeId | null;
   slots: HomeSlot[];
+  /** Global times its leader was deposed. */
+  deposedAt: number[];
 }
 
 export interface SimStats {
@@ -255,6 +366,12 @@ export interface SimStats {
   grantsE: number;
   grantsS: number;
   messagesLost: number;
+  /** Write-back: writes completed locally, write-backs memory applied, local writes lost (never reached memory), and
+   *  reads left out of the history because they saw a lost write on its own node (see CacheSim.lossReport). */
+  localWrites: number;
+  writebacksApplied: number;
+  lostWrites: number;
+  lostObservers: number;
 }
 
 // ------------------------------------------------------------------------------------------------ line store
@@ -340,6 +457,10 @@ export class CacheSim {
     grantsE: 0,
     grantsS: 0,
     messagesLost: 0,
+    localWrites: 0,
+    writebacksApplied: 0,
+    lostWrites: 0,
+    lostObservers: 0,
   };
   /** Scenario tests: return a delay (ms) to override a message's, 'drop' to lose it, undefined for the usual. */
   netHook: ((m: { kind: MsgKind; from: NodeId; to: NodeId; shard: number; key?: string }) => number | 'drop' | undefined) | null = null;
@@ -347,11 +468,21 @@ export class CacheSim {
    * Scenario tests: the delay (ms) of a memory call, overriding the random one; the call's check point (where it
    * reads, applies or checks leadership) is then at its end.
    */
-  memHook: ((m: { kind: 'read' | 'confirm' | 'write'; shard: number; home: NodeId; key?: string }) => number | undefined) | null = null;
+  memHook: ((m: { kind: 'read' | 'confirm' | 'write' | 'writeback'; shard: number; home: NodeId; key?: string }) => number | undefined) | null = null;
   /** Global time at which memory applied each write (op id). */
   readonly appliedAt = new Map<number, number>();
   /** Homes retired (closed or crashed), for their final statistics. */
   readonly retiredHomes: SimHome[] = [];
+  /** Node caches replaced by a crash, for their final statistics. */
+  readonly retiredCaches: SimNodeCache[] = [];
+  /**
+   * Write-back: every grant some node wrote locally, by `node.inc|shard|epoch|gen|key`: its local writes in order
+   * and how many of them reached memory. Write-backs are attributed to a grant and an index when their data leaves
+   * the node (a flush, or an answer carrying data), and the value is checked against the log then.
+   */
+  readonly grants = new Map<string, GrantLog>();
+  /** Global time each crashed node incarnation (`id.inc`) crashed. */
+  readonly crashTimes = new Map<string, number>();
 
   private readonly q = new EventQueue<Ev>();
   private readonly traceRing: string[] = [];
@@ -359,12 +490,16 @@ export class CacheSim {
   private nextReqId = 1;
   private retiredInstalls = 0;
   private nextClientId = 1000;
+  /** Write-back: per key, the global time a leading home last handed a write (not a write-back) of it to memory. */
+  private readonly lastHandoffAt = new Map<string, number>();
+  /** Write-back: the sources of the data a home may write back during the current delivery (key -> source). */
+  private wbCtx: Map<string, WbSource> | null = null;
 
   constructor(cfg: Partial<CacheSimConfig> & { seed: number }) {
     this.cfg = { ...DEFAULT_SIM_CONFIG, ...cfg, net: { ...DEFAULT_SIM_CONFIG.net, ...cfg.net } };
     this.net = this.cfg.net;
     this.rng = createRng(this.cfg.seed);
-    for (let i = 0; i < this.cfg.shards; i++) this.shards.push({ id: i, mem: new Map(), term: 0, leader: null, slots: [] });
+    for (let i = 0; i < this.cfg.shards; i++) this.shards.push({ id: i, mem: new Map(), term: 0, leader: null, slots: [], deposedAt: [] });
     for (let id = 1; id <= this.cfg.nodes; id++) {
       const drawn = (this.rng.next() * 2 - 1) * this.cfg.driftMax;
       const drift = this.cfg.drifts?.[id - 1] ?? drawn;
@@ -383,6 +518,10 @@ export class CacheSim {
         hints: this.shards.map(() => null),
         writesInFlight: new Map(),
         faultUntil: 0,
+        handed: new Map(),
+        leaseSeen: this.shards.map(() => ({ live: false, epoch: -1, until: 0 })),
+        lapses: this.shards.map(() => []),
+        homeChanges: this.shards.map(() => []),
       };
       this.nodes.push(node);
       this.buildCache(node);
@@ -408,7 +547,8 @@ export class CacheSim {
     this.now = ev.time;
     this.stats.events++;
     ev.run();
-    this.checkNoStaleHit();
+    if (this.cfg.writeBack) this.checkCoherenceWb();
+    else this.checkNoStaleHit();
     return true;
   }
 
@@ -445,10 +585,10 @@ export class CacheSim {
   trace(line: () => string): void {
     if (!this.cfg.trace) return;
     this.traceRing.push(`${this.now.toFixed(0).padStart(6)} ${line()}`);
-    if (this.traceRing.length > TRACE_MAX) this.traceRing.shift();
+    if (this.traceRing.length > (this.cfg.traceMax ?? TRACE_MAX)) this.traceRing.shift();
   }
 
-  lastEvents(n = 80): string[] {
+  lastEvents(n: number | undefined = 80): string[] {
     return this.traceRing.slice(-n);
   }
 
@@ -490,15 +630,58 @@ export class CacheSim {
     return slot?.home;
   }
 
-  /** The line a node would serve for `key` now (undefined if it would miss). */
-  servable(id: NodeId, key: string): { state: 'E' | 'S'; value: string | null } | undefined {
-    const n = this.node(id);
-    if (!n.alive) return undefined;
+  /**
+   * The line a node would serve for `key` now (undefined if it would miss). Under write-back, Modified data in the
+   * node's write-back buffer is served before the store (CacheNode.read): it shows as M with `buffered`.
+   */
+  servable(id: NodeId, key: string): { state: 'M' | 'E' | 'S'; value: string | null; buffered?: true } | undefined {
+    const sv = this.served(this.node(id), key);
+    if (sv === undefined) return undefined;
+    return { state: LINE_STATE_NAMES[sv.state] as 'M' | 'E' | 'S', value: sv.value, ...(sv.buffered ? { buffered: true as const } : {}) };
+  }
+
+  /** What `n` would serve for `key` now, with the grant it comes from (see `servable`). */
+  private served(n: SimNode, key: string): { state: LineState; value: string | null; gen: number; epoch: number; buffered: boolean } | undefined {
+    if (!n.alive || (n.writesInFlight.get(key) ?? 0) > 0) return undefined;
+    const shard = this.shardOf(key);
+    const lease = n.cache.leaseOf(shard);
+    if (lease === undefined || lease.until <= this.clock(n.id)) return undefined;
+    if (this.cfg.writeBack) {
+      const b = n.cache.bufferedOf(key);
+      if (b !== undefined && b.shard === shard && b.epoch === lease.epoch) return { state: LineState.M, value: b.value, gen: b.gen, epoch: b.epoch, buffered: true };
+    }
     const line = n.store.peek(key);
-    if (line === undefined) return undefined;
-    const st = n.cache.stateOf(key, line.shard);
-    if (st === LineState.I || (n.writesInFlight.get(key) ?? 0) > 0) return undefined;
-    return { state: LINE_STATE_NAMES[st] as 'E' | 'S', value: line.value };
+    if (line === undefined || line.shard !== shard) return undefined;
+    return { state: line.state, value: line.value, gen: line.gen, epoch: lease.epoch, buffered: false };
+  }
+
+  private held(n: SimNode, shard: number, epoch: number, gen: number, key: string): void {
+    const log = this.grants.get(this.grantKey(n, shard, epoch, gen, key));
+    if (log !== undefined) log.heldAt = this.now;
+  }
+
+  /** The key of a grant's log (CacheSim.grants). */
+  private grantKey(n: SimNode, shard: number, epoch: number, gen: number, key: string): string {
+    return `${n.id}.${n.inc}|${shard}|${epoch}|${gen}|${key}`;
+  }
+
+  /**
+   * Write-back: the source of Modified data of (shard, epoch, gen, key) leaving node `n` now with `value`: the
+   * grant's log and how many local writes it holds. The data must be the value after the grant's last local write
+   * (a node writes a grant's line locally only while it holds it in E/M, and data leaves only from an M line, the
+   * buffer, or data already handed over, after which the grant is not written again).
+   */
+  private wbSource(n: SimNode, shard: number, epoch: number, gen: number, key: string, value: string | null): WbSource {
+    const gk = this.grantKey(n, shard, epoch, gen, key);
+    const log = this.grants.get(gk);
+    const index = log?.writes.length ?? 0;
+    if (log === undefined || index === 0 || log.values[index - 1] !== value) {
+      throw new SimViolation(
+        'write-back-data',
+        `node ${n.id} sends Modified data ${key}=${JSON.stringify(value)} of grant ${gk}, but its last local write left ${JSON.stringify(log?.values[index - 1])} (${index} local writes)`,
+      );
+    }
+    return { gk, index, node: n.id, inc: n.inc };
   }
 
   // ---------------------------------------------------------------------------------------------- clients
@@ -565,6 +748,17 @@ export class CacheSim {
             h.output = { value: r.value };
             h.hit = r.hit;
             if (r.hit) this.stats.hits++;
+            if (r.hit && this.cfg.writeBack) {
+              // A hit is answered synchronously (also a late joiner's read again) from what `served` shows: note which
+              // grant it read and how many of that grant's local writes it saw (a read that saw a write later lost is
+              // its node's alone).
+              const sv = this.served(n, input.key);
+              if (sv === undefined || sv.value !== r.value) {
+                throw new SimViolation('sim', `node ${id} answered a hit of ${input.key}=${JSON.stringify(r.value)} the simulator does not see (${JSON.stringify(sv)})`);
+              }
+              h.grant = this.grantKey(n, shard, sv.epoch, sv.gen, input.key);
+              h.index = this.grants.get(h.grant)?.writes.length ?? 0;
+            }
           } else h.failure = r;
           finish();
         });
@@ -582,11 +776,24 @@ export class CacheSim {
       // The node never serves a key while its own write of it is out: the no-stale-hit check excuses those lines.
       // A FLUSHALL excuses nothing (the writer dropped the shard's lines and installs none until it is answered).
       if (!flush) n.writesInFlight.set(input.key, (n.writesInFlight.get(input.key) ?? 0) + 1);
+      // Under write-back a write of an E/M line completes synchronously, on the node (CacheNode.writeLocal).
+      let sync = true;
+      const localsBefore = n.cache.stats.localWrites;
       n.cache.write(shard, flush ? 'all' : [input.key], op, flush ? undefined : input.key, (r) => {
         if (!flush) {
           const left = (n.writesInFlight.get(input.key) ?? 1) - 1;
           if (left === 0) n.writesInFlight.delete(input.key);
           else n.writesInFlight.set(input.key, left);
+        }
+        if (r.ok && sync) {
+          // A local write (acked-write-applied: it reaches memory later through a write-back, or is lost; its result
+          // is checked by the history). The line is M now, in the store or (if the store would not keep it) buffered.
+          if (!this.cfg.writeBack || flush || n.cache.stats.localWrites !== localsBefore + 1) throw new SimViolation('sim', `write ${this.describeOp(h)} completed synchronously but not as a local write`);
+          h.output = input.kind !== 'incr' ? {} : r.result.error !== undefined ? { error: r.result.error } : { value: r.result.value! };
+          h.local = true;
+          this.recordLocalWrite(n, shard, input.key, h);
+          finish();
+          return;
         }
         if (r.ok) {
           h.output = input.kind !== 'incr' ? {} : r.result.error !== undefined ? { error: r.result.error } : { value: r.result.value! };
@@ -598,8 +805,29 @@ export class CacheSim {
         } else h.failure = r;
         finish();
       });
+      sync = false;
     });
     return h;
+  }
+
+  /** Write-back: logs a local write on the grant of the line it wrote. */
+  private recordLocalWrite(n: SimNode, shard: number, key: string, h: OpHandle): void {
+    const lease = n.cache.leaseOf(shard)!;
+    const line = n.store.peek(key);
+    const b = n.cache.bufferedOf(key);
+    const where = line !== undefined && line.state === LineState.M ? { gen: line.gen, epoch: lease.epoch, value: line.value } : b !== undefined ? { gen: b.gen, epoch: b.epoch, value: b.value } : undefined;
+    if (where === undefined) throw new SimViolation('sim', `local write ${this.describeOp(h)} left no Modified line on node ${n.id}`);
+    const gk = this.grantKey(n, shard, where.epoch, where.gen, key);
+    let log = this.grants.get(gk);
+    if (log === undefined) {
+      log = { node: n.id, inc: n.inc, shard, key, writes: [], values: [], homed: 0, heldAt: this.now, handedAt: Number.NEGATIVE_INFINITY, handedIndex: 0 };
+      this.grants.set(gk, log);
+    }
+    log.writes.push(h);
+    log.values.push(where.value);
+    h.grant = gk;
+    h.index = log.writes.length;
+    this.stats.localWrites++;
   }
 
   describeOp(h: OpHandle): string {
@@ -617,9 +845,13 @@ export class CacheSim {
    *   'applied'  ret = the time memory applied it, output = what memory computed. Exact for this protocol, whose
    *              linearization order of writes is memory's apply order (every copy is invalidated before a write
    *              applies), and it keeps the search small when many writes are unknown (leader changes, timeouts).
+   * Write-back: a local write enters at its execution (call = ret); local writes that never reached memory (lost:
+   * see lossReport) are left out, with the reads that saw them (hits on the writer's node of that grant): the
+   * documented loss makes them vanish after only their node saw them.
    */
   history(unknown: 'pending' | 'applied' = 'pending'): Operation<KvInput, KvOutput>[] {
     const out: Operation<KvInput, KvOutput>[] = [];
+    const skip = this.cfg.writeBack ? this.lossReport().skip : undefined;
     const push = (h: OpHandle, output: KvOutput, ret: number): void => {
       // A FLUSHALL enters each key's history as a `del` (the checker works per key: cross-key atomicity is not checked).
       if (this.isFlush(h.input)) {
@@ -627,6 +859,7 @@ export class CacheSim {
       } else out.push({ clientId: h.clientId, input: h.input, output, call: h.call, ret });
     };
     for (const h of this.ops) {
+      if (skip?.has(h)) continue;
       if (h.done && h.failure === null) {
         push(h, h.output!, h.ret);
         continue;
@@ -645,6 +878,96 @@ export class CacheSim {
 
   checkHistory(timeoutMs = 20_000, unknown: 'pending' | 'applied' = 'pending'): CheckResult<KvInput, KvOutput> {
     return checkLinearizable(kvModel(), this.history(unknown), { timeoutMs, witness: false });
+  }
+
+  /**
+   * Write-back: which local writes were lost, and whether each loss is documented. A local write is lost when no
+   * write-back carrying it (or a later local write of the same grant, which was computed on top of it) applied and
+   * its node no longer holds the data (runRandom drains the nodes first; mid-run, data still held is not lost yet). A loss is documented
+   * (docs/cache-coherence.md "What write-back can lose") when the writer's incarnation crashed; or its lease of the
+   * shard lapsed (which includes learning of a new home: the lease restarts at 0) while it still held the data (from
+   * the first lost write to one tick after it last held it: the lapse drops it, or the new home refuses it); or an
+   * answer of the node carried the data home and afterwards the node's lease lapsed (the home gives up on an answer
+   * it never got) or the shard's leader was deposed (the home's write-back of it failed). Anything else is listed
+   * in `unexplained`. `observers`: the reads that saw a lost write (hits of that grant on its node after it); `skip`
+   * = lost writes + observers (left out of the history).
+   */
+  lossReport(): { lost: OpHandle[]; observers: OpHandle[]; skip: Set<OpHandle>; unexplained: string[]; causes: LossCauses } {
+    const lost: OpHandle[] = [];
+    const unexplained: string[] = [];
+    const causes: LossCauses = { crash: 0, lapse: 0, homeChange: 0, handedOver: 0 };
+    const lostAfter = new Map<string, number>();
+    for (const [gk, log] of this.grants) {
+      if (log.homed >= log.writes.length || this.stillHeld(gk, log)) continue;
+      lostAfter.set(gk, log.homed);
+      const first = log.writes[log.homed]!;
+      lost.push(...log.writes.slice(log.homed));
+      const n = this.node(log.node);
+      const crashed = this.crashTimes.has(`${log.node}.${log.inc}`);
+      const lapses = n.inc === log.inc || crashed ? n.lapses[log.shard]! : [];
+      const lapsedHolding = lapses.some((t) => t >= first.call && t <= log.heldAt + 2 * this.cfg.tickMs);
+      const handedHome = log.handedIndex > log.homed && log.handedAt >= first.call && (lapses.some((t) => t >= log.handedAt) || this.shards[log.shard]!.deposedAt.some((t) => t >= log.handedAt));
+      const nLost = log.writes.length - log.homed;
+      const window = (t: number): boolean => t >= first.call && t <= log.heldAt + 2 * this.cfg.tickMs;
+      if (crashed) causes.crash += nLost;
+      else if (handedHome) causes.handedOver += nLost;
+      else if (lapsedHolding && (n.homeChanges[log.shard] ?? []).some(window)) causes.homeChange += nLost;
+      else if (lapsedHolding) causes.lapse += nLost;
+      if (!crashed && !lapsedHolding && !handedHome) {
+        unexplained.push(
+          `grant ${gk}: ${log.writes.length - log.homed} of ${log.writes.length} local writes never reached memory, from ${this.describeOp(first)}; node ${log.node} held the data ` +
+            `until ${log.heldAt}${log.handedAt >= first.call ? `, handed it over at ${log.handedAt} (#${log.handedIndex})` : ''}, did not crash, and its lease of shard ${log.shard} lapsed at ` +
+            `${JSON.stringify(lapses.filter((t) => t >= first.call - 500).slice(0, 8))}`,
+        );
+      }
+    }
+    const observers = this.ops.filter((h) => h.hit && h.grant !== undefined && lostAfter.has(h.grant) && h.index! > lostAfter.get(h.grant)!);
+    return { lost, observers, skip: new Set([...lost, ...observers]), unexplained, causes };
+  }
+
+  /** Write-back: whether the grant's data (all its local writes) is still on its node: an M line or buffered. */
+  private stillHeld(gk: string, log: GrantLog): boolean {
+    const n = this.node(log.node);
+    if (!n.alive || n.inc !== log.inc) return false;
+    const line = n.store.peek(log.key);
+    const epoch = n.cache.leaseOf(log.shard)?.epoch;
+    if (line !== undefined && line.state === LineState.M && epoch !== undefined && this.grantKey(n, log.shard, epoch, line.gen, log.key) === gk) return true;
+    const b = n.cache.bufferedOf(log.key);
+    return b !== undefined && this.grantKey(n, b.shard, b.epoch, b.gen, log.key) === gk;
+  }
+
+  /**
+   * Write-back: a read (left in the history) that returned a value only a lost write produced: the lost write was
+   * seen by someone other than its own node's readers of that line. Values any other write (or a write-back of a
+   * write that was not lost) produced are ambiguous and not reported; the linearizability check covers the rest.
+   */
+  lostWriteObserved(): string | null {
+    const { lost, skip } = this.lossReport();
+    if (lost.length === 0) return null;
+    // `key=value` pairs some write that was not lost produced (absent values are never reported).
+    const produced = new Set<string>();
+    for (const h of this.ops) {
+      if (skip.has(h) || h.input.kind === 'get') continue;
+      if (h.input.kind === 'set') produced.add(`${h.input.key}=${h.input.value}`);
+      else if (h.input.kind === 'incr') {
+        const v = h.done && h.failure === null ? h.output?.value : this.applied.get(h.id)?.value;
+        if (v !== undefined) produced.add(`${h.input.key}=${v}`);
+      }
+    }
+    for (const log of this.grants.values()) for (let i = 0; i < log.homed; i++) produced.add(`${log.key}=${log.values[i]}`);
+    const only = new Map<string, OpHandle>();
+    for (const w of lost) {
+      const log = this.grants.get(w.grant!)!;
+      const v = log.values[w.index! - 1]!;
+      if (v !== null && !produced.has(`${log.key}=${v}`)) only.set(`${log.key}=${v}`, w);
+    }
+    for (const r of this.ops) {
+      if (skip.has(r) || r.input.kind !== 'get' || !r.done || r.failure !== null) continue;
+      const v = r.output?.value;
+      const w = v === null || v === undefined ? undefined : only.get(`${r.input.key}=${v}`);
+      if (w !== undefined) return `read ${this.describeOp(r)} on node ${r.node} returned the value of lost write ${this.describeOp(w)} on node ${w.node}`;
+    }
+    return null;
   }
 
   // ---------------------------------------------------------------------------------------------- faults
@@ -705,8 +1028,11 @@ export class CacheSim {
     n.alive = false;
     n.paused = false;
     n.backlog.length = 0;
+    this.crashTimes.set(`${id}.${n.inc}`, this.now);
     n.inc++;
     n.writesInFlight.clear();
+    n.handed.clear();
+    for (const l of n.leaseSeen) l.live = false;
     this.stats.crashes++;
     this.trace(() => `node ${id} crashed`);
     for (const s of this.shards) {
@@ -878,6 +1204,28 @@ export class CacheSim {
     }
   }
 
+  /** Write-back: loss and flush counters of the run (every node incarnation and every home). */
+  wbInfo(): WbRunInfo {
+    const loss = this.lossReport();
+    const caches = [...this.retiredCaches, ...this.nodes.map((n) => n.cache)];
+    const homes = [...new Set([...this.retiredHomes, ...this.shards.flatMap((s) => s.slots.map((x) => x.home))])];
+    const sumN = (k: keyof SimNodeCache['stats']): number => caches.reduce((a, c) => a + c.stats[k], 0);
+    const sumH = (k: keyof SimHome['stats']): number => homes.reduce((a, h) => a + h.stats[k], 0);
+    return {
+      flushMs: this.cfg.flushMs,
+      lostBy: loss.causes,
+      lostWrites: loss.lost.length,
+      lostObservers: loss.observers.length,
+      countedLost: sumN('writebacksLost'),
+      flushesSent: sumN('flushesSent'),
+      flushesAccepted: sumN('flushesAccepted'),
+      writebacksInAnswers: sumN('writebacksInAnswers'),
+      downgradesAcked: sumH('downgradesAcked'),
+      downgradesLapsed: sumH('downgradesLapsed'),
+      homeWritebacks: sumH('writebacks'),
+    };
+  }
+
   /** Folds the homes' and nodes' counters into `stats`. */
   collectStats(): SimStats {
     const homes = [...this.retiredHomes, ...this.shards.flatMap((s) => s.slots.map((x) => x.home))];
@@ -897,20 +1245,45 @@ export class CacheSim {
     this.stats.grantsS = grantsS;
     this.stats.leaseRefusals = refusals;
     this.stats.pendingWrites = this.history().filter((o) => o.ret === Infinity).length;
+    if (this.cfg.writeBack) {
+      const loss = this.lossReport();
+      this.stats.lostWrites = loss.lost.length;
+      this.stats.lostObservers = loss.observers.length;
+    }
     return this.stats;
   }
 
   // ---------------------------------------------------------------------------------------------- internals
 
   private buildCache(n: SimNode): void {
-    if (n.cache !== undefined) this.retiredInstalls += n.cache.stats.installs;
+    if (n.cache !== undefined) {
+      this.retiredInstalls += n.cache.stats.installs;
+      this.retiredCaches.push(n.cache);
+    }
     const inc = n.inc;
     const io = {
       now: () => this.clock(n.id),
       request: (shard: number, req: NodeRequest<SimOp>, cb: (a: HomeAnswer<string, SimResult> | CoherenceFailure) => void) => this.request(n, inc, shard, req, cb),
+      // Write-back: SimOp semantics on the line's value (as memory applies them: CacheSim.apply); FLUSHALL never runs
+      // locally.
+      execLocal: (_key: CacheKey, op: SimOp, current: string | null): { result: SimResult; value: string | null } | null => {
+        if (op.kind === 'set') return { result: {}, value: op.value };
+        if (op.kind === 'incr') {
+          if (current !== null && !INT_RE.test(current)) return { result: { error: 'NOTINT' }, value: current };
+          const nv = String((current === null ? 0 : Number(current)) + 1);
+          return { result: { value: nv }, value: nv };
+        }
+        return null;
+      },
     };
     const cache: SimNodeCache = new CacheNode<string, SimOp, SimResult>(
-      { self: n.id, leaseMs: this.cfg.leaseMs, renewMs: this.cfg.renewMs, evictedBatchMax: this.cfg.evictedBatchMax },
+      {
+        self: n.id,
+        leaseMs: this.cfg.leaseMs,
+        renewMs: this.cfg.renewMs,
+        evictedBatchMax: this.cfg.evictedBatchMax,
+        ...(this.cfg.writeBack ? { writeBack: true, flushMs: this.cfg.flushMs } : {}),
+      },
       n.store,
       io,
     );
@@ -993,12 +1366,57 @@ export class CacheSim {
     );
     const target = n.hints[shard] ?? this.nodes[this.rng.int(0, this.nodes.length)]!.id;
     const kind: MsgKind = `req-${req.t}`;
-    this.trace(() => `node ${n.id} -> ${target} ${req.t} ${reqKey(req) ?? ''}${req.t === 'renew' ? ` evicted=${JSON.stringify(req.evicted)}` : ''}`);
-    this.send(kind, n.id, target, shard, reqKey(req), undefined, () => this.deliverRequest(target, n, inc, shard, req, finish));
+    // A flush carries the line's data as it is now: which of its grant's local writes that is. A takeover flush of
+    // buffered data carries the new home's epoch and gen 0, not its grant's (cache-node.ts WbEntry.takeover).
+    let src: WbSource | undefined;
+    if (req.t === 'flush') {
+      const line = n.store.peek(req.key);
+      const b = n.cache.bufferedOf(req.key);
+      const fromStore = line !== undefined && line.state === LineState.M && line.gen === req.gen && line.value === req.value && n.cache.leaseOf(shard)?.epoch === req.epoch;
+      const fromBuffer = !fromStore && b !== undefined && (b.gen === req.gen || (req.gen === 0 && b.epoch < req.epoch));
+      src = this.wbSource(n, req.shard, fromBuffer ? b.epoch : req.epoch, fromBuffer ? b.gen : req.gen, req.key, req.value as string | null);
+    }
+    this.trace(() => `node ${n.id} -> ${target} ${req.t} ${reqKey(req) ?? ''}${req.t === 'renew' ? ` evicted=${JSON.stringify(req.evicted)}` : ''}${req.t === 'flush' ? ` epoch ${req.epoch} gen ${req.gen} value ${JSON.stringify(req.value)} (${src!.index} local writes)` : ''}`);
+    this.send(kind, n.id, target, shard, reqKey(req), undefined, () => this.deliverRequest(target, n, inc, shard, req, finish, src));
+  }
+
+  /** Runs `fn` (a home's handling of a message) with the write-back sources it may write data of. */
+  private withSources(srcs: Map<string, WbSource> | null, fn: () => void): void {
+    this.wbCtx = srcs;
+    try {
+      fn();
+    } finally {
+      this.wbCtx = null;
+    }
+  }
+
+  /** Write-back: the sources of the data an answer to an invalidation or downgrade carries (now, as it leaves `n`). */
+  private ackSources(n: SimNode, shard: number, epoch: number, data: DirtyItem[] | undefined): Map<string, WbSource> | null {
+    if (data === undefined || data.length === 0) return null;
+    const m = new Map<string, WbSource>();
+    for (const [key, gen, value] of data) {
+      const src = this.wbSource(n, shard, epoch, gen, key, value as string | null);
+      m.set(key, src);
+      n.handed.set(key, value as string | null);
+      const log = this.grants.get(src.gk)!;
+      if (src.index > log.handedIndex) {
+        log.handedAt = this.now;
+        log.handedIndex = src.index;
+      }
+    }
+    return m;
   }
 
   /** A request reached node `at`: its open home of the shard handles it, or the node answers NOTLEADER. */
-  private deliverRequest(at: NodeId, from: SimNode, fromInc: number, shard: number, req: NodeRequest<SimOp>, finish: (a: HomeAnswer<string, SimResult> | CoherenceFailure) => void): void {
+  private deliverRequest(
+    at: NodeId,
+    from: SimNode,
+    fromInc: number,
+    shard: number,
+    req: NodeRequest<SimOp>,
+    finish: (a: HomeAnswer<string, SimResult> | CoherenceFailure) => void,
+    src: WbSource | undefined,
+  ): void {
     const s = this.shards[shard]!;
     const slot = s.slots.find((x) => x.node === at && !x.closed);
     const key = reqKey(req);
@@ -1030,7 +1448,7 @@ export class CacheSim {
         slot.home.renew(req, reply);
         break;
       case 'flush':
-        slot.home.flushLine(req as FlushRequest<string>, reply);
+        this.withSources(src === undefined ? null : new Map([[req.key, src]]), () => slot.home.flushLine(req as FlushRequest<string>, reply));
         break;
     }
   }
@@ -1045,7 +1463,7 @@ export class CacheSim {
    * returns the callback to deliver later. Write callbacks (`inOrder`) reach the home in the order memory applied
    * the writes, as Raft's apply loop resolves proposals (CacheHome relies on it: see the report in the test file).
    */
-  private memoryCall(slot: HomeSlot, inOrder: boolean, at: () => () => void, hook: { kind: 'read' | 'confirm' | 'write'; key?: string }): void {
+  private memoryCall(slot: HomeSlot, inOrder: boolean, at: () => () => void, hook: { kind: 'read' | 'confirm' | 'write' | 'writeback'; key?: string }): void {
     let d = this.rng.int(this.cfg.memDelayMinMs, this.cfg.memDelayMaxMs + 1);
     let d1 = this.rng.int(0, d + 1);
     const forced = this.memHook?.({ ...hook, shard: slot.shard, home: slot.node });
@@ -1060,6 +1478,9 @@ export class CacheSim {
         this.schedule(5, check);
         return;
       }
+      apply();
+    };
+    const apply = (): void => {
       const deliver = at();
       let when = this.now + d - d1;
       if (inOrder) {
@@ -1068,12 +1489,49 @@ export class CacheSim {
       }
       this.schedule(when - this.now, () => this.onNode(slot.node, slot.nodeInc, deliver));
     };
-    if (inOrder) {
-      // Raft applies proposals in the order they were made.
+    if (inOrder && this.cfg.writeBack) {
+      // Raft applies proposals in the order they were made, also across a stall (HomeSlot.applyQueue): a write-back
+      // overtaken by an older one of the same key would put older data back. (Write-through runs keep the original
+      // scheduling below, where each stalled check point retries on its own and two stalled writes can apply out of
+      // order; kept so that their seeds replay as before.)
+      const at1 = Math.max(this.now + d1, slot.lastWriteCheckAt);
+      slot.lastWriteCheckAt = at1;
+      const entry = { due: false, run: apply };
+      slot.applyQueue.push(entry);
+      this.schedule(at1 - this.now, () => {
+        entry.due = true;
+        this.drainApplies(slot);
+      });
+    } else if (inOrder) {
       const at1 = Math.max(this.now + d1, slot.lastWriteCheckAt);
       slot.lastWriteCheckAt = at1;
       this.schedule(at1 - this.now, check);
     } else this.schedule(d1, check);
+  }
+
+  /** Runs the due check points at the head of the home's apply queue, in order, while its node can run Raft. */
+  private drainApplies(slot: HomeSlot): void {
+    for (;;) {
+      const head = slot.applyQueue[0];
+      if (head === undefined || !head.due) return;
+      if (slot.crashed) {
+        slot.applyQueue.length = 0;
+        return;
+      }
+      const n = this.node(slot.node);
+      if (n.paused || n.isolated) {
+        if (!slot.applyRetry) {
+          slot.applyRetry = true;
+          this.schedule(5, () => {
+            slot.applyRetry = false;
+            this.drainApplies(slot);
+          });
+        }
+        return;
+      }
+      slot.applyQueue.shift();
+      head.run();
+    }
   }
 
   private createHome(s: SimShard, at: SimNode): HomeSlot {
@@ -1085,6 +1543,7 @@ export class CacheSim {
       marginMs: this.cfg.marginMs,
       invRetryMs: this.cfg.invRetryMs,
       directoryEntriesMax: this.cfg.directoryEntriesMax,
+      ...(this.cfg.writeBack ? { writeBack: true } : {}),
     };
     const slot: HomeSlot = {
       shard: s.id,
@@ -1098,15 +1557,25 @@ export class CacheSim {
       proposed: new Set(),
       lastWriteReplyAt: 0,
       lastWriteCheckAt: 0,
+      applyQueue: [],
+      applyRetry: false,
     };
     slot.home = new CacheHome<string, SimOp, SimResult>(cfg, {
       now: () => this.clock(at.id),
       send: (to: NodeId, msg: InvMessage | DownMessage) => {
         if (msg.t === 'down') {
-          // Not waited for (write-through): delivered like any message, lost or late like any other.
+          // Write-through: not waited for, delivered like any message, lost or late like any other. Write-back: the
+          // home waits for the answer (it carries a Modified line's data), which travels back like an invalidation's.
           this.trace(() => `home ${s.id}@${slot.term} on ${at.id} -> node ${to} down ${JSON.stringify(msg.items)}`);
           this.send('down', at.id, to, s.id, msg.items[0]?.[0], undefined, () => {
-            this.node(to).cache.onDowngrade(msg);
+            const target = this.node(to);
+            const ack: DownAck = target.cache.onDowngrade(msg);
+            if (!this.cfg.writeBack) return;
+            const srcs = this.ackSources(target, s.id, msg.epoch, ack.data);
+            this.trace(() => `node ${to} answers down ${JSON.stringify(msg.items)}${ack.data !== undefined ? ` with data ${JSON.stringify(ack.data)}` : ''}`);
+            this.send('downack', to, at.id, s.id, msg.items[0]?.[0], slot.nodeInc, () => {
+              if (!slot.crashed) this.withSources(srcs, () => slot.home.onDownAck(ack));
+            });
           });
           return;
         }
@@ -1115,8 +1584,10 @@ export class CacheSim {
         this.send('inv', at.id, to, s.id, msg.items[0]?.[0], undefined, () => {
           const target = this.node(to);
           const ack: InvAck = target.cache.onInvalidate(msg);
+          const srcs = this.cfg.writeBack ? this.ackSources(target, s.id, msg.epoch, ack.data) : null;
+          if (ack.data !== undefined) this.trace(() => `node ${to} answers inv ${JSON.stringify(msg.items)} with data ${JSON.stringify(ack.data)}`);
           this.send('ack', to, at.id, s.id, msg.items[0]?.[0], slot.nodeInc, () => {
-            if (!slot.crashed) slot.home.onAck(ack);
+            if (!slot.crashed) this.withSources(srcs, () => slot.home.onAck(ack));
           });
         });
       },
@@ -1134,16 +1605,25 @@ export class CacheSim {
           return () => cb(r);
         }, { kind: 'confirm' });
       },
-      // Write-back is not simulated yet (the nodes run write-through): a Modified line's data would land here.
+      // A Modified line's data, replicated in order with the writes (a leader change settles it like them).
       writeBack: (key: CacheKey, value: string | null, cb: (r: { ok: true } | CoherenceFailure) => void) => {
+        const src = this.wbCtx?.get(key);
+        if (src === undefined) throw new SimViolation('write-back-data', `home ${s.id}@${slot.term} writes back ${key}=${JSON.stringify(value)} that no flush or answer being handled carries`);
+        this.checkWbHandoff(key, value, src, slot);
+        const op: WbOp = { kind: 'wb', key, value, gk: src.gk, index: src.index, id: 0, from: src.node };
+        const rec: WriteRec = { op, want: undefined, state: this.isLeader(slot) ? 'proposed' : 'dropped', result: undefined, value: undefined };
+        if (rec.state === 'proposed') slot.proposed.add(rec);
+        this.trace(() => `home ${s.id}@${slot.term} hands write-back ${key}=${JSON.stringify(value)} (${src.gk} #${src.index}) to memory`);
         this.memoryCall(slot, true, () => {
-          const ok = this.isLeader(slot);
-          if (ok) {
-            if (value === null) s.mem.delete(key);
-            else s.mem.set(key, value);
-          }
-          return () => cb(ok ? { ok: true } : fail('TRYAGAIN', `home ${s.id}@${slot.term} is not the leader`));
-        }, { kind: 'write', key });
+          slot.proposed.delete(rec);
+          let ok = false;
+          if (rec.state === 'proposed' && this.isLeader(slot)) {
+            this.apply(s, rec);
+            rec.state = 'applied';
+            ok = true;
+          } else if (rec.state === 'proposed') rec.state = 'dropped';
+          return () => cb(ok ? { ok: true } : fail('TRYAGAIN', `write-back of ${key} ${rec.state === 'applied-late' ? 'committed by the next leader' : 'lost'} with leadership of ${s.id}@${slot.term}`));
+        }, { kind: 'writeback', key });
       },
       writeMemory: (op: SimOp, want: CacheKey | undefined, cb: (r: MemoryWrite<string, SimResult>) => void) => {
         this.checkHandoff(op, slot);
@@ -1170,6 +1650,20 @@ export class CacheSim {
 
   private apply(s: SimShard, rec: WriteRec): void {
     const op = rec.op;
+    if (op.kind === 'wb') {
+      if (op.value === null) s.mem.delete(op.key);
+      else s.mem.set(op.key, op.value);
+      const log = this.grants.get(op.gk)!;
+      log.homed = Math.max(log.homed, op.index);
+      this.stats.writebacksApplied++;
+      this.trace(() => `memory ${s.id} applies write-back ${op.key}=${JSON.stringify(op.value)} (${op.gk} #${op.index})`);
+      return;
+    }
+    // A write through the home: a line excused for serving its handed-over data must have been invalidated first.
+    for (const n of this.nodes) {
+      if (op.kind === 'flush') for (const k of this.keysOf(op.shard)) n.handed.delete(k);
+      else n.handed.delete(op.key);
+    }
     if (op.kind === 'set') {
       s.mem.set(op.key, op.value);
       rec.result = {};
@@ -1195,6 +1689,7 @@ export class CacheSim {
     if (s.leader === null) return;
     const old = s.slots.find((x) => x.term === s.term && x.node === s.leader);
     this.stats.leaderChanges++;
+    s.deposedAt.push(this.now);
     this.trace(() => `shard ${s.id} leader ${s.leader}@${s.term} deposed (unaware ${opts.unawareMs} ms)`);
     for (const slot of s.slots) {
       for (const rec of slot.proposed) {
@@ -1271,6 +1766,23 @@ export class CacheSim {
   /** write-handoff: checked when a home hands a write to memory. */
   private checkHandoff(op: SimOp, slot: HomeSlot): void {
     if (!this.isLeader(slot)) return; // a deposed home's write never applies
+    if (this.cfg.writeBack) {
+      // Also Modified data in a write-back buffer; the writer's own line is excused while its write is out (it serves
+      // nothing of the key then, and `served` shows nothing).
+      for (const key of op.kind === 'flush' ? this.keysOf(op.shard) : [op.key]) {
+        this.lastHandoffAt.set(key, this.now);
+        for (const n of this.nodes) {
+          const sv = this.served(n, key);
+          if (sv === undefined) continue;
+          throw new SimViolation(
+            'write-handoff',
+            `home ${slot.shard}@${slot.term} hands ${op.kind}(${op.key})#${op.id} from node ${op.from} to memory while node ${n.id} holds a servable ` +
+              `${sv.buffered ? 'buffered ' : ''}${LINE_STATE_NAMES[sv.state]} line ${key}=${JSON.stringify(sv.value)} epoch ${sv.epoch} gen ${sv.gen} (lease until ${n.cache.leaseOf(this.shardOf(key))?.until.toFixed(1)}, node clock ${this.clock(n.id).toFixed(1)})`,
+          );
+        }
+      }
+      return;
+    }
     for (const key of op.kind === 'flush' ? this.keysOf(op.shard) : [op.key]) {
       for (const n of this.nodes) {
         if (!n.alive) continue;
@@ -1282,6 +1794,108 @@ export class CacheSim {
           `home ${slot.shard}@${slot.term} hands ${op.kind}(${op.key})#${op.id} from node ${op.from} to memory while node ${n.id} holds a servable ` +
             `${LINE_STATE_NAMES[line.state]} line ${key}=${JSON.stringify(line.value)} gen ${line.gen} (lease until ${n.cache.leaseOf(line.shard)?.until.toFixed(1)}, node clock ${this.clock(n.id).toFixed(1)})`,
         );
+      }
+    }
+  }
+
+  /**
+   * write-handoff of a write-back: no node but the one whose data it is holds a servable line of the key, and that
+   * one holds it Modified (it may have written again since the data left), or holds exactly this value (S after a
+   * downgrade, E after an accepted flush). One exception: a repeat of data memory already holds (an answer to a later
+   * invalidation of the same grant carries the handed-over data again: cache-node.ts handedOver) changes nothing, so
+   * lines equal to it may be held.
+   */
+  private checkWbHandoff(key: string, value: string | null, src: WbSource, slot: HomeSlot): void {
+    if (!this.isLeader(slot)) return;
+    // stale-write-back: every write through a home after a local write takes that line's data home first (an
+    // invalidation), so data of a local write made before the last write of the key handed to memory is old.
+    const wrote = this.grants.get(src.gk)!.writes[src.index - 1]!.call;
+    const last = this.lastHandoffAt.get(key) ?? Number.NEGATIVE_INFINITY;
+    if (last >= wrote) {
+      throw new SimViolation(
+        'stale-write-back',
+        `home ${slot.shard}@${slot.term} hands write-back ${key}=${JSON.stringify(value)} (${src.gk} #${src.index}, written at ${wrote}) to memory after a write of ${key} was handed to memory at ${last}`,
+      );
+    }
+    const repeat = this.memory(key) === value;
+    for (const n of this.nodes) {
+      const sv = this.served(n, key);
+      if (sv === undefined) continue;
+      if (n.id === src.node && n.inc === src.inc && (sv.state === LineState.M || sv.value === value)) continue;
+      if (repeat && sv.state === LineState.S && sv.value === value) continue;
+      throw new SimViolation(
+        'write-handoff',
+        `home ${slot.shard}@${slot.term} hands write-back ${key}=${JSON.stringify(value)} (${src.gk} #${src.index}) to memory while node ${n.id} holds a servable ` +
+          `${sv.buffered ? 'buffered ' : ''}${LINE_STATE_NAMES[sv.state]} line ${key}=${JSON.stringify(sv.value)} epoch ${sv.epoch} gen ${sv.gen}`,
+      );
+    }
+  }
+
+  /**
+   * Write-back, after every event: no-stale-hit and exclusivity. The truth of a key is the value of a Modified line
+   * (or buffered Modified data) some live node could serve; else a value a node handed over in an answer and still
+   * serves from its downgraded S line (memory is about to get it: readers wait for it); else memory. Every servable
+   * line equals the truth; at most one node holds a servable E or M line of a key, and then nobody else holds a
+   * servable line of it (an E line may become M at any moment, silently). Also records lease lapses (the
+   * documented cause of lost Modified data: see lossReport).
+   */
+  private checkCoherenceWb(): void {
+    for (const n of this.nodes) {
+      if (!n.alive) continue;
+      const now = this.clock(n.id);
+      for (let shard = 0; shard < this.shards.length; shard++) {
+        const l = n.cache.leaseOf(shard);
+        const seen = n.leaseSeen[shard]!;
+        if (seen.live && (seen.until <= now || l === undefined || l.epoch !== seen.epoch || l.until <= now)) n.lapses[shard]!.push(this.now);
+        if (l !== undefined && seen.epoch !== -1 && l.epoch !== seen.epoch) n.homeChanges[shard]!.push(this.now);
+        seen.live = l !== undefined && l.until > now;
+        seen.epoch = l?.epoch ?? -1;
+        seen.until = l?.until ?? 0;
+      }
+      // Custody of Modified data: the last time the node held each grant's data (an M line, or buffered).
+      for (const key of this.cfg.keys) {
+        const shard = this.shardOf(key);
+        const line = n.store.peek(key);
+        const epoch = n.cache.leaseOf(shard)?.epoch;
+        if (line !== undefined && line.state === LineState.M && epoch !== undefined) this.held(n, shard, epoch, line.gen, key);
+        const b = n.cache.bufferedOf(key);
+        if (b !== undefined) this.held(n, b.shard, b.epoch, b.gen, key);
+      }
+    }
+    for (const key of this.cfg.keys) {
+      let owner: { n: SimNode; sv: NonNullable<ReturnType<CacheSim['served']>> } | null = null;
+      const held: { n: SimNode; sv: NonNullable<ReturnType<CacheSim['served']>> }[] = [];
+      for (const n of this.nodes) {
+        const sv = this.served(n, key);
+        if (sv === undefined) continue;
+        const h = { n, sv };
+        held.push(h);
+        if (sv.state === LineState.E || sv.state === LineState.M) owner = h;
+      }
+      if (held.length === 0) continue;
+      const describe = (h: { n: SimNode; sv: NonNullable<ReturnType<CacheSim['served']>> }): string =>
+        `node ${h.n.id} ${h.sv.buffered ? 'buffered ' : ''}${LINE_STATE_NAMES[h.sv.state]} ${key}=${JSON.stringify(h.sv.value)} (epoch ${h.sv.epoch} gen ${h.sv.gen}, lease until ` +
+        `${h.n.cache.leaseOf(this.shardOf(key))?.until.toFixed(1)}, node clock ${this.clock(h.n.id).toFixed(1)})`;
+      if (owner !== null && held.length > 1) {
+        throw new SimViolation('exclusive', `${describe(owner)} is exclusive but ${held.filter((h) => h !== owner).map(describe).join(', ')} also servable`);
+      }
+      const mem = this.memory(key);
+      let truth = mem;
+      let why = 'memory';
+      if (owner !== null && owner.sv.state === LineState.M) {
+        truth = owner.sv.value;
+        why = `node ${owner.n.id}'s Modified data`;
+      } else {
+        for (const h of held) {
+          if (h.sv.state === LineState.S && h.sv.value !== mem && h.n.handed.has(key) && h.n.handed.get(key) === h.sv.value) {
+            truth = h.sv.value;
+            why = `node ${h.n.id}'s data on its way home`;
+            break;
+          }
+        }
+      }
+      for (const h of held) {
+        if (h.sv.value !== truth) throw new SimViolation('no-stale-hit', `${describe(h)} would be served but the truth is ${JSON.stringify(truth)} (${why}; memory ${JSON.stringify(mem)})`);
       }
     }
   }
@@ -1332,9 +1946,46 @@ export interface RandomRunOptions {
   /** Share of GETs (default: drawn). */
   readRate?: number;
   trace?: boolean;
+  /** Trace ring size when tracing (debugging a long run). */
+  traceMax?: number;
   linTimeoutMs?: number;
   /** How writes with an unknown outcome enter the history (CacheSim.history); default 'applied'. */
   unknown?: 'pending' | 'applied';
+  /** Run the write-back policy (default false: write-through). */
+  writeBack?: boolean;
+  /** Inject node crashes among the faults (default true). */
+  crashes?: boolean;
+  /** Override the fault mix's weights (experiments: e.g. only network faults). */
+  faultWeights?: { leaderChange?: number; partition?: number; pause?: number; crash?: number };
+}
+
+/**
+ * Write-back: lost local writes by documented cause (CacheSim.lossReport): the writer crashed; its data was handed
+ * over in an answer and then its lease lapsed or the home was deposed; its lease lapsed while it held the data, with
+ * (homeChange) or without (lapse) learning of a new home in that window.
+ */
+export interface LossCauses {
+  crash: number;
+  lapse: number;
+  homeChange: number;
+  handedOver: number;
+}
+
+/** Write-back runs: what was lost, and what the node and home counters say. */
+export interface WbRunInfo {
+  lostBy: LossCauses;
+  flushMs: number;
+  /** Local writes that never reached memory (all documented, or the run fails), and the reads that saw them. */
+  lostWrites: number;
+  lostObservers: number;
+  /** Sum of the nodes' writebacksLost counters (every incarnation). */
+  countedLost: number;
+  flushesSent: number;
+  flushesAccepted: number;
+  writebacksInAnswers: number;
+  downgradesAcked: number;
+  downgradesLapsed: number;
+  homeWritebacks: number;
 }
 
 export interface RandomRunResult {
@@ -1342,8 +1993,9 @@ export interface RandomRunResult {
   ok: boolean;
   failure?: { invariant: string; message: string; lastEvents: string[] };
   stats: SimStats;
-  config: { shards: number; keys: number; capacity: number; clientsPerNode: number; readRate: number; profile: string };
+  config: { shards: number; keys: number; capacity: number; clientsPerNode: number; readRate: number; profile: string; writeBack?: boolean; flushMs?: number };
   simMs: number;
+  wb?: WbRunInfo;
 }
 
 /** One seeded run: random config, clients and faults, then heal, final reads, and the linearizability check. */
@@ -1367,6 +2019,10 @@ export function runRandom(opts: RandomRunOptions): RandomRunResult {
     net.stall = profile === 'stalls' ? 0.05 : 0.03;
     net.reorder = Math.max(net.reorder, 0.05);
   }
+  const memDelayMaxMs = draw.int(3, 40);
+  const writeBack = opts.writeBack ?? false;
+  // (Drawn last, and only for write-back: the write-through runs of a seed stay what they were.)
+  const flushMs = writeBack ? [5, 20, 60, 150][draw.int(0, 4)]! : DEFAULT_SIM_CONFIG.flushMs;
   const sim = new CacheSim({
     seed,
     shards,
@@ -1374,11 +2030,14 @@ export function runRandom(opts: RandomRunOptions): RandomRunResult {
     capacity,
     net,
     trace: opts.trace ?? false,
+    ...(opts.traceMax !== undefined ? { traceMax: opts.traceMax } : {}),
     uncacheableRate: faults ? 0.02 : 0,
     wantUndefinedRate: faults ? 0.05 : 0,
-    memDelayMaxMs: draw.int(3, 40),
+    memDelayMaxMs,
+    writeBack,
+    flushMs,
   });
-  const config = { shards, keys: nkeys, capacity, clientsPerNode, readRate, profile: faults ? profile : 'none' };
+  const config = { shards, keys: nkeys, capacity, clientsPerNode, readRate, profile: faults ? profile : 'none', ...(writeBack ? { writeBack, flushMs } : {}) };
   const result = (failure?: RandomRunResult['failure']): RandomRunResult => ({
     seed,
     ok: failure === undefined,
@@ -1386,24 +2045,36 @@ export function runRandom(opts: RandomRunOptions): RandomRunResult {
     stats: sim.collectStats(),
     config,
     simMs: sim.now,
+    ...(writeBack ? { wb: sim.wbInfo() } : {}),
   });
   try {
     sim.runFor(250); // the first homes' takeover wait
     let clientsDone = false;
     sim.startClients({ clientsPerNode, totalOps: opts.ops ?? 2000, readRate, setRate: (1 - readRate) / 2, flushRate: 0.01, thinkMaxMs: 10, onAllDone: () => (clientsDone = true) });
+    const crash = opts.crashes === false ? 0 : 1;
+    const w = opts.faultWeights ?? {};
     const stopFaults = faults
       ? profile === 'pauses'
-        ? sim.startFaults({ everyMinMs: 30, everyMaxMs: 250, leaderChange: 2, partition: 1, pause: 8, crash: 1, unawareMaxMs: 300, faultMaxMs: 300 })
-        : sim.startFaults({ everyMinMs: 50, everyMaxMs: 400, leaderChange: 3, partition: 2, pause: 2, crash: 1, unawareMaxMs: 300, faultMaxMs: 600 })
+        ? sim.startFaults({ everyMinMs: 30, everyMaxMs: 250, leaderChange: 2, partition: 1, pause: 8, crash, ...w, unawareMaxMs: 300, faultMaxMs: 300 })
+        : sim.startFaults({ everyMinMs: 50, everyMaxMs: 400, leaderChange: 3, partition: 2, pause: 2, crash, ...w, unawareMaxMs: 300, faultMaxMs: 600 })
       : () => {};
     const limitMs = 600_000;
     if (!sim.runUntil(() => clientsDone, limitMs)) {
-      return result({ invariant: 'liveness', message: `clients did not finish within ${limitMs} simulated ms`, lastEvents: sim.lastEvents() });
+      return result({ invariant: 'liveness', message: `clients did not finish within ${limitMs} simulated ms`, lastEvents: sim.lastEvents(opts.traceMax) });
     }
     stopFaults();
     sim.healAll();
     sim.runFor(2_000);
     sim.checkAllAnswered();
+    if (writeBack) {
+      // Every Modified line has been flushed by now (flushMs after its last write, faults over): nothing stays dirty.
+      for (const n of sim.nodes) {
+        const d = n.cache.dirtyCounts;
+        if (d.lines + d.buffered > 0) {
+          return result({ invariant: 'write-back-drain', message: `node ${n.id} still holds ${d.lines} Modified lines and ${d.buffered} buffered 2 s after the faults ended`, lastEvents: sim.lastEvents(opts.traceMax) });
+        }
+      }
+    }
     // Every node reads every key: it must succeed and see memory.
     for (const n of sim.nodes) {
       for (const key of keys) {
@@ -1414,19 +2085,25 @@ export function runRandom(opts: RandomRunOptions): RandomRunResult {
           sim.runUntil(() => h.done, 3_000);
           if (h.done && h.failure === null) break;
         }
-        if (!h.done || h.failure !== null) return result({ invariant: 'liveness', message: `final read ${sim.describeOp(h)} on node ${n.id} failed`, lastEvents: sim.lastEvents() });
+        if (!h.done || h.failure !== null) return result({ invariant: 'liveness', message: `final read ${sim.describeOp(h)} on node ${n.id} failed`, lastEvents: sim.lastEvents(opts.traceMax) });
         if ((h.output?.value ?? null) !== sim.memory(key)) {
-          return result({ invariant: 'final-read', message: `node ${n.id} read ${key}=${JSON.stringify(h.output?.value)} but memory holds ${JSON.stringify(sim.memory(key))}`, lastEvents: sim.lastEvents() });
+          return result({ invariant: 'final-read', message: `node ${n.id} read ${key}=${JSON.stringify(h.output?.value)} but memory holds ${JSON.stringify(sim.memory(key))}`, lastEvents: sim.lastEvents(opts.traceMax) });
         }
       }
     }
+    if (writeBack) {
+      const loss = sim.lossReport();
+      if (loss.unexplained.length > 0) return result({ invariant: 'lost-write', message: loss.unexplained.slice(0, 3).join('; '), lastEvents: sim.lastEvents(opts.traceMax) });
+      const seen = sim.lostWriteObserved();
+      if (seen !== null) return result({ invariant: 'lost-write-observed', message: seen, lastEvents: sim.lastEvents(opts.traceMax) });
+    }
     const lin = sim.checkHistory(opts.linTimeoutMs ?? 20_000, opts.unknown ?? 'applied');
-    if (!lin.ok) return result({ invariant: 'linearizability', message: `${lin.result}: ${lin.explanation ?? ''}`, lastEvents: sim.lastEvents() });
+    if (!lin.ok) return result({ invariant: 'linearizability', message: `${lin.result}: ${lin.explanation ?? ''}`, lastEvents: sim.lastEvents(opts.traceMax) });
     return result();
   } catch (err) {
-    if (err instanceof SimViolation) return result({ invariant: err.invariant, message: err.message, lastEvents: sim.lastEvents() });
+    if (err instanceof SimViolation) return result({ invariant: err.invariant, message: err.message, lastEvents: sim.lastEvents(opts.traceMax) });
     const e = err as Error;
-    return result({ invariant: (e as { code?: string }).code === 'COHERENCE' ? 'mesi' : 'exception', message: e.stack ?? String(e), lastEvents: sim.lastEvents() });
+    return result({ invariant: (e as { code?: string }).code === 'COHERENCE' ? 'mesi' : 'exception', message: e.stack ?? String(e), lastEvents: sim.lastEvents(opts.traceMax) });
   }
 }
 
@@ -1436,7 +2113,7 @@ export function formatFailure(r: RandomRunResult, opts: Omit<RandomRunOptions, '
   if (events.length === 0) events = runRandom({ ...opts, seed: r.seed, trace: true }).failure?.lastEvents ?? [];
   return [
     `seed ${r.seed} broke ${r.failure?.invariant}: ${r.failure?.message}`,
-    `config ${JSON.stringify(r.config)}; replay: CACHE_SIM_SEED=${r.seed} npx tap .build/<dir>/test/cache/coherence-sim.test.js`,
+    `config ${JSON.stringify(r.config)}; replay: CACHE_SIM_SEED=${r.seed}${r.config.writeBack === true ? ' CACHE_SIM_WB=1' : ''} npx tap .build/<dir>/test/cache/coherence-sim.test.js`,
     'last events:',
     ...events.slice(-60).map((l) => `  ${l}`),
   ].join('\n');
