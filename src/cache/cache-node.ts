@@ -58,6 +58,13 @@ export interface NodeCacheConfig {
    */
   writeBack?: boolean;
   flushMs?: number;
+  /**
+   * Write-through only: after an invalidation drops a line, read the key again in the background so the next read
+   * here hits (a read-mostly key written elsewhere stays cached on every node that reads it); at most this many such
+   * reads in flight; 0 (the default) = off. Under write-back it would take every writer's E line away (the home
+   * downgrades it for the reader), so it is off there.
+   */
+  refillMax?: number;
 }
 
 export interface NodeIO<V, Op, R> {
@@ -92,6 +99,9 @@ export interface NodeCacheStats {
   renewalsRefused: number;
   /** Write-back: writes completed on a local E/M line, flushes sent / accepted, Modified data handed over in an answer
    *  to an invalidation or downgrade, and Modified data lost (lease lapsed, or the home refused its flush). */
+  /** Background re-reads after invalidations (refillMax), and those skipped at the limit. */
+  refills: number;
+  refillsSkipped: number;
   localWrites: number;
   flushesSent: number;
   flushesAccepted: number;
@@ -215,6 +225,8 @@ export class CacheNode<V, Op, R> {
     evictions: 0,
     renewalsSent: 0,
     renewalsRefused: 0,
+    refills: 0,
+    refillsSkipped: 0,
     localWrites: 0,
     flushesSent: 0,
     flushesAccepted: 0,
@@ -230,6 +242,8 @@ export class CacheNode<V, Op, R> {
   private writeSeq = 0;
   private readonly writeBack: boolean;
   private readonly flushMs: number;
+  private readonly refillMax: number;
+  private refillsInFlight = 0;
   private readonly dirty = new Map<CacheKey, Dirty>();
   private readonly wb = new Map<CacheKey, WbEntry<V>>();
   /**
@@ -248,6 +262,7 @@ export class CacheNode<V, Op, R> {
   ) {
     this.writeBack = cfg.writeBack === true;
     this.flushMs = cfg.flushMs ?? 100;
+    this.refillMax = this.writeBack ? 0 : Math.max(0, cfg.refillMax ?? 0);
   }
 
   /** Write-back: Modified lines in the store, and Modified data waiting outside it (INFO). */
@@ -330,18 +345,45 @@ export class CacheNode<V, Op, R> {
       pk.fill.late.push(cb);
       return;
     }
+    this.sendFill(shard, key, lease, pk, now, cb);
+  }
+
+  /**
+   * Write-through, after an invalidation dropped a line: reads the key again in the background (no client waits on
+   * it; readers arriving meanwhile join it as late readers), so the next read on this node is a hit again. An
+   * ordinary fill: it waits at the home for the write that caused the invalidation, reads memory after it, and
+   * installs only under the same conditions as any fill. At most `refillMax` in flight.
+   */
+  private refill(shard: number, key: CacheKey): void {
+    const lease = this.shards.get(shard);
+    const p = this.pend.get(key);
+    if (lease === undefined || lease.until <= this.io.now() || (p !== undefined && (p.fill !== null || p.writes > 0))) return;
+    if (this.refillsInFlight >= this.refillMax) {
+      this.stats.refillsSkipped++;
+      return;
+    }
+    this.refillsInFlight++;
+    this.stats.refills++;
+    this.sendFill(shard, key, lease, p ?? this.pending(key), this.io.now(), null);
+  }
+
+  /** Sends a GetS for `key` with `cb` as its first reader (null: a refill, nobody waits). */
+  private sendFill(shard: number, key: CacheKey, lease: ShardLease, pk: KeyPending<V>, now: number, cb: ((r: ReadResult<V>) => void) | null): void {
     const cacheable = pk.writes === 0 && lease.allWrites === 0;
-    const fill: Fill<V> = { waiters: [cb], late: [], poisoned: !cacheable };
+    const fill: Fill<V> = { waiters: cb === null ? [] : [cb], late: [], poisoned: !cacheable };
     pk.fill = fill;
     const inc = lease.inc;
     const sentAt = now;
-    this.stats.fillsSent++;
+    if (cb !== null) this.stats.fillsSent++;
     this.io.request(shard, { t: 'gets', from: this.cfg.self, shard, key, cacheable }, (a) => {
+      if (cb === null) this.refillsInFlight--;
       if (pk.fill === fill) pk.fill = null;
       this.forgetIfIdle(key, pk);
       if (!a.ok) {
         for (const w of fill.waiters) w(a);
-        for (const w of fill.late) w(a);
+        // Readers that joined a refill did not ask for it: they read again on their own.
+        if (cb === null) this.readAgain(shard, key, fill.late);
+        else for (const w of fill.late) w(a);
         return;
       }
       const d = a as DataAnswer<V>;
@@ -519,6 +561,7 @@ export class CacheNode<V, Op, R> {
   onInvalidate(msg: InvMessage): InvAck {
     this.stats.invalidationsReceived += msg.items.length;
     const data: DirtyItem[] = [];
+    let refill: CacheKey[] | null = null;
     for (const [key, gen] of msg.items) {
       this.takeDirty(key, msg.epoch, gen, data);
       const line = this.writeBack ? this.store.peek(key) : undefined;
@@ -529,8 +572,10 @@ export class CacheNode<V, Op, R> {
       // of a newer home: an invalidation from a deposed home that does not know it yet revokes none of the new home's
       // grants, and dropping a Modified line here (its data goes only with an answer to its own home) lost it
       // (test/cache/coherence-sim.test.ts, "an invalidation from a deposed home leaves the new home's lines alone").
+      const dropped = !newer && this.refillMax > 0 && this.store.peek(key) !== undefined;
       if (!newer) this.drop(key, 'inv');
       const p = this.pend.get(key);
+      if (dropped) (refill ??= []).push(key);
       if (p !== undefined) {
         if (p.fill !== null) p.fill.poisoned = true;
         if (p.writes > 0) {
@@ -540,6 +585,7 @@ export class CacheNode<V, Op, R> {
         }
       }
     }
+    if (refill !== null) for (const key of refill) this.refill(msg.shard, key);
     return { t: 'invack', from: this.cfg.self, shard: msg.shard, epoch: msg.epoch, items: msg.items, ...(data.length > 0 ? { data } : {}) };
   }
 

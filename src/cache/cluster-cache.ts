@@ -39,6 +39,8 @@ export interface ClusterCacheOptions {
   writePolicy?: 'write-through' | 'write-back';
   /** Write-back: a Modified line is flushed at most this long after its first unflushed write, ms. */
   flushMs?: number;
+  /** Write-through: background re-reads after invalidations in flight at most (0 = off; see NodeCacheConfig). */
+  refillMax?: number;
 }
 
 const SHARD_BITS = 16384;
@@ -133,6 +135,7 @@ export class ClusterCache {
         evictedBatchMax: 1024,
         writeBack: this.writePolicy === 'write-back',
         flushMs: opts.flushMs ?? 100,
+        refillMax: opts.refillMax ?? 0,
       },
       lines,
       {
@@ -222,6 +225,8 @@ export class ClusterCache {
       `cache_home_change_lines:${s.homeChangeLines}`,
       `cache_lease_renewals_sent:${s.renewalsSent}`,
       `cache_lease_renewals_refused:${s.renewalsRefused}`,
+      `cache_refills:${s.refills}`,
+      `cache_refills_skipped:${s.refillsSkipped}`,
       `cache_dirty_lines:${d.lines}`,
       `cache_writeback_buffered:${d.buffered}`,
       `cache_local_writes:${s.localWrites}`,

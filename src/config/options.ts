@@ -77,6 +77,7 @@ export const NODE_OPTIONS: readonly OptionSpec[] = [
   { name: 'cache-lease', kind: 'int', default: 1000, min: 20, max: 600_000, unit: 'ms', help: 'coherent cache line lease: a node cut off from a shard\'s home stops serving its lines within this time, and a new home waits this long before its first write; the same on every node' },
   { name: 'cache-write-policy', kind: 'enum', default: 'write-through', choices: ['write-through', 'write-back'], help: 'write-through: a write completes once replicated; write-back: a write to a line this node owns completes locally and is written back within --cache-flush-ms (a node crash can lose such writes nobody else read yet); the same on every node' },
   { name: 'cache-flush-ms', kind: 'int', default: 100, min: 1, max: 600_000, unit: 'ms', help: 'write-back: a Modified line is written back at most this long after its first unflushed write' },
+  { name: 'cache-refill-max', kind: 'int', default: 256, min: 0, max: 1_000_000, help: 'write-through: after an invalidation, re-read the key in the background so the next read on this node hits; at most this many in flight per node (0 = off)' },
   { name: 'cache-backing', kind: 'string', default: '', help: 'an external Redis below the replicated keyspace (redis://host:port/db): GET misses load from it, writes are sent to it (docs/cache-coherence.md); empty = none' },
   { name: 'election-timeout', kind: 'int', default: 150, min: 20, max: 60_000, unit: 'ms', help: 'lower bound of the randomized Raft election timeout (heartbeat = a third of it)' },
   { name: 'log-level', kind: 'enum', default: 'info', choices: ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'], help: 'pino log level' },
@@ -113,6 +114,7 @@ export interface ClusterOptions {
   cacheFlushMs: number;
   /** '' = no backing store. */
   cacheBacking: string;
+  cacheRefillMax: number;
 }
 
 export interface NodeOptions {
@@ -342,6 +344,7 @@ export function loadNodeOptions(
       cacheWritePolicy: str('cache-write-policy') as 'write-through' | 'write-back',
       cacheFlushMs: num('cache-flush-ms'),
       cacheBacking: str('cache-backing'),
+      cacheRefillMax: num('cache-refill-max'),
     },
   };
   options.cluster.members = parseMembers(str('peers'), { id: num('id'), host: str('host'), port: num('port'), peerPort: num('peer-port') });

@@ -131,6 +131,7 @@ export async function startClusterNode(options: NodeOptions, logger: Logger): Pr
     ttlMarginMs: cacheMarginMs(c.cacheLeaseMs),
     writePolicy: c.cacheWritePolicy,
     flushMs: c.cacheFlushMs,
+    refillMax: c.cacheRefillMax,
   });
   const server = new RespServer(
     { host: options.host, port: options.port, resp: options.resp, server: options.server, protectedMode: options.protectedMode },

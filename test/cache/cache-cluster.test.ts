@@ -25,7 +25,8 @@ const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 const keyLedBy = (c: ProcCluster, leader: number, prefix: string) => keyLedByIn(c, SHARDS, leader, prefix);
 
 t.test('coherence on a real cluster: local hits, invalidation, eviction, a paused holder, a killed leader', async (t) => {
-  await withCluster(t, { ...OPTS, extraFlags: [...OPTS.extraFlags, '--cache-max-items', '200'] }, async (c) => {
+  // Background refills off: this test checks the exact states a write leaves behind (I on the other nodes).
+  await withCluster(t, { ...OPTS, extraFlags: [...OPTS.extraFlags, '--cache-max-items', '200', '--cache-refill-max', '0'] }, async (c) => {
     const r = new Map<number, Redis>(c.ids.map((id) => [id, c.client(id)]));
     const cl = (id: number) => r.get(id)!;
     t.teardown(() => {
@@ -179,7 +180,10 @@ t.test('linearizable GET/SET/INCR from all nodes while a node is paused, then an
       writeFileSync(file, JSON.stringify(history.map((o) => ({ ...o, ret: o.ret === Infinity ? null : o.ret }))));
       t.comment(`history written to ${file}`);
     }
-    const hits = (await Promise.all(c.liveIds().map((id) => cacheInfo(c, id)))).reduce((n, x) => n + x['cache_hits']!, 0);
+    const infos = await Promise.all(c.liveIds().map((id) => cacheInfo(c, id)));
+    const hits = infos.reduce((n, x) => n + x['cache_hits']!, 0);
+    const refills = infos.reduce((n, x) => n + x['cache_refills']!, 0);
     t.ok(hits > 0, `reads were served from caches (${hits} hits)`);
+    t.ok(refills > 0, `invalidated lines were read again in the background (${refills} refills)`);
   });
 });

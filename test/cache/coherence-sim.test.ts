@@ -1003,6 +1003,22 @@ if (ONLY !== undefined) {
     t.ok(sum(results, 'hits') > 0 && sum(results, 'lapsedLines') > 0, 'lines were served and lapsed');
   });
 
+  t.test(`background refills after invalidations (refillMax): ${Math.round(SEEDS / 2)} random-fault seeds keep every invariant; fault-free, they raise the hit rate`, async (t) => {
+    const results: RandomRunResult[] = [];
+    for (let seed = 1; seed <= Math.round(SEEDS / 2); seed++) results.push(runRandom({ seed: 20_000 + seed, ops: OPS, refillMax: 2 }));
+    report(t, results, 'refills with faults', { ops: OPS, faults: true, refillMax: 2 });
+    const off: RandomRunResult[] = [];
+    const on: RandomRunResult[] = [];
+    for (let seed = 1; seed <= 10; seed++) {
+      off.push(runRandom({ seed: 30_000 + seed, ops: OPS, faults: false, readRate: 0.9 }));
+      on.push(runRandom({ seed: 30_000 + seed, ops: OPS, faults: false, readRate: 0.9, refillMax: 64 }));
+    }
+    report(t, on, 'refills fault-free', { ops: OPS, faults: false, refillMax: 64 });
+    const rate = (rs: RandomRunResult[]) => sum(rs, 'hits') / Math.max(1, sum(rs, 'reads'));
+    t.comment(`fault-free 90% reads: hit rate ${(rate(off) * 100).toFixed(1)}% without refills, ${(rate(on) * 100).toFixed(1)}% with`);
+    t.ok(rate(on) > rate(off), 'refills raise the hit rate');
+  });
+
   t.test('unknown writes as pending operations (ret = Infinity): shorter runs, the client-view check', async (t) => {
     const n = Math.max(1, Math.round(SEEDS / 5));
     const results: RandomRunResult[] = [];

@@ -183,6 +183,8 @@ export interface CacheSimConfig {
    */
   writeBack: boolean;
   flushMs: number;
+  /** Write-through: CacheNode.refillMax (background re-reads after invalidations; 0 = off). */
+  refillMax: number;
 }
 
 export const DEFAULT_SIM_CONFIG: Omit<CacheSimConfig, 'seed'> = {
@@ -208,6 +210,7 @@ export const DEFAULT_SIM_CONFIG: Omit<CacheSimConfig, 'seed'> = {
   net: { delayMinMs: 1, delayMaxMs: 10, loss: 0, reorder: 0, stall: 0 },
   trace: false,
   writeBack: false,
+  refillMax: 0,
   flushMs: 40,
 };
 
@@ -1283,6 +1286,7 @@ export class CacheSim {
         renewMs: this.cfg.renewMs,
         evictedBatchMax: this.cfg.evictedBatchMax,
         ...(this.cfg.writeBack ? { writeBack: true, flushMs: this.cfg.flushMs } : {}),
+        ...(this.cfg.refillMax > 0 ? { refillMax: this.cfg.refillMax } : {}),
       },
       n.store,
       io,
@@ -1953,6 +1957,8 @@ export interface RandomRunOptions {
   unknown?: 'pending' | 'applied';
   /** Run the write-back policy (default false: write-through). */
   writeBack?: boolean;
+  /** Write-through: background re-reads after invalidations (CacheNode.refillMax; default 0 = off). */
+  refillMax?: number;
   /** Inject node crashes among the faults (default true). */
   crashes?: boolean;
   /** Override the fault mix's weights (experiments: e.g. only network faults). */
@@ -2036,6 +2042,7 @@ export function runRandom(opts: RandomRunOptions): RandomRunResult {
     memDelayMaxMs,
     writeBack,
     flushMs,
+    refillMax: writeBack ? 0 : (opts.refillMax ?? 0),
   });
   const config = { shards, keys: nkeys, capacity, clientsPerNode, readRate, profile: faults ? profile : 'none', ...(writeBack ? { writeBack, flushMs } : {}) };
   const result = (failure?: RandomRunResult['failure']): RandomRunResult => ({
