@@ -244,6 +244,12 @@ export class CacheNode<V, Op, R> {
   private readonly flushMs: number;
   private readonly refillMax: number;
   private refillsInFlight = 0;
+  /**
+   * Keys whose line served a hit since it was installed: only those are refilled after an invalidation (a line
+   * nobody read since its last fill is not worth a background read: at most one refill per hit). Cleared with the
+   * line.
+   */
+  private readonly readSince = new Set<CacheKey>();
   private readonly dirty = new Map<CacheKey, Dirty>();
   private readonly wb = new Map<CacheKey, WbEntry<V>>();
   /**
@@ -302,8 +308,9 @@ export class CacheNode<V, Op, R> {
   }
 
   /** Counts a hit the caller served from a line it found after mayHit said yes. */
-  countHit(): void {
+  countHit(key: CacheKey): void {
     this.stats.hits++;
+    if (this.refillMax > 0) this.readSince.add(key);
   }
 
   /** A hit (counted) when the key can be served locally now; undefined otherwise, with nothing counted (call read()). */
@@ -316,6 +323,7 @@ export class CacheNode<V, Op, R> {
     if (line === undefined) return undefined;
     transition(line.state, 'read');
     this.stats.hits++;
+    if (this.refillMax > 0) this.readSince.add(key);
     return line;
   }
 
@@ -335,6 +343,7 @@ export class CacheNode<V, Op, R> {
       if (line !== undefined) {
         transition(line.state, 'read');
         this.stats.hits++;
+        if (this.refillMax > 0) this.readSince.add(key);
         cb({ ok: true, value: line.value, hit: true });
         return;
       }
@@ -349,8 +358,8 @@ export class CacheNode<V, Op, R> {
   }
 
   /**
-   * Write-through, after an invalidation dropped a line: reads the key again in the background (no client waits on
-   * it; readers arriving meanwhile join it as late readers), so the next read on this node is a hit again. An
+   * Write-through, after an invalidation dropped a line that served a hit since it was installed: reads the key
+   * again in the background (no client waits on it; readers arriving meanwhile join it as late readers), so the next read on this node is a hit again. An
    * ordinary fill: it waits at the home for the write that caused the invalidation, reads memory after it, and
    * installs only under the same conditions as any fill. At most `refillMax` in flight.
    */
@@ -572,7 +581,7 @@ export class CacheNode<V, Op, R> {
       // of a newer home: an invalidation from a deposed home that does not know it yet revokes none of the new home's
       // grants, and dropping a Modified line here (its data goes only with an answer to its own home) lost it
       // (test/cache/coherence-sim.test.ts, "an invalidation from a deposed home leaves the new home's lines alone").
-      const dropped = !newer && this.refillMax > 0 && this.store.peek(key) !== undefined;
+      const dropped = !newer && this.refillMax > 0 && this.readSince.has(key) && this.store.peek(key) !== undefined;
       if (!newer) this.drop(key, 'inv');
       const p = this.pend.get(key);
       if (dropped) (refill ??= []).push(key);
@@ -617,6 +626,7 @@ export class CacheNode<V, Op, R> {
 
   /** The store evicted a line (LRU or TTL). */
   onEvicted(key: CacheKey, line: Line<V>): void {
+    this.readSince.delete(key);
     const t = transition(line.state, 'evict');
     this.transitions.count(line.state, t.next);
     this.lines[line.state]!--;
@@ -857,6 +867,7 @@ export class CacheNode<V, Op, R> {
     // A line left from a lapsed lease (the tick has not dropped it yet) goes first.
     if (this.store.peek(key) !== undefined) this.drop(key, 'lapse');
     const t = transition(LineState.I, event);
+    this.readSince.delete(key);
     this.store.put(key, { state: t.next, value, gen, shard });
     // The store may refuse a line (too large for its limits): count only what it holds.
     if (this.store.peek(key) === undefined) return false;
@@ -868,6 +879,7 @@ export class CacheNode<V, Op, R> {
   }
 
   private drop(key: CacheKey, event: LineEvent): void {
+    this.readSince.delete(key);
     const line = this.store.peek(key);
     if (line === undefined) return;
     const t = transition(line.state, event);

@@ -180,7 +180,7 @@ export class ClusterCache {
     if (!this.node.mayHit(shard, k)) return undefined;
     const e = this.store.getLatin1(k);
     if (e === undefined) return undefined;
-    this.node.countHit();
+    this.node.countHit(k);
     return (e.state & ABSENT) !== 0 ? null : e.value;
   }
 

@@ -460,3 +460,29 @@ t.test('write-back: a lapsed lease loses the Modified lines (counted)', async (t
   t.equal(node.stats.writebacksLost, 1);
   t.same(node.dirtyCounts, { lines: 0, buffered: 0 });
 });
+
+t.test('write-through refills: a line read since its fill is read again in the background after an invalidation', async (t) => {
+  const io = new ScriptedIO();
+  const store = new LruLineStore(8);
+  const node = new CacheNode<string, Op, string>({ self: 2, leaseMs: LEASE, renewMs: RENEW, evictedBatchMax: 4, refillMax: 1 }, store, io);
+  store.onEvict = (k, l) => node.onEvicted(k, l);
+  fill(node, io, 'hot', 'v1', 3, 'S');
+  fill(node, io, 'cold', 'c1', 4, 'S');
+  fill(node, io, 'hot2', 'w1', 5, 'S');
+  read(node, 'hot');
+  read(node, 'hot2');
+  const misses = node.stats.misses;
+  node.onInvalidate({ t: 'inv', shard: SHARD, epoch: EPOCH, items: [['cold', 4]] });
+  t.equal(io.reqs.filter((r) => r.req.t === 'gets').length, 0, 'a line nobody read since its fill is not refilled');
+  node.onInvalidate({ t: 'inv', shard: SHARD, epoch: EPOCH, items: [['hot', 3], ['hot2', 5]] });
+  const g = io.take('gets', 'hot');
+  t.same(g.req, { t: 'gets', from: 2, shard: SHARD, key: 'hot', cacheable: true }, 'the read line is read again');
+  t.equal(io.reqs.filter((r) => r.req.t === 'gets').length, 0, 'hot2 skipped: refillMax 1 in flight');
+  t.same([node.stats.refills, node.stats.refillsSkipped, node.stats.misses], [1, 1, misses], 'no miss counted');
+  const joined = read(node, 'hot'); // a reader arriving meanwhile joins it
+  g.cb(data('v2', 'S', 9));
+  t.same(joined, [{ ok: true, value: 'v2', hit: false }]);
+  t.same(read(node, 'hot'), [{ ok: true, value: 'v2', hit: true }], 'the next read hits');
+  node.onInvalidate({ t: 'inv', shard: SHARD, epoch: EPOCH, items: [['hot', 9]] });
+  t.equal(io.reqs.filter((r) => r.req.t === 'gets').length, 1, 'read again since: refilled again');
+});
