@@ -6,7 +6,8 @@
  *
  * Placement: `placeShards(node ids, S, rf)`; shard s lives on worker `s % W` of each of its replica nodes. Worker
  * i of every node listens for peers on `peerBasePort + i` of its node and links to worker i of every other node.
- * The topology digest (placement + W) is checked by the peer handshake: nodes that disagree refuse to link.
+ * The topology digest (placement + W + the cache's policy and lease) is checked by the peer handshake: nodes that
+ * disagree refuse to link.
  *
  * Worker states:
  *
@@ -64,6 +65,16 @@ export const SHARD_WORKER_TUNING_DEFAULT: ShardWorkerTuning = {
   cacheWritePolicy: 'write-through',
   cacheBacking: '',
 };
+
+/**
+ * What besides the shard placement every node must agree on, folded into the topology digest the peer handshake
+ * checks (nodes that disagree refuse to link, loudly): the worker count (it maps shards to peer ports), and the
+ * cache's write policy and lease (a write-through home does not wait for a write-back node's Modified data, and a
+ * node holding a longer lease than its home counts would serve lines the home believes lapsed).
+ */
+export function topologyExtra(workers: number, tuning: Pick<ShardWorkerTuning, 'cacheWritePolicy' | 'cacheLeaseMs'>): string {
+  return `workers=${workers};cache=${tuning.cacheWritePolicy},${tuning.cacheLeaseMs};`;
+}
 
 export interface RuntimeNode {
   host: string;
@@ -150,7 +161,7 @@ export class ShardRuntime {
     this.log = (opts.logger ?? silentLogger()).child({ module: 'shard-runtime' });
     const ids = [...opts.nodes.keys()];
     this.placement = placeShards(ids, opts.shards, opts.rf, opts.vnodes ?? 128);
-    this.topologyDigest = placementDigest(this.placement, `workers=${opts.workers};`);
+    this.topologyDigest = placementDigest(this.placement, topologyExtra(opts.workers, { ...SHARD_WORKER_TUNING_DEFAULT, ...opts.tuning }));
     this.hosted = this.placement.map((p) => p.replicas.includes(opts.nodeId));
     this.edgeStats = { requests: new Array<number>(opts.workers).fill(0), batches: new Array<number>(opts.workers).fill(0) };
   }

@@ -3,9 +3,9 @@ import net from 'node:net';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ShardRuntime, type RuntimeNode, type ShardRuntimeOptions } from '../../src/cluster/shard-runtime.js';
+import { ShardRuntime, topologyExtra, type RuntimeNode, type ShardRuntimeOptions } from '../../src/cluster/shard-runtime.js';
 import { keySlot } from '../../src/cluster/slots.js';
-import { shardOfSlot } from '../../src/cluster/ring.js';
+import { placeShards, placementDigest, shardOfSlot } from '../../src/cluster/ring.js';
 import { ReplyRecorder } from '../../src/cluster/keyspace-reply.js';
 import {
   BatchWriter,
@@ -339,4 +339,13 @@ t.test('with RF 1 a node forwards requests for shards only another node holds, a
   const t0 = Date.now();
   t.match(await rt.execute(other.shard, 'write', [b('SET'), b('b'), b('3')]), { ok: false, code: 'NOQUORUM' }, 'no reachable replica: NOQUORUM');
   t.ok(Date.now() - t0 >= 400, 'after waiting for one');
+});
+
+t.test('nodes that disagree on the cache policy or lease have different topology digests (the handshake refuses them)', async (t) => {
+  const p = placeShards([1, 2, 3], 8, 3);
+  const d = (policy: 'write-through' | 'write-back', lease: number, workers = 2) => placementDigest(p, topologyExtra(workers, { cacheWritePolicy: policy, cacheLeaseMs: lease }));
+  t.equal(d('write-through', 1000), d('write-through', 1000));
+  t.not(d('write-through', 1000), d('write-back', 1000), 'write policy');
+  t.not(d('write-through', 1000), d('write-through', 600), 'lease');
+  t.not(d('write-through', 1000), d('write-through', 1000, 1), 'workers');
 });
