@@ -313,20 +313,6 @@ export class CacheNode<V, Op, R> {
     if (this.refillMax > 0) this.readSince.add(key);
   }
 
-  /** A hit (counted) when the key can be served locally now; undefined otherwise, with nothing counted (call read()). */
-  tryHit(shard: number, key: CacheKey): Line<V> | undefined {
-    const lease = this.shards.get(shard);
-    if (lease === undefined || lease.until <= this.io.now()) return undefined;
-    const p = this.pend.get(key);
-    if (p !== undefined && p.writes > 0) return undefined;
-    const line = this.store.get(key);
-    if (line === undefined) return undefined;
-    transition(line.state, 'read');
-    this.stats.hits++;
-    if (this.refillMax > 0) this.readSince.add(key);
-    return line;
-  }
-
   read(shard: number, key: CacheKey, cb: (r: ReadResult<V>) => void): void {
     const lease = this.lease(shard);
     const p = this.pend.get(key);
@@ -338,12 +324,11 @@ export class CacheNode<V, Op, R> {
       cb({ ok: true, value: buffered.value, hit: true });
       return;
     }
-    if ((p === undefined || p.writes === 0) && lease.until > now) {
+    if (this.mayHit(shard, key)) {
       const line = this.store.get(key);
       if (line !== undefined) {
         transition(line.state, 'read');
-        this.stats.hits++;
-        if (this.refillMax > 0) this.readSince.add(key);
+        this.countHit(key);
         cb({ ok: true, value: line.value, hit: true });
         return;
       }

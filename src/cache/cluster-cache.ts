@@ -172,8 +172,8 @@ export class ClusterCache {
 
   /**
    * The cached bytes if the key can be served locally now (a hit, counted; null for a cached "no such key");
-   * undefined if not (nothing counted). The hot path of GET: it reads the store entry directly instead of building
-   * a Line (CacheNode.tryHit does the same check with one).
+   * undefined if not (nothing counted). The hot path of GET: CacheNode.read's hit check, reading the store entry
+   * directly instead of building a Line.
    */
   peekHit(shard: number, key: Buffer): Buffer | null | undefined {
     const k = key.toString('latin1');
