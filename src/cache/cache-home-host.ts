@@ -20,11 +20,10 @@ import { CacheHome, emptyHomeStats, type HomeStats, type MemoryRead, type Memory
 import type { CoherenceFailure, DownMessage, FlushRequest, HomeAnswer, InvAck, InvMessage, NodeRequest } from './coherence-types.js';
 import type { CachedValue } from './coherence-wire.js';
 import { decodeEntry, encodeWrite, KeyspaceEntryKind } from '../cluster/keyspace-codec.js';
+import { lookupWrite } from '../cluster/keyspace-machine.js';
 import type { BackingStore } from './backing-store.js';
-import { STRING_COMMANDS } from './string-commands.js';
 import { isDownAck, isInvAck, writeKeysOf } from './coherence-wire.js';
 
-const STRING_SPECS = new Map(STRING_COMMANDS.map((s) => [s.name, s]));
 const B = (s: string): Buffer => Buffer.from(s, 'latin1');
 
 type Home = CacheHome<CachedValue, Uint8Array, Uint8Array>;
@@ -279,7 +278,7 @@ export class CacheHomeHost {
 function writtenKeys(data: Uint8Array): string[] {
   const e = decodeEntry(data);
   if (e.kind !== KeyspaceEntryKind.Write) return [];
-  const spec = STRING_SPECS.get(e.args[0]!.toString('latin1').toLowerCase());
+  const spec = lookupWrite(e.args[0]);
   if (spec === undefined) return [];
   const keys = writeKeysOf(spec, e.args);
   return keys === 'all' ? [] : keys;

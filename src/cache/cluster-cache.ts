@@ -19,9 +19,8 @@ import type { CacheKey, CoherenceFailure, HomeAnswer, NodeRequest } from './cohe
 import { decodeAnswer, encodeCacheRequest, type CachedValue, type CacheWriteOp } from './coherence-wire.js';
 import { LineState, LINE_STATE_NAMES } from './mesi.js';
 import { CacheStore, type CacheEntry } from './store.js';
-import { KeyspaceMachine, isReplicatedWrite } from '../cluster/keyspace-machine.js';
+import { KeyspaceMachine, lookupWrite } from '../cluster/keyspace-machine.js';
 import { encodeWrite } from '../cluster/keyspace-codec.js';
-import { STRING_COMMANDS } from './string-commands.js';
 
 export interface ClusterCacheOptions {
   nodeId: NodeId;
@@ -56,7 +55,6 @@ export function failureReply(f: CoherenceFailure): Extract<ShardReply, { ok: fal
   return { ok: false, code: f.code, leader: 0, message: f.message };
 }
 
-const LOCAL_WRITES = new Map(STRING_COMMANDS.filter((s) => isReplicatedWrite(s) && s.firstKey === 1 && s.lastKey === 1).map((s) => [s.name, s]));
 const B = (s: string): Buffer => Buffer.from(s, 'latin1');
 
 /**
@@ -65,8 +63,8 @@ const B = (s: string): Buffer => Buffer.from(s, 'latin1');
  * replicated string write (it goes to the home).
  */
 function execLocal(scratch: KeyspaceMachine, key: CacheKey, args: CacheWriteOp, current: CachedValue | null): { result: Uint8Array; value: CachedValue | null } | null {
-  const spec = LOCAL_WRITES.get(args[0]!.toString('latin1').toLowerCase());
-  if (spec === undefined) return null;
+  const spec = lookupWrite(args[0]);
+  if (spec === undefined || spec.firstKey !== 1 || spec.lastKey !== 1) return null;
   const k = B(key);
   const now = Date.now();
   try {

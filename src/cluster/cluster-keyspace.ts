@@ -17,7 +17,7 @@
  */
 import type { CommandContext, CommandSpec } from '../server/command.js';
 import { STRING_COMMANDS, ERR_INVALID_CURSOR, ERR_SYNTAX } from '../cache/string-commands.js';
-import { isReplicatedWrite } from './keyspace-machine.js';
+import { isReplicatedWrite, lookupWrite } from './keyspace-machine.js';
 import { replayReply } from './keyspace-reply.js';
 import { isErrorValue, recordValue, type RecordValue } from './record-value.js';
 import { shardOfSlot } from './ring.js';
@@ -56,7 +56,6 @@ export interface ClusterKeyspaceDeps {
   cache?: ClusterCache;
 }
 
-const SPECS = new Map<string, CommandSpec>(STRING_COMMANDS.map((s) => [s.name, s]));
 
 export function clusterKeyspaceCommands(deps: ClusterKeyspaceDeps): CommandSpec[] {
   const { runtime, shards, cache } = deps;
@@ -67,7 +66,7 @@ export function clusterKeyspaceCommands(deps: ClusterKeyspaceDeps): CommandSpec[
       runtime.submit(shard, kind, args, cb);
       return;
     }
-    const spec = SPECS.get(args[0]!.toString('latin1').toLowerCase());
+    const spec = lookupWrite(args[0]);
     const keys = spec === undefined ? 'all' : writeKeysOf(spec, args);
     cache.write(shard, keys, args, keys !== 'all' && keys.length === 1 ? keys[0] : undefined, cb);
   };

@@ -141,13 +141,23 @@ const WRITES = new Map<string, CommandSpec>();
 const READS = new Map<string, CommandSpec>();
 for (const spec of STRING_COMMANDS) (isReplicatedWrite(spec) ? WRITES : READS).set(spec.name, spec);
 
-function lookupSpec(table: Map<string, CommandSpec>, name: Buffer): CommandSpec | undefined {
-  if (name.length > 32) return undefined;
+function lookupSpec(table: Map<string, CommandSpec>, name: Buffer | undefined): CommandSpec | undefined {
+  if (name === undefined || name.length > 32) return undefined;
   const s = name.toString('latin1');
   return table.get(s) ?? table.get(s.toLowerCase());
 }
 
-function arityOk(spec: CommandSpec, argc: number): boolean {
+/** The replicated string write named `name` (any case), or undefined. */
+export function lookupWrite(name: Buffer | undefined): CommandSpec | undefined {
+  return lookupSpec(WRITES, name);
+}
+
+/** The string read named `name` (any case), or undefined. */
+export function lookupRead(name: Buffer | undefined): CommandSpec | undefined {
+  return lookupSpec(READS, name);
+}
+
+export function arityOk(spec: CommandSpec, argc: number): boolean {
   return spec.arity > 0 ? argc === spec.arity : argc >= -spec.arity;
 }
 

@@ -38,10 +38,8 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import { STRING_COMMANDS } from '../cache/string-commands.js';
 import { HostError, RaftHost } from '../node/raft-host.js';
 import { Role, type NodeId } from '../raft/types.js';
-import type { CommandSpec } from '../server/command.js';
 import { SnapshotStore } from '../storage/snapshot-store.js';
 import { Wal } from '../storage/wal.js';
 import { PeerRequestError, PeerTransport } from '../transport/peer-transport.js';
@@ -67,7 +65,7 @@ import {
   writeKeysOf,
   type CachedValue,
 } from '../cache/coherence-wire.js';
-import { isReplicatedWrite, KeyspaceMachine } from './keyspace-machine.js';
+import { arityOk, KeyspaceMachine, lookupRead, lookupWrite } from './keyspace-machine.js';
 import { ReplyRecorder } from './keyspace-reply.js';
 import { forwardRequest, parseForwardRequest, parseForwardResults, type ForwardItem, type ForwardResult } from './forward-protocol.js';
 import {
@@ -100,26 +98,12 @@ const LOCK_EXPIRY_ITEMS_MAX = 256;
 /** Reply batches are posted early once this many bytes are pending (bounds one message's size). */
 const REPLY_BATCH_BYTES_MAX = 4 * 1024 * 1024;
 
-const WRITES = new Map<string, CommandSpec>();
-const READS = new Map<string, CommandSpec>();
-for (const spec of STRING_COMMANDS) (isReplicatedWrite(spec) ? WRITES : READS).set(spec.name, spec);
-
-function lookup(table: Map<string, CommandSpec>, name: Buffer | undefined): CommandSpec | undefined {
-  if (name === undefined || name.length > 32) return undefined;
-  const s = name.toString('latin1');
-  return table.get(s) ?? table.get(s.toLowerCase());
-}
-
-function arityOk(spec: CommandSpec, argc: number): boolean {
-  return spec.arity > 0 ? argc === spec.arity : argc >= -spec.arity;
-}
-
 /** At most this many invalidations wait for the edge's acknowledgement (the edge answers each at once). */
 const EDGE_INVALIDATIONS_MAX = 100_000;
 
 /** A replicated string write of the keyspace (not a lock, queue or cache command). */
 function isStringWrite(args: Buffer[]): boolean {
-  return !isLockCommand(args) && !isQueueCommand(args) && !isCacheCommand(args) && lookup(WRITES, args[0]) !== undefined;
+  return !isLockCommand(args) && !isQueueCommand(args) && !isCacheCommand(args) && lookupWrite(args[0]) !== undefined;
 }
 
 /** The entry a write proposes: its own args, or for `_c.write` the wrapped write's args. */
@@ -431,16 +415,16 @@ export class ShardWorker {
       const bad = checkCacheCommand(kind === RequestKind.Write ? 'write' : 'read', args);
       if (bad !== null || kind !== RequestKind.Write) return bad;
       const inner = cacheWriteArgs(args);
-      const spec = lookup(WRITES, inner[0]);
+      const spec = lookupWrite(inner[0]);
       if (spec === undefined || !arityOk(spec, inner.length)) return `not a keyspace write with a valid arity: ${inner[0]?.toString('latin1').slice(0, 40) ?? '(none)'}`;
       return null;
     }
     if (kind === RequestKind.Write) {
-      const spec = lookup(WRITES, args[0]);
+      const spec = lookupWrite(args[0]);
       if (spec === undefined || !arityOk(spec, args.length)) return `not a keyspace write with a valid arity: ${args[0]?.toString('latin1').slice(0, 40) ?? '(none)'}`;
       return null;
     }
-    if (lookup(READS, args[0]) === undefined) return `not a keyspace read: ${args[0]?.toString('latin1').slice(0, 40) ?? '(none)'}`;
+    if (lookupRead(args[0]) === undefined) return `not a keyspace read: ${args[0]?.toString('latin1').slice(0, 40) ?? '(none)'}`;
     return null;
   }
 
@@ -689,7 +673,7 @@ export class ShardWorker {
         const d = decodeCacheRequest(req.args);
         creq = d.t === 'write' ? { ...d, shard: req.shard.id, op: req.data! } : { ...d, shard: req.shard.id };
       } else {
-        const spec = lookup(WRITES, req.args[0])!;
+        const spec = lookupWrite(req.args[0])!;
         creq = { t: 'write', from: 0, shard: req.shard.id, keys: writeKeysOf(spec, req.args), op: req.data! };
       }
     } catch (err) {
