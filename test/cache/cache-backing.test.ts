@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import t from 'tap';
 import { Redis } from 'ioredis';
 import { withCluster } from '../support/cluster-procs.js';
-import { cacheInfo, retrying } from '../support/cache-cluster.js';
+import { cacheInfo, nodeClients, retrying } from '../support/cache-cluster.js';
 
 t.setTimeout(150_000);
 
@@ -79,11 +79,7 @@ t.test('a Redis below the cluster: misses load from it, writes reach it', async 
 
   const flags = ['--cache-backing', `redis://127.0.0.1:${redis.port}`, '--cache-write-policy', 'write-back', '--cache-flush-ms', '100', '--cache-lease', '1000'];
   await withCluster(t, { shards: 8, electionTimeoutMs: 300, leaderWaitMs: 3000, requestTimeoutMs: 6000, extraFlags: flags }, async (c) => {
-    const cl = new Map(c.ids.map((id) => [id, c.client(id)]));
-    t.teardown(() => {
-      for (const x of cl.values()) x.disconnect();
-    });
-    const n = (id: number) => cl.get(id)!;
+    const { cl: n } = nodeClients(t, c);
     await retrying(10_000, () => n(1).set('warm', '1'));
 
     // -- misses load from Redis (value and TTL), then every node serves them

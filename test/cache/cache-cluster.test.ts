@@ -9,10 +9,9 @@
 // Timings are reported with t.comment and bounded generously, never asserted tightly (the machine is shared).
 import { writeFileSync } from 'node:fs';
 import t from 'tap';
-import type { Redis } from 'ioredis';
 import { withCluster, type ProcCluster } from '../support/cluster-procs.js';
 import { checkLinearizable, kvModel } from '../support/linearizability.js';
-import { cacheInfo, edgeRequests, keyLedBy as keyLedByIn, retrying, runKvClients } from '../support/cache-cluster.js';
+import { cacheInfo, edgeRequests, keyLedBy as keyLedByIn, nodeClients, retrying, runKvClients } from '../support/cache-cluster.js';
 
 const FILE_TIMEOUT_MS = 170_000;
 const SHARDS = 8;
@@ -27,11 +26,7 @@ const keyLedBy = (c: ProcCluster, leader: number, prefix: string) => keyLedByIn(
 t.test('coherence on a real cluster: local hits, invalidation, eviction, a paused holder, a killed leader', async (t) => {
   // Background refills off: this test checks the exact states a write leaves behind (I on the other nodes).
   await withCluster(t, { ...OPTS, extraFlags: [...OPTS.extraFlags, '--cache-max-items', '200', '--cache-refill-max', '0'] }, async (c) => {
-    const r = new Map<number, Redis>(c.ids.map((id) => [id, c.client(id)]));
-    const cl = (id: number) => r.get(id)!;
-    t.teardown(() => {
-      for (const x of r.values()) x.disconnect();
-    });
+    const { cl, reconnect } = nodeClients(t, c);
     // Every shard needs a leader whose takeover wait is over before writes are quick; retry the first ones.
     await retrying(10_000, () => cl(1).set('warm', '1'));
 
@@ -145,8 +140,7 @@ t.test('coherence on a real cluster: local hits, invalidation, eviction, a pause
     t.equal(await cl(3).get(kk), 'after');
     await c.restart(victim);
     await c.waitClusterOk();
-    r.get(victim)!.disconnect();
-    r.set(victim, c.client(victim));
+    reconnect(victim);
     t.equal(await retrying(10_000, () => cl(victim).get(kk)), 'after', 'the restarted node reads the new value');
     const home = (await Promise.all(c.ids.map((id) => cacheInfo(c, id)))).reduce((n, x) => n + x['cache_home_change_lines']! + x['cache_lease_lapsed_lines']!, 0);
     t.comment(`lines dropped for a home change or a lapsed lease: ${home}`);

@@ -12,7 +12,7 @@
 import t from 'tap';
 import type { Redis } from 'ioredis';
 import { withCluster, type ProcCluster } from '../support/cluster-procs.js';
-import { cacheInfo, edgeRequests, keyLedBy as keyLedByIn, retrying, runKvClients } from '../support/cache-cluster.js';
+import { cacheInfo, edgeRequests, keyLedBy as keyLedByIn, nodeClients, retrying, runKvClients } from '../support/cache-cluster.js';
 import { checkLinearizable, kvModel } from '../support/linearizability.js';
 
 const FILE_TIMEOUT_MS = 170_000;
@@ -40,11 +40,7 @@ async function states(r: Redis, key: string): Promise<Map<number, [string, strin
 
 t.test('write-back: local writes in M, snoops, flushes, INCR, DEL', async (t) => {
   await withCluster(t, OPTS, async (c) => {
-    const r = new Map<number, Redis>(c.ids.map((id) => [id, c.client(id)]));
-    const cl = (id: number) => r.get(id)!;
-    t.teardown(() => {
-      for (const x of r.values()) x.disconnect();
-    });
+    const { cl } = nodeClients(t, c);
     t.equal((await c.info(1, 'cache'))['cache_policy'], 'write-back');
     await retrying(10_000, () => cl(1).set('warm', '1'));
 
@@ -108,11 +104,7 @@ t.test('write-back: local writes in M, snoops, flushes, INCR, DEL', async (t) =>
 t.test('write-back with flushes 60 s away: eviction writes back; a crash loses at most the writes nobody else read', async (t) => {
   const flags = [...OPTS.extraFlags.map((f) => (f === String(FLUSH_MS) ? '60000' : f)), '--cache-max-items', '100'];
   await withCluster(t, { ...OPTS, extraFlags: flags }, async (c) => {
-    const r = new Map<number, Redis>(c.ids.map((id) => [id, c.client(id)]));
-    const cl = (id: number) => r.get(id)!;
-    t.teardown(() => {
-      for (const x of r.values()) x.disconnect();
-    });
+    const { cl } = nodeClients(t, c);
     await retrying(10_000, () => cl(1).set('warm', '1'));
 
     // -- Modified lines pushed out of a 100-line LRU are written back (the flush timer is 60 s away)
@@ -157,11 +149,7 @@ t.test("write-back: a killed home's Modified lines reach the new home during its
   // A lease well above the election time: the nodes hear of the new home before their leases lapse.
   const flags = OPTS.extraFlags.map((f) => (f === String(FLUSH_MS) ? '60000' : f === String(LEASE_MS) ? '1500' : f));
   await withCluster(t, { ...OPTS, extraFlags: flags }, async (c) => {
-    const r = new Map<number, Redis>(c.ids.map((id) => [id, c.client(id)]));
-    const cl = (id: number) => r.get(id)!;
-    t.teardown(() => {
-      for (const x of r.values()) x.disconnect();
-    });
+    const { cl } = nodeClients(t, c);
     await retrying(10_000, () => cl(1).set('warm', '1'));
     const k = await keyLedBy(c, 2, 'lc:');
     t.equal(await cl(1).set(k, 'm1'), 'OK');

@@ -1,6 +1,7 @@
 // Helpers of the real-cluster cache tests (test/cache/cache-cluster.test.ts, cache-writeback.test.ts): INFO readers,
 // shard leadership lookups, a retry loop for the first writes after a cluster (or a new leader) comes up, and
 // GET/SET/INCR clients that record a history for the linearizability checker.
+import type { Redis } from 'ioredis';
 import { errorCode, type ProcCluster } from './cluster-procs.js';
 import type { KvInput, KvOutput, Operation } from './linearizability.js';
 import { keySlot } from '../../src/cluster/slots.js';
@@ -113,6 +114,21 @@ export function runKvClients(
       stopped = true;
       await Promise.all(running);
       return { history, counts };
+    },
+  };
+}
+
+/** One ioredis client per node of `c`, disconnected at teardown: `cl(id)` is node id's, `reconnect(id)` replaces it. */
+export function nodeClients(t: { teardown(fn: () => unknown): void }, c: ProcCluster): { cl(id: number): Redis; reconnect(id: number): void } {
+  const r = new Map<number, Redis>(c.ids.map((id) => [id, c.client(id)]));
+  t.teardown(() => {
+    for (const x of r.values()) x.disconnect();
+  });
+  return {
+    cl: (id) => r.get(id)!,
+    reconnect(id) {
+      r.get(id)?.disconnect();
+      r.set(id, c.client(id));
     },
   };
 }
