@@ -256,14 +256,7 @@ export class CacheStore {
 
   /** The live entry for key, moved to the LRU head; counts a hit or a miss. Expires a stale entry on the way. */
   get(key: Buffer): CacheEntry | undefined {
-    const e = this.lookup(key.toString('latin1'));
-    if (e === undefined) {
-      this.counters.misses++;
-      return undefined;
-    }
-    this.counters.hits++;
-    this.touch(e);
-    return e;
+    return this.getLatin1(key.toString('latin1'));
   }
 
   /** get() by the key's latin1 string. */
