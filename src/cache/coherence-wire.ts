@@ -13,9 +13,9 @@
  * path's outcome-unknown rules would only get in the way).
  *
  * The home's answer is one bulk string holding the msgpack of the HomeAnswer (a written answer carries the
- * write's own reply record as bytes). Home -> node messages travel as peer requests `{ c: InvMessage | DownMessage | StateQuery }`
- * whose response is the InvAck, DownAck or StateReport, relayed between the node's worker and its edge (worker-protocol.ts
- * 'cinv' / 'cack'). `_c.state` is answered with a RESP array (see cacheStateReply).
+ * write's own reply record as bytes). Home -> node messages (InvMessage | DownMessage | StateQuery) travel in batches, as
+ * peer requests `{ cs: [...] }` whose response is one InvAck, DownAck or StateReport per message, relayed between the
+ * node's worker and its edge (worker-protocol.ts 'cinv' / 'cack'). `_c.state` is answered with a RESP array (see cacheStateReply).
  *
  * Values: a cached value is `{ v: bytes, x: expireAt unix ms (0 = none) }`; null = no such key.
  */
@@ -170,14 +170,25 @@ export function isCacheStateCommand(args: readonly Uint8Array[]): boolean {
   return a !== undefined && a.length === CACHE_STATE.length && Buffer.from(a.buffer, a.byteOffset, a.byteLength).toString('latin1') === CACHE_STATE;
 }
 
-/** Peer payload of a home -> node message (an invalidation or a state query). */
-export interface CacheInvPayload {
-  c: HomeMessage;
+/** Most home -> node messages one peer payload (CacheBatchPayload) may carry; a larger batch is refused. */
+export const CACHE_BATCH_MAX = 65_536;
+
+/**
+ * Peer payload of the home -> node messages (invalidations, downgrades, state queries) one worker sends one peer in
+ * one event-loop turn, for any of its shards; answered by one NodeAck per message, in order.
+ */
+export interface CacheBatchPayload {
+  cs: HomeMessage[];
 }
 
-export function isCacheInvPayload(p: unknown): p is CacheInvPayload {
-  if (p === null || typeof p !== 'object' || !('c' in p)) return false;
-  const m = (p as { c: unknown }).c as HomeMessage | null;
+export function isCacheBatchPayload(p: unknown): p is CacheBatchPayload {
+  if (p === null || typeof p !== 'object' || !('cs' in p)) return false;
+  const ms = (p as { cs: unknown }).cs;
+  return Array.isArray(ms) && ms.length > 0 && ms.length <= CACHE_BATCH_MAX && ms.every(isHomeMessage);
+}
+
+function isHomeMessage(u: unknown): u is HomeMessage {
+  const m = u as HomeMessage | null;
   if (m === null || typeof m !== 'object' || !Number.isInteger(m.shard)) return false;
   if (m.t === 'state') return typeof m.key === 'string';
   return (m.t === 'inv' || m.t === 'down') && Number.isInteger(m.epoch) && isItemList(m.items);

@@ -276,15 +276,16 @@ export class ShardRuntime {
         case 'cinv': {
           // No cache on this edge (or it is not wired yet): nothing is held, so an invalidation is simply
           // acknowledged and every key is in I.
-          const m = msg.msg;
-          const ack: NodeAck =
-            this.onCacheMessage?.(m) ??
-            (m.t === 'inv'
-              ? { t: 'invack', from: this.opts.nodeId, shard: m.shard, epoch: m.epoch, items: m.items }
-              : m.t === 'down'
-                ? { t: 'downack', from: this.opts.nodeId, shard: m.shard, epoch: m.epoch, items: m.items }
-                : { t: 'state', from: this.opts.nodeId, state: 'I' });
-          worker.postMessage({ t: 'cack', id: msg.id, ack } satisfies EdgeToWorker);
+          const acks = msg.msgs.map(
+            (m): NodeAck =>
+              this.onCacheMessage?.(m) ??
+              (m.t === 'inv'
+                ? { t: 'invack', from: this.opts.nodeId, shard: m.shard, epoch: m.epoch, items: m.items }
+                : m.t === 'down'
+                  ? { t: 'downack', from: this.opts.nodeId, shard: m.shard, epoch: m.epoch, items: m.items }
+                  : { t: 'state', from: this.opts.nodeId, state: 'I' }),
+          );
+          worker.postMessage({ t: 'cack', id: msg.id, acks } satisfies EdgeToWorker);
           return;
         }
       }

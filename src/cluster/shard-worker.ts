@@ -59,7 +59,8 @@ import {
   decodeCacheRequest,
   encodeAnswer,
   isCacheCommand,
-  isCacheInvPayload,
+  isCacheBatchPayload,
+  CACHE_BATCH_MAX,
   isCacheStateCommand,
   isStateReport,
   writeKeysOf,
@@ -203,8 +204,14 @@ export class ShardWorker {
   /** The shards this worker replicates (fixed at start). */
   private hostedShardIds: number[] = [];
   /** Invalidations relayed to the edge, by id, waiting for its acknowledgement. */
-  private readonly edgeInvs = new Map<number, (ack: NodeAck) => void>();
+  /** Batches relayed to the edge's cache and not answered yet: id -> message count and settle. */
+  private readonly edgeInvs = new Map<number, { n: number; settle: (acks: NodeAck[]) => void }>();
+  /** Messages in edgeInvs' batches. */
+  private edgeInvsPending = 0;
   private nextInvId = 1;
+  /** Home -> node messages gathered in this event-loop turn, per destination node; sent by flushCacheOut. */
+  private readonly cacheOut = new Map<NodeId, { msgs: HomeMessage[]; waiters: { resolve: (a: unknown) => void; reject: (e: Error) => void }[] }>();
+  private cacheOutHandle: NodeJS.Immediate | null = null;
   private stopping = false;
   private host!: RaftHost;
   private transport!: PeerTransport;
@@ -258,7 +265,7 @@ export class ShardWorker {
         if (msgs.length > 0) this.lastHeard.set(msgs[0]!.from, performance.now());
         host?.receive(msgs);
       },
-      onRequest: (from, payload) => (isCacheInvPayload(payload) ? this.relayCacheMessage(payload.c) : this.serveForwarded(from, payload)),
+      onRequest: (from, payload) => (isCacheBatchPayload(payload) ? this.relayCacheMessages(payload.cs) : this.serveForwarded(from, payload)),
     });
     transport.onPeerDown((peer) => {
       this.upPeers.delete(peer);
@@ -343,9 +350,11 @@ export class ShardWorker {
         this.log.warn('second init message ignored');
         return;
       case 'cack': {
-        const settle = this.edgeInvs.get(msg.id);
+        const b = this.edgeInvs.get(msg.id);
+        if (b === undefined) return;
         this.edgeInvs.delete(msg.id);
-        settle?.(msg.ack);
+        this.edgeInvsPending -= b.n;
+        b.settle(msg.acks);
         return;
       }
     }
@@ -733,21 +742,69 @@ export class ShardWorker {
     });
   }
 
-  /** A home's message (invalidation, state query) for this node's cache, from a peer or this node: relayed to the edge. */
-  private relayCacheMessage(msg: HomeMessage): Promise<NodeAck> {
-    if (this.stopping || this.edgeInvs.size >= EDGE_INVALIDATIONS_MAX) return Promise.reject(new Error('edge cache unavailable'));
+  /**
+   * Home messages (invalidations, downgrades, state queries) for this node's cache, from a peer or this node: relayed
+   * to the edge in one message; resolves with the edge's answers, one per message, in order.
+   */
+  private relayCacheMessages(msgs: HomeMessage[]): Promise<NodeAck[]> {
+    if (this.stopping || this.edgeInvsPending + msgs.length > EDGE_INVALIDATIONS_MAX) return Promise.reject(new Error('edge cache unavailable'));
     return new Promise((resolve) => {
       const id = this.nextInvId;
       this.nextInvId = (id + 1) >>> 0;
-      this.edgeInvs.set(id, resolve);
-      this.post({ t: 'cinv', id, msg });
+      this.edgeInvs.set(id, { n: msgs.length, settle: resolve });
+      this.edgeInvsPending += msgs.length;
+      this.post({ t: 'cinv', id, msgs });
     });
   }
 
+  /**
+   * Sends a home message to node `to`'s cache; resolves with its answer. Messages for one node are gathered for the
+   * rest of this event-loop turn (whatever their shard) and leave as one peer request (or one edge message for this
+   * node), which costs one frame, one wake-up and one acknowledgement instead of one per message.
+   */
   private sendCacheMessage(to: NodeId, msg: HomeMessage): Promise<unknown> {
-    if (to === this.init.nodeId) return this.relayCacheMessage(msg);
-    if (!this.upPeers.has(to)) return Promise.reject(new Error(`no link to node ${to}`));
-    return this.transport.request(to, { c: msg }, this.init.tuning.cacheLeaseMs);
+    return new Promise((resolve, reject) => {
+      let b = this.cacheOut.get(to);
+      if (b === undefined) {
+        b = { msgs: [], waiters: [] };
+        this.cacheOut.set(to, b);
+      }
+      b.msgs.push(msg);
+      b.waiters.push({ resolve, reject });
+      if (b.msgs.length >= CACHE_BATCH_MAX) this.sendCacheBatch(to);
+      else this.cacheOutHandle ??= setImmediate(() => this.flushCacheOut());
+    });
+  }
+
+  private flushCacheOut(): void {
+    this.cacheOutHandle = null;
+    for (const to of [...this.cacheOut.keys()]) this.sendCacheBatch(to);
+  }
+
+  private sendCacheBatch(to: NodeId): void {
+    const b = this.cacheOut.get(to);
+    if (b === undefined) return;
+    this.cacheOut.delete(to);
+    const sent: Promise<unknown> =
+      to === this.init.nodeId
+        ? this.relayCacheMessages(b.msgs)
+        : !this.upPeers.has(to)
+          ? Promise.reject(new Error(`no link to node ${to}`))
+          : this.transport.request(to, { cs: b.msgs }, this.init.tuning.cacheLeaseMs);
+    sent.then(
+      (answers) => {
+        if (!Array.isArray(answers) || answers.length !== b.waiters.length) {
+          const err = new Error(`node ${to} answered ${b.waiters.length} cache messages with something else`);
+          for (const w of b.waiters) w.reject(err);
+          return;
+        }
+        b.waiters.forEach((w, i) => w.resolve(answers[i]));
+      },
+      (err: unknown) => {
+        const e = err instanceof Error ? err : new Error(String(err));
+        for (const w of b.waiters) w.reject(e);
+      },
+    );
   }
 
   private serveRead(req: Req): void {
@@ -1142,8 +1199,13 @@ export class ShardWorker {
     this.leaderPoll = this.timeoutScan = this.sweepTimer = this.balanceTimer = this.lockTimer = null;
     this.cacheHomes?.close();
     await this.backing?.close();
-    for (const settle of this.edgeInvs.values()) settle({ t: 'invack', from: this.init.nodeId, shard: -1, epoch: -1, items: [] });
+    if (this.cacheOutHandle !== null) clearImmediate(this.cacheOutHandle);
+    this.cacheOutHandle = null;
+    for (const b of this.cacheOut.values()) for (const w of b.waiters) w.reject(new Error('node is stopping'));
+    this.cacheOut.clear();
+    for (const b of this.edgeInvs.values()) b.settle(Array.from({ length: b.n }, () => ({ t: 'invack', from: this.init.nodeId, shard: -1, epoch: -1, items: [] })));
     this.edgeInvs.clear();
+    this.edgeInvsPending = 0;
     await this.host.stop();
     // The host rejected its proposals and reads; those rejections run as microtasks before this continues.
     await Promise.resolve();

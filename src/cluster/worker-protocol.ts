@@ -156,11 +156,11 @@ export interface StopMessage {
   t: 'stop';
 }
 
-/** The edge's cache answers a home's message the worker relayed (answer to CacheInvMessage `id`). */
+/** The edge's cache answers the homes' messages the worker relayed (answer to CacheInvMessage `id`): one per message, in order. */
 export interface CacheAckMessage {
   t: 'cack';
   id: number;
-  ack: NodeAck;
+  acks: NodeAck[];
 }
 
 export type EdgeToWorker = InitMessage | RequestBatchMessage | StatusQueryMessage | StopMessage | CacheAckMessage;
@@ -227,13 +227,13 @@ export interface StoppedMessage {
 }
 
 /**
- * A message from a shard's home (this node's or a peer's) for the edge's cache, an invalidation or a CACHE.STATE
- * query; answered by CacheAckMessage.
+ * Messages from shards' homes (this node's or a peer's) for the edge's cache: invalidations, downgrades, CACHE.STATE
+ * queries, all that reached the worker in one event-loop turn; answered by one CacheAckMessage.
  */
 export interface CacheInvMessage {
   t: 'cinv';
   id: number;
-  msg: HomeMessage;
+  msgs: HomeMessage[];
 }
 
 export type WorkerToEdge = ReadyMessage | FatalMessage | ReplyBatchMessage | StatusReplyMessage | StoppedMessage | CacheInvMessage;

@@ -10,7 +10,8 @@ import {
   encodeAnswer,
   encodeCacheRequest,
   isCacheCommand,
-  isCacheInvPayload,
+  CACHE_BATCH_MAX,
+  isCacheBatchPayload,
   isInvAck,
   isStateReport,
   writeKeysOf,
@@ -59,17 +60,23 @@ t.test('answers round-trip with their values as Buffers', async (t) => {
 });
 
 t.test('invalidations and acknowledgements from a peer are checked item by item', async (t) => {
-  const good = { c: { t: 'inv', shard: 1, epoch: 2, items: [['k', 3]] } };
-  t.ok(isCacheInvPayload(good));
-  t.notOk(isCacheInvPayload({ c: { ...good.c, items: [['k']] } }), 'an item without a gen');
-  t.notOk(isCacheInvPayload({ c: { ...good.c, items: [[3, 'k']] } }), 'swapped types');
-  t.notOk(isCacheInvPayload({ c: { ...good.c, items: 'k' } }), 'not a list');
-  t.notOk(isCacheInvPayload({ f: [] }), 'a forward batch is not an invalidation');
-  t.ok(isCacheInvPayload({ c: { t: 'down', shard: 1, epoch: 2, items: [['k', 3]] } }), 'a downgrade');
-  t.notOk(isCacheInvPayload({ c: { t: 'down', shard: 1, epoch: 2, items: [['k', 'x']] } }), 'a downgrade with a bad gen');
-  t.ok(isCacheInvPayload({ c: { t: 'state', shard: 1, key: 'k' } }), 'a CACHE.STATE query');
-  t.notOk(isCacheInvPayload({ c: { t: 'state', shard: 1, key: 7 } }), 'a state query without a string key');
-  t.notOk(isCacheInvPayload({ c: { t: 'other', shard: 1, epoch: 2, items: [] } }), 'an unknown message');
+  const inv = { t: 'inv', shard: 1, epoch: 2, items: [['k', 3]] };
+  const one = (m: unknown): boolean => isCacheBatchPayload({ cs: [m] });
+  t.ok(one(inv));
+  t.notOk(one({ ...inv, items: [['k']] }), 'an item without a gen');
+  t.notOk(one({ ...inv, items: [[3, 'k']] }), 'swapped types');
+  t.notOk(one({ ...inv, items: 'k' }), 'not a list');
+  t.notOk(isCacheBatchPayload({ f: [] }), 'a forward batch is not an invalidation');
+  t.ok(one({ t: 'down', shard: 1, epoch: 2, items: [['k', 3]] }), 'a downgrade');
+  t.notOk(one({ t: 'down', shard: 1, epoch: 2, items: [['k', 'x']] }), 'a downgrade with a bad gen');
+  t.ok(one({ t: 'state', shard: 1, key: 'k' }), 'a CACHE.STATE query');
+  t.notOk(one({ t: 'state', shard: 1, key: 7 }), 'a state query without a string key');
+  t.notOk(one({ t: 'other', shard: 1, epoch: 2, items: [] }), 'an unknown message');
+  t.ok(isCacheBatchPayload({ cs: [inv, { t: 'state', shard: 4, key: 'x' }, { ...inv, shard: 9 }] }), 'messages of several shards and kinds');
+  t.notOk(isCacheBatchPayload({ cs: [inv, { ...inv, epoch: 'x' }] }), 'one bad message refuses the batch');
+  t.notOk(isCacheBatchPayload({ cs: [] }), 'an empty batch');
+  t.notOk(isCacheBatchPayload({ cs: new Array(CACHE_BATCH_MAX + 1).fill(inv) }), 'more than CACHE_BATCH_MAX messages');
+  t.notOk(isCacheBatchPayload({ cs: inv }), 'not a list');
   t.ok(isStateReport({ t: 'state', from: 2, state: 'S' }));
   t.notOk(isStateReport({ t: 'state', from: 2, state: 'X' }), 'not a MESI state');
   t.ok(isInvAck({ t: 'invack', from: 1, shard: 1, epoch: 2, items: [['k', 3]] }));
