@@ -89,6 +89,8 @@ export interface HomeStats {
   uncachedReads: number;
   writes: number;
   invalidationsSent: number;
+  /** Writers' own grants not invalidated: the writer said it dropped them when it sent the write. */
+  writerInvalidationsSkipped: number;
   invalidationsAcked: number;
   invalidationsLapsed: number;
   invalidationRetries: number;
@@ -114,6 +116,7 @@ export function emptyHomeStats(): HomeStats {
     uncachedReads: 0,
     writes: 0,
     invalidationsSent: 0,
+    writerInvalidationsSkipped: 0,
     invalidationsAcked: 0,
     invalidationsLapsed: 0,
     invalidationRetries: 0,
@@ -573,10 +576,12 @@ export class CacheHome<V, Op, R> {
         }
       }
     } else {
+      const d = w.req.dropped;
+      const dropped = d !== undefined && d.epoch === this.epoch && !this.writeBackMode ? new Map(d.items) : undefined;
       for (const key of w.keys) {
         const de = this.entry(key);
         de.writes++;
-        this.revokeOthers(key, de, from, now);
+        this.revokeOthers(key, de, from, now, dropped?.get(key));
         if (de.inv.size > 0) {
           w.blockers++;
           de.blockedWrites.push(w);
@@ -587,15 +592,21 @@ export class CacheHome<V, Op, R> {
   }
 
   /**
-   * Moves every holder of `key` to the invalidation set, the writer included when it is listed with a granted line.
-   * The writer dropped its copy when it sent this write, unless this is a request it gave up on (timed out, still in
-   * the network) and it filled the key again before the request arrived: skipping it would leave that line stale
-   * (test/cache/coherence-sim.test.ts, "a timed-out write arriving after its writer filled the key again"). It
-   * costs one invalidation round to a writer that held the key (the node keeps its write's grant: cache-node.ts
-   * writeInv). A writer whose fill is still out ('F') needs nothing: that fill is answered without a grant.
+   * Moves every holder of `key` to the invalidation set, the writer included when it is listed with a granted line it
+   * did not say it dropped. A writer drops its copy when it sends a write and names that grant in the request
+   * (`droppedGen`, write-through only: under write-back the invalidation's answer may carry Modified data): that grant
+   * needs no invalidation round. Any other grant of the writer's is invalidated: the request may be one it gave up on
+   * (timed out, still in the network) after which it filled the key again, and skipping that newer line would leave
+   * it stale (test/cache/coherence-sim.test.ts, "a timed-out write arriving after its writer filled the key again");
+   * the node keeps its write's grant (cache-node.ts writeInv). A writer whose fill is still out ('F') needs nothing:
+   * that fill is answered without a grant.
    */
-  private revokeOthers(key: CacheKey, de: DirEntry<Op, V, R>, writer: NodeId, now: number): void {
+  private revokeOthers(key: CacheKey, de: DirEntry<Op, V, R>, writer: NodeId, now: number, droppedGen?: number): void {
     for (const [node, h] of de.holders) {
+      if (node === writer && h.state !== 'F' && h.gen === droppedGen) {
+        this.stats.writerInvalidationsSkipped++;
+        continue;
+      }
       if ((node !== writer || h.state !== 'F' || h.shadow !== undefined) && this.leaseLive(node, now)) {
         const prev = de.inv.get(node);
         if (prev === undefined || prev.gen < h.gen) {

@@ -25,7 +25,7 @@
  */
 import type { NodeId } from '../raft/types.js';
 import { LineAction, LineState, transition, TransitionCounters, type LineEvent } from './mesi.js';
-import type { CacheKey, CoherenceFailure, DataAnswer, DirtyItem, DownAck, DownMessage, FlushAnswer, HomeAnswer, InvAck, InvMessage, LeaseAnswer, NodeRequest, WrittenAnswer } from './coherence-types.js';
+import type { CacheKey, CoherenceFailure, DataAnswer, DirtyItem, DownAck, DownMessage, FlushAnswer, HomeAnswer, InvAck, InvMessage, LeaseAnswer, NodeRequest, WriteRequest, WrittenAnswer } from './coherence-types.js';
 
 export interface Line<V> {
   state: LineState;
@@ -401,6 +401,7 @@ export class CacheNode<V, Op, R> {
     if (this.writeBack && keys !== 'all' && keys.length === 1 && want === keys[0] && this.writeLocal(shard, keys[0]!, op, cb)) return;
     const lease = this.lease(shard);
     const seq = ++this.writeSeq;
+    let dropped: [CacheKey, number][] | undefined;
     if (keys === 'all') {
       for (const key of [...lease.keys]) this.drop(key, 'write-wt');
       // Fills of this shard in flight captured the old incarnation: none of them will install.
@@ -408,6 +409,9 @@ export class CacheNode<V, Op, R> {
       lease.allWrites++;
     } else {
       for (const key of keys) {
+        // A clean line of the current home dropped here is named in the request, so the home need not invalidate it.
+        const line = this.writeBack ? undefined : this.store.peek(key);
+        if (line !== undefined && line.shard === shard && (line.state === LineState.S || line.state === LineState.E)) (dropped ??= []).push([key, line.gen]);
         this.drop(key, 'write-wt');
         const p = this.pending(key);
         p.writes++;
@@ -418,7 +422,10 @@ export class CacheNode<V, Op, R> {
     const inc = lease.inc;
     const sentAt = this.io.now();
     this.stats.writesSent++;
-    this.io.request(shard, { t: 'write', from: this.cfg.self, shard, keys, op, ...(want !== undefined ? { want } : {}) }, (a) => {
+    const req: WriteRequest<Op> = { t: 'write', from: this.cfg.self, shard, keys, op };
+    if (want !== undefined) req.want = want;
+    if (dropped !== undefined) req.dropped = { epoch: lease.epoch, items: dropped };
+    this.io.request(shard, req, (a) => {
       let installable = false;
       let revoked: [epoch: number, gen: number] | null = null;
       let down: KeyPending<V> | null = null;

@@ -47,6 +47,11 @@ export interface WriteRequest<Op> {
   op: Op;
   /** The node wants an E line of this key with the written value (a single-key write whose result it can cache). */
   want?: CacheKey;
+  /**
+   * The lines of the written keys the node held and dropped when it sent this write (clean ones: S or E), with the
+   * home epoch they were granted in: the home need not invalidate those grants (write-through; see CacheHome.revokeOthers).
+   */
+  dropped?: { epoch: number; items: [key: CacheKey, gen: number][] };
 }
 
 /** Lease renewal, with the clean lines the node evicted since its last renewal (so the directory forgets them). */

@@ -21,7 +21,7 @@
  */
 import { Packr } from 'msgpackr';
 import type { NodeId } from '../raft/types.js';
-import type { CacheKey, DirtyItem, DownAck, HomeAnswer, HomeMessage, InvAck, NodeRequest, StateReport } from './coherence-types.js';
+import type { CacheKey, DirtyItem, DownAck, HomeAnswer, HomeMessage, InvAck, NodeRequest, StateReport, WriteRequest } from './coherence-types.js';
 
 /** A string value as cached: bytes and absolute expiry (unix ms, 0 = none). */
 export interface CachedValue {
@@ -40,6 +40,7 @@ export const CACHE_FLUSH = '_c.flush';
 
 const packr = new Packr({ useRecords: false, mapsAsObjects: true });
 const B = (s: string): Buffer => Buffer.from(s, 'latin1');
+const EMPTY = Buffer.alloc(0);
 
 /** True for the internal cache commands (checked on the first bytes: '_c.'). */
 export function isCacheCommand(args: readonly Uint8Array[]): boolean {
@@ -56,7 +57,14 @@ export function encodeCacheRequest(req: NodeRequest<CacheWriteOp>): { kind: 'rea
     case 'write':
       return {
         kind: 'write',
-        args: [B(CACHE_WRITE), B(String(req.from)), B(req.want ?? ''), req.keys === 'all' ? B('*') : packr.pack(req.keys), ...req.op],
+        args: [
+          B(CACHE_WRITE),
+          B(String(req.from)),
+          B(req.want ?? ''),
+          req.keys === 'all' ? B('*') : packr.pack(req.keys),
+          req.dropped === undefined ? EMPTY : packr.pack([req.dropped.epoch, req.dropped.items]),
+          ...req.op,
+        ],
       };
     case 'flush':
       return { kind: 'read', args: [B(CACHE_FLUSH), B(String(req.from)), B(String(req.epoch)), B(req.key), B(String(req.gen)), packr.pack(req.value)] };
@@ -82,7 +90,7 @@ export function checkCacheCommand(kind: 'read' | 'write', args: readonly Buffer[
   try {
     if (name === CACHE_GETS && kind === 'read' && args.length === 4) nodeIdOf(args[1]);
     else if (name === CACHE_RENEW && kind === 'read' && args.length === 4) nodeIdOf(args[1]);
-    else if (name === CACHE_WRITE && kind === 'write' && args.length >= 5) nodeIdOf(args[1]);
+    else if (name === CACHE_WRITE && kind === 'write' && args.length >= 6) nodeIdOf(args[1]);
     else if (name === CACHE_STATE && kind === 'read' && args.length === 2) return null;
     else if (name === CACHE_FLUSH && kind === 'read' && args.length === 6) nodeIdOf(args[1]);
     else return `malformed cache command ${name ?? '(none)'}`;
@@ -94,7 +102,7 @@ export function checkCacheCommand(kind: 'read' | 'write', args: readonly Buffer[
 
 /** The inner write args of `_c.write`. */
 export function cacheWriteArgs(args: Buffer[]): Buffer[] {
-  return args.slice(4);
+  return args.slice(5);
 }
 
 export function decodeCacheRequest(args: Buffer[]): NodeRequest<CacheWriteOp> & { shard: number } {
@@ -121,7 +129,21 @@ export function decodeCacheRequest(args: Buffer[]): NodeRequest<CacheWriteOp> & 
     const keysArg = args[3]!;
     const keys = keysArg.length === 1 && keysArg[0] === 0x2a ? 'all' : (packr.unpack(keysArg) as unknown);
     if (keys !== 'all' && !Array.isArray(keys)) throw new CacheWireError('bad key list');
-    return { t: 'write', from, shard: -1, keys: keys as CacheKey[] | 'all', op: cacheWriteArgs(args), ...(want !== '' ? { want } : {}) };
+    let dropped: WriteRequest<CacheWriteOp>['dropped'];
+    if (args[4]!.length > 0) {
+      const d = packr.unpack(args[4]!) as unknown;
+      if (!Array.isArray(d) || d.length !== 2 || !Number.isSafeInteger(d[0]) || !isItemList(d[1])) throw new CacheWireError('bad dropped list');
+      dropped = { epoch: d[0] as number, items: d[1] };
+    }
+    return {
+      t: 'write',
+      from,
+      shard: -1,
+      keys: keys as CacheKey[] | 'all',
+      op: cacheWriteArgs(args),
+      ...(want !== '' ? { want } : {}),
+      ...(dropped !== undefined ? { dropped } : {}),
+    };
   }
   throw new CacheWireError(`unknown cache command ${name}`);
 }

@@ -330,6 +330,41 @@ t.test('the writer is invalidated too when the directory still lists a line of i
   t.equal((f.one() as DataAnswer<string>).grant, null);
 });
 
+t.test('a writer that names the grant it dropped is not invalidated for it; any other grant of its is', async (t) => {
+  const { home, io } = setup();
+  ready(home, io);
+  const g = hold(home, io, 2, 'k');
+  const g3 = hold(home, io, 3, 'k');
+  const w = answers<WrittenAnswer<string, string>>();
+  home.write({ t: 'write', from: 2, shard: 0, keys: ['k'], op: { key: 'k', value: 'x' }, want: 'k', dropped: { epoch: EPOCH, items: [['k', g]] } }, w.cb);
+  t.same(io.invs(), [`3:k@${g3}`], 'only the other holder is invalidated');
+  t.equal(home.stats.writerInvalidationsSkipped, 1);
+  ack(home, 3, 'k', g3);
+  t.equal(io.writes.length, 1, 'the write goes ahead once the other holder answered');
+  io.write('x');
+  const grant = (w.one() as WrittenAnswer<string, string>).grant!;
+  t.equal(grant.key, 'k', 'the writer gets its E line');
+  // The same write naming a grant from another epoch, or a gen the directory does not list, is not trusted.
+  const stale = answers<WrittenAnswer<string, string>>();
+  home.write({ t: 'write', from: 2, shard: 0, keys: ['k'], op: { key: 'k', value: 'y' }, want: 'k', dropped: { epoch: EPOCH - 1, items: [['k', grant.gen]] } }, stale.cb);
+  t.same(io.invs().slice(-1), [`2:k@${grant.gen}`], 'a dropped grant of another epoch: invalidated');
+  ack(home, 2, 'k', grant.gen);
+  io.write('y');
+  const g2 = (stale.one() as WrittenAnswer<string, string>).grant!.gen;
+  home.write({ t: 'write', from: 2, shard: 0, keys: ['k'], op: { key: 'k', value: 'z' }, want: 'k', dropped: { epoch: EPOCH, items: [['k', g2 - 1]] } }, answers<WrittenAnswer<string, string>>().cb);
+  t.same(io.invs().slice(-1), [`2:k@${g2}`], 'a newer grant than the one dropped (a fill after a lost write): invalidated');
+  t.equal(home.stats.writerInvalidationsSkipped, 1);
+});
+
+t.test('under write-back a writer is invalidated even when it names the grant (the answer may carry its data)', async (t) => {
+  const { home, io } = setup({ writeBack: true });
+  ready(home, io);
+  const g = hold(home, io, 2, 'k');
+  home.write({ t: 'write', from: 2, shard: 0, keys: ['k'], op: { key: 'k', value: 'x' }, want: 'k', dropped: { epoch: EPOCH, items: [['k', g]] } }, answers<WrittenAnswer<string, string>>().cb);
+  t.same(io.invs(), [`2:k@${g}`]);
+  t.equal(home.stats.writerInvalidationsSkipped, 0);
+});
+
 t.test("a fill answered without a grant keeps the node's earlier grant listed", async (t) => {
   // Regression (coherence-sim seed 15): the node's write grant was dropped from the directory by its next fill.
   const { home, io } = setup();

@@ -34,7 +34,12 @@ t.test('requests round-trip through their internal command form', async (t) => {
   t.equal(write.kind, 'write');
   t.equal(checkCacheCommand('write', write.args), null);
   const w = decodeCacheRequest(write.args);
-  t.same(w.t === 'write' ? [w.keys, w.want, w.op.map((b) => b.toString())] : null, [['x'], 'x', ['set', 'x', '1']]);
+  t.same(w.t === 'write' ? [w.keys, w.want, w.op.map((b) => b.toString()), w.dropped] : null, [['x'], 'x', ['set', 'x', '1'], undefined]);
+  const dw = decodeCacheRequest(encodeCacheRequest({ t: 'write', from: 1, shard: 0, keys: ['x'], op: [B('incr'), B('x')], dropped: { epoch: 4, items: [['x', 9]] } }).args);
+  t.same(dw.t === 'write' ? [dw.dropped, dw.op.map((b) => b.toString())] : null, [{ epoch: 4, items: [['x', 9]] }, ['incr', 'x']], 'the grants the writer dropped');
+  const bad = encodeCacheRequest({ t: 'write', from: 1, shard: 0, keys: ['x'], op: [B('incr'), B('x')] }).args;
+  bad[4] = Buffer.from([0x93, 0x01, 0x02, 0x03]);
+  t.throws(() => decodeCacheRequest(bad), /bad dropped list/);
 
   const flush = encodeCacheRequest({ t: 'write', from: 1, shard: 0, keys: 'all', op: [B('flushall')] });
   t.equal(checkCacheCommand('write', flush.args), null, 'a one-argument write (FLUSHALL) is well formed');

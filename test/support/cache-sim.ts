@@ -366,6 +366,8 @@ export interface SimStats {
   evictions: number;
   lapsedLines: number;
   leaseRefusals: number;
+  /** Writes whose writer named the grant it dropped, so the home did not invalidate it (CacheHome.revokeOthers). */
+  writerInvSkipped: number;
   grantsE: number;
   grantsS: number;
   messagesLost: number;
@@ -457,6 +459,7 @@ export class CacheSim {
     evictions: 0,
     lapsedLines: 0,
     leaseRefusals: 0,
+    writerInvSkipped: 0,
     grantsE: 0,
     grantsS: 0,
     messagesLost: 0,
@@ -1236,13 +1239,16 @@ export class CacheSim {
     let grantsE = 0;
     let grantsS = 0;
     let refusals = 0;
+    let skipped = 0;
     for (const h of homes) {
       if (seen.has(h)) continue;
       seen.add(h);
       grantsE += h.stats.grantsE;
       grantsS += h.stats.grantsS;
       refusals += h.stats.leaseRefusals;
+      skipped += h.stats.writerInvalidationsSkipped;
     }
+    this.stats.writerInvSkipped = skipped;
     this.stats.installs = this.retiredInstalls + this.nodes.reduce((a, n) => a + n.cache.stats.installs, 0);
     this.stats.grantsE = grantsE;
     this.stats.grantsS = grantsS;
