@@ -3,7 +3,10 @@
  * bug is refused with an error instead of reaching the edge's cache.
  */
 import t from 'tap';
+import type { HomeAnswer } from '../../src/cache/coherence-types.js';
 import {
+  type CachedValue,
+  CacheWireError,
   checkCacheCommand,
   decodeAnswer,
   decodeCacheRequest,
@@ -56,12 +59,51 @@ t.test('malformed commands are refused', async (t) => {
   t.throws(() => decodeCacheRequest([B('_c.renew'), B('1'), B('x'), Buffer.from([0xc1])]), /bad epoch/);
 });
 
-t.test('answers round-trip with their values as Buffers', async (t) => {
-  const a = decodeAnswer(encodeAnswer({ t: 'data', ok: true, epoch: 3, home: 1, lease: true, value: { v: B('hello'), x: 0 }, grant: 'E', gen: 9 }));
-  t.ok(a.t === 'data' && a.value !== null && Buffer.isBuffer(a.value.v) && a.value.v.toString() === 'hello');
-  const w = decodeAnswer(encodeAnswer({ t: 'written', ok: true, epoch: 3, home: 1, lease: true, result: new Uint8Array([1, 2]), grant: { key: 'k', value: { v: B('v'), x: 5 }, gen: 2 } }));
-  t.ok(w.t === 'written' && w.grant !== null && w.grant.value !== null && Buffer.isBuffer(w.grant.value.v) && w.grant.value.x === 5);
-  t.throws(() => decodeAnswer(encodeAnswer(null as never)), /bad answer/);
+t.test('every kind of answer round-trips exactly; a truncated, padded or garbled one is refused', async (t) => {
+  const answers: HomeAnswer<CachedValue, Uint8Array>[] = [
+    { t: 'data', ok: true, epoch: 3, home: 1, lease: true, value: { v: B('hello'), x: 0 }, grant: 'E', gen: 9 },
+    { t: 'data', ok: true, epoch: 2 ** 40, home: 7, lease: false, value: { v: B(''), x: 1_800_000_000_000 }, grant: 'S', gen: 2 ** 33 },
+    { t: 'data', ok: true, epoch: 1, home: 2, lease: true, value: null, grant: null, gen: 0 },
+    { t: 'written', ok: true, epoch: 3, home: 1, lease: true, result: Buffer.from([1, 2]), grant: { key: 'k\u00e9\u00ff', value: { v: B('v'), x: 5 }, gen: 2 } },
+    { t: 'written', ok: true, epoch: 3, home: 1, lease: true, result: Buffer.from('+OK\r\n'), grant: { key: 'gone', value: null, gen: 4 } },
+    { t: 'written', ok: true, epoch: 3, home: 1, lease: false, result: Buffer.alloc(0), grant: null },
+    { t: 'written', ok: true, epoch: 3, home: 1, lease: true, result: Buffer.alloc(100_000, 7), grant: { key: 'big', value: { v: Buffer.alloc(70_000, 9), x: 0 }, gen: 1 } },
+    { t: 'lease', ok: true, epoch: 5, home: 3, lease: true },
+    { t: 'flushed', ok: true, epoch: 5, home: 3, lease: false, accepted: false, pending: true },
+    { t: 'flushed', ok: true, epoch: 5, home: 3, lease: true, accepted: true },
+  ];
+  for (const a of answers) {
+    const wire = Buffer.from(encodeAnswer(a));
+    const back = decodeAnswer(wire);
+    t.same(back, a, `${a.t} round-trips`);
+    if (back.t === 'data' && back.value !== null) t.ok(Buffer.isBuffer(back.value.v), 'values come back as Buffers');
+    wire.fill(0xee);
+    t.same(back, a, 'the decoded answer owns its bytes (the input may be reused)');
+    const again = encodeAnswer(a);
+    t.throws(() => decodeAnswer(again.subarray(0, again.length - 1)), /bad answer/, `${a.t}: one byte short`);
+    t.throws(() => decodeAnswer(Buffer.concat([again, Buffer.from([0])])), /bad answer/, `${a.t}: one byte too many`);
+  }
+  t.throws(() => decodeAnswer(Buffer.alloc(0)), /bad answer/, 'empty');
+  const unknown = Buffer.from(encodeAnswer(answers[7]!));
+  unknown[0] = 9;
+  t.throws(() => decodeAnswer(unknown), /bad answer/, 'an unknown kind');
+  const nanEpoch = Buffer.from(encodeAnswer(answers[7]!));
+  nanEpoch.writeDoubleLE(Number.NaN, 2);
+  t.throws(() => decodeAnswer(nanEpoch), /bad answer/, 'an epoch that is not an integer');
+  // Random bytes never crash the decoder: each is an answer or a CacheWireError.
+  let refused = 0;
+  const otherErrors: string[] = [];
+  for (let i = 0; i < 2000; i++) {
+    const junk = Buffer.from(Array.from({ length: 1 + (i % 60) }, (_, j) => (i * 131 + j * 197 + (i >> 3)) & 0xff));
+    try {
+      decodeAnswer(junk);
+    } catch (err) {
+      if (err instanceof CacheWireError) refused++;
+      else otherErrors.push(String(err));
+    }
+  }
+  t.same(otherErrors, [], 'no other error escapes the decoder');
+  t.ok(refused > 1900, `garbage is refused (${refused} of 2000)`);
 });
 
 t.test('invalidations and acknowledgements from a peer are checked item by item', async (t) => {
