@@ -7,7 +7,7 @@
  * consecutive shards, which the leader balancing spreads over the nodes. A queue's partition count is fixed when
  * it is created (Q.CREATE, or the first push with 1 partition) and cached here once seen (it never changes).
  * KEY picks a partition by jump consistent hash of the key (same key, same partition, so per-key order holds);
- * without KEY, pushes rotate over the partitions. Message ids of a multi-partition queue are "p:id".
+ * without KEY, a push goes to a partition this node leads (rotating among them; over all when it leads none). Message ids of a multi-partition queue are "p:id".
  *
  * Pops take from partitions in turn, starting with the ones this node leads. A pop with BLOCK on a queue of one
  * partition waits on that partition's leader, where waiting consumers are woken in FIFO order as messages arrive;
@@ -108,6 +108,20 @@ export function queueCommands(deps: QueueCommandDeps): CommandSpec[] {
     const start = rotate++ % parts;
     const all = Array.from({ length: parts }, (_, i) => (start + i) % parts);
     return [...all.filter((p) => deps.leaderOf(shardOfPart(q, p)) === deps.nodeId), ...all.filter((p) => deps.leaderOf(shardOfPart(q, p)) !== deps.nodeId)];
+  };
+
+  /**
+   * The partition of a push without KEY: one this node leads, rotating among them (no forwarding hop, and messages
+   * without a key have no order across partitions anyway); rotating over all of them when this node leads none.
+   * With producers on every node the partitions fill evenly (leaders are balanced); consumers drain every partition.
+   */
+  const pushPartition = (q: Buffer, parts: number): number => {
+    const start = rotate++ % parts;
+    for (let i = 0; i < parts; i++) {
+      const p = (start + i) % parts;
+      if (deps.leaderOf(shardOfPart(q, p)) === deps.nodeId) return p;
+    }
+    return start;
   };
 
   const extId = (parts: number, p: number, id: Buffer): string => (parts > 1 ? `${p}:${id.toString('latin1')}` : id.toString('latin1'));
@@ -225,7 +239,7 @@ export function queueCommands(deps: QueueCommandDeps): CommandSpec[] {
       const parts = await partitionsOf(q);
       if (typeof parts === 'string') return ctx.reply.error(parts);
       const key = opts.get('KEY');
-      const p = parts === 1 ? 0 : key !== undefined ? jumpHash(key, parts) : rotate++ % parts;
+      const p = parts === 1 ? 0 : key !== undefined ? jumpHash(key, parts) : pushPartition(q, parts);
       const v = value(await exec(shardOfPart(q, p), 'write', [B(Q_PUSH), q, B(String(p)), args[2]!, opts.get('DEDUP') ?? B(''), B(String(delay))]));
       if (isErrorValue(v)) return ctx.reply.error(v.error);
       ctx.reply.bulk(extId(parts, p, v as Buffer));

@@ -257,6 +257,33 @@ t.test('semantics over a real cluster', { timeout: SEMANTICS_TIMEOUT_MS }, async
     for (const [key, want] of pushedByKey) t.same(seen.map((x) => x[1]).filter((p) => p.startsWith(`${key}:`)), want, `per-key order of ${key}`);
     t.equal(await ack(r2, 'sem:parts', ...seen.map((x) => x[0])), 30, 'acks find their partitions');
 
+    // Without KEY, a push lands in a partition led by the node that received it (no forwarding hop) whenever that
+    // node leads one of the queue's partitions.
+    t.equal(await qcall(r1, 'Q.CREATE', 'sem:local', 'PARTITIONS', SHARDS), 'OK');
+    const leadersOf = async (): Promise<Map<number, number>> => {
+      const d = (await qinfo(r1, 'sem:local'))?.['partition_detail'] as Record<string, unknown>[];
+      return new Map(d.map((x) => [Number(x['partition']), Number(x['leader'])]));
+    };
+    const before = await leadersOf();
+    const sent: [sender: number, partition: number][] = [];
+    for (let i = 0; i < 24; i++) {
+      const id = await push([r1, r2, r3][i % 3]!, 'sem:local', `u${i}`);
+      sent.push([(i % 3) + 1, Number(id.split(':')[0])]);
+    }
+    const after = await leadersOf();
+    if (![...before].every(([p, l]) => after.get(p) === l)) t.comment('a leader changed during the unkeyed pushes: locality not checked');
+    else {
+      const leading = new Set(before.values());
+      const checked = sent.filter(([sender]) => leading.has(sender));
+      t.ok(checked.length >= 8, `${checked.length} pushes went to nodes that lead a partition`);
+      t.same(
+        checked.filter(([sender, p]) => before.get(p) !== sender),
+        [],
+        'each of them landed in a partition led by the node that received it',
+      );
+    }
+    t.equal(await qlen(r2, 'sem:local'), 24);
+
     // Redis list commands on the same store.
     t.equal(await r1.rpush('sem:list', 'a', 'b', 'c'), 3, 'RPUSH');
     t.equal(await r2.lpush('sem:list', 'z'), 4, 'LPUSH');
