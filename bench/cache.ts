@@ -8,7 +8,8 @@
  *        process per node, against Redis all three on its one port (same client set-up). Throughput = sum of the
  *        three, p50 / p99 = the worst of the three. `-r --keyspace -d --value-size`; the keyspace is prefilled
  *        (every `key:%012d` redis-benchmark can draw) and each pipeline depth runs SET, then GET, then INCR, so GETs
- *        hit. -n is sized by a short unmeasured probe so a measured run takes about --rb-seconds.
+ *        hit. -n is sized by a short unmeasured probe so a measured run takes about --rb-seconds. Before the
+ *        first run, --rb-warmup-seconds (default 4) of unmeasured SET/INCR runs warm the write path up (V8's JIT).
  *   mix  a custom load generator: --clients ioredis clients (one command in flight each) on --client-threads worker
  *        threads (bench/lib/client-threads.ts; this file is the thread entry), client i on node i % 3; each picks GET
  *        or SET by the mix's ratio and the key by a Zipf(--zipf, default 0.99) rank over the prefilled keyspace
@@ -26,7 +27,7 @@
  * P16; SET >= 0.5x Redis appendfsync always; hit rate > 90% on the 90/10 mix), computed from the figures, and the
  * issues seen; writes bench/results/cache-<timestamp>.json.
  *
- *   npm run bench:cache -- [--seconds 10] [--rb-seconds 3] [--clients 50] [--keyspace 10000] [--value-size 100]
+ *   npm run bench:cache -- [--seconds 10] [--rb-seconds 3] [--rb-warmup-seconds 4] [--clients 50] [--keyspace 10000] [--value-size 100]
  *                          [--zipf 0.99] [--mixes 90/10,30/70] [--only rb,mix] [--skip-redis] [--skip-lockstep] [--cold-get]
  *                          [--fsync batch] [--cache-write-policy write-through|write-back] [--node-args "..."]
  *                          [--workers N] [--shards 16] [--client-threads N] [--max-minutes M]
@@ -268,6 +269,7 @@ interface MixSpec {
 interface Options {
   seconds: number;
   rbSeconds: number;
+  rbWarmupSeconds: number;
   clients: number;
   keyspace: number;
   valueSize: number;
@@ -324,6 +326,7 @@ function parseOptions(): Options {
   const o: Options = {
     seconds: num('seconds', '10'),
     rbSeconds: num('rb-seconds', '3'),
+    rbWarmupSeconds: num('rb-warmup-seconds', '4'),
     clients: num('clients', '50'),
     keyspace: num('keyspace', '10000'),
     valueSize: num('value-size', '100'),
@@ -343,6 +346,7 @@ function parseOptions(): Options {
   };
   if (!(o.seconds > 0)) bad.push('--seconds must be > 0');
   if (!(o.rbSeconds > 0)) bad.push('--rb-seconds must be > 0');
+  if (!(o.rbWarmupSeconds >= 0)) bad.push('--rb-warmup-seconds must be >= 0');
   const posInt = (name: string, v: number, max = Number.MAX_SAFE_INTEGER) => {
     if (!Number.isInteger(v) || v < 1 || v > max) bad.push(`--${name} must be an integer in [1, ${max}]`);
   };
@@ -585,9 +589,34 @@ async function warmCaches(ports: number[]): Promise<number> {
   return Date.now() - t0;
 }
 
+/**
+ * Unmeasured write warm-up (--rb-warmup-seconds): SET and INCR at both pipeline depths in short rounds until the time
+ * is up, so the measured write runs (a few seconds each) do not pay for V8 compiling the write path (in a cold
+ * 3-node cluster the optimizing compiler threads took as much CPU as the shard workers for the first seconds).
+ * Redis gets the same treatment; its results are unaffected by it.
+ */
+async function rbWarmup(system: SystemName, ports: number[]): Promise<void> {
+  if (opts.rbWarmupSeconds <= 0) return;
+  const t0 = Date.now();
+  let rounds = 0;
+  while (Date.now() - t0 < opts.rbWarmupSeconds * 1000) {
+    const pipeline = RB_PIPELINES[rounds % RB_PIPELINES.length]!;
+    const test = rounds % (2 * RB_PIPELINES.length) < RB_PIPELINES.length ? 'set' : 'incr';
+    const n = Math.max(RB_PROBE_MIN, opts.clients * pipeline * RB_PROBE_ROUNDS);
+    const r = await rbSpreadRetrying(system, ports, test, pipeline, n, RB_PROBE_TIMEOUT_MS, `warm-up ${test} P${pipeline} -n ${n}`);
+    if (!r.ok) {
+      console.log(`  (write warm-up stopped: ${r.error})`);
+      return;
+    }
+    rounds++;
+  }
+  console.log(`  (write warm-up: ${rounds} unmeasured SET/INCR runs in ${Date.now() - t0} ms)`);
+}
+
 /** redis-benchmark for every pipeline depth and test: probe (sizes -n), then the measured run. */
 async function rbPass(system: SystemName, ports: number[], probes?: Probes): Promise<void> {
   console.log(`${system}: redis-benchmark ${opts.clients} clients as ${splitClients(opts.clients, RB_PROCS).join('/')} over ${RB_PROCS} processes, -r ${opts.keyspace} -d ${opts.valueSize}`);
+  await rbWarmup(system, ports);
   for (const pipeline of RB_PIPELINES) {
     for (const test of RB_TESTS) {
       const label = `${test.toUpperCase()} P${pipeline}`;
@@ -1027,7 +1056,7 @@ async function main(): Promise<void> {
   if (!skipRedis || !skipLockstep) await requireRedisTools();
   // Estimate: redis-benchmark ~ (probe ~1 s + rb-seconds) per test; a mix warm-up + window + ~2 s set-up; the
   // cluster ~20 s to start, settle and stop; prefill a few seconds.
-  const rbS = wants('rb') ? RB_PIPELINES.length * RB_TESTS.length * (opts.rbSeconds + 1.5) : 0;
+  const rbS = wants('rb') ? RB_PIPELINES.length * RB_TESTS.length * (opts.rbSeconds + 1.5) + opts.rbWarmupSeconds : 0;
   const mixS = wants('mix') ? opts.mixes.length * (WARMUP_MS / 1000 + opts.seconds + 2) : 0;
   const estimateS = Math.round((skipRedis ? 0 : rbS + mixS + 3) + (skipLockstep ? 0 : rbS * 1.5 + mixS + 30));
   const maxMinutes = Number(opt('max-minutes', String(Math.ceil((estimateS * 3) / 60) + 2)));
