@@ -300,6 +300,20 @@ t.test('option errors name the option', async (t) => {
   await t.rejects(Wal.open(dir, { limits, fsync: 'sometimes' as 'batch' }), /fsync/);
 });
 
+t.test('a failed write into the open segment (the blocking writev) rejects its callers and leaves the WAL failed', async (t) => {
+  const dir = tempDir(t);
+  const wal = await Wal.open(dir, opts());
+  wal.append(1, [entry(1, 1, 'x')], null);
+  await wal.sync();
+  // Pull the open segment's descriptor out from under the WAL: its next writev fails (EBADF).
+  const fh = (wal as unknown as { fh: { close(): Promise<void> } }).fh;
+  await fh.close();
+  wal.append(1, [entry(2, 1, 'y')], null);
+  await t.rejects(wal.sync(), { code: 'WAL_FAILED' });
+  t.throws(() => wal.append(1, [entry(3, 1)], null), { code: 'WAL_FAILED' });
+  await wal.close().catch(() => undefined);
+});
+
 t.test('a failed write rejects the waiting callers and leaves the WAL failed', async (t) => {
   const dir = tempDir(t);
   const wal = await Wal.open(dir, opts({ limits: { segmentBytes: 1024, recordBytesMax: 1024 } }));
