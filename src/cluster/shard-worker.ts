@@ -68,7 +68,7 @@ import {
 } from '../cache/coherence-wire.js';
 import { arityOk, KeyspaceMachine, lookupRead, lookupWrite } from './keyspace-machine.js';
 import { ReplyRecorder } from './keyspace-reply.js';
-import { forwardRequest, parseForwardRequest, parseForwardResults, type ForwardItem, type ForwardResult } from './forward-protocol.js';
+import { encodeForwardResults, forwardRequest, parseForwardRequest, parseForwardResults, type ForwardItem, type ForwardResult } from './forward-protocol.js';
 import {
   BatchWriter,
   readRequests,
@@ -265,7 +265,7 @@ export class ShardWorker {
         if (msgs.length > 0) this.lastHeard.set(msgs[0]!.from, performance.now());
         host?.receive(msgs);
       },
-      onRequest: (from, payload) => (isCacheBatchPayload(payload) ? this.relayCacheMessages(payload.cs) : this.serveForwarded(from, payload)),
+      onRequest: (from, payload) => (isCacheBatchPayload(payload) ? this.relayCacheMessages(payload.cs) : this.serveForwarded(from, payload).then(encodeForwardResults)),
     });
     transport.onPeerDown((peer) => {
       this.upPeers.delete(peer);
