@@ -30,7 +30,7 @@ function portsFree(ports: number[]): Promise<boolean> {
 
 async function pickBase(): Promise<number> {
   for (let i = 0; i < 50; i++) {
-    const base = 20000 + Math.floor(Math.random() * 20000);
+    const base = 12000 + Math.floor(Math.random() * 19000); // below the ephemeral range (32768+)
     const ports = [1, 2, 3].flatMap((n) => [base + n, base + 1000 + n * 10, base + 1000 + n * 10 + 1]);
     if (await portsFree(ports)) return base;
   }

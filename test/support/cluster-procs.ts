@@ -55,6 +55,8 @@ export const REDIS_CLI_TIMEOUT_MS = 10_000;
 /** Ports are chosen in [PORT_LOW, PORT_HIGH): below Linux's default ephemeral range (32768+). */
 const PORT_LOW = 12_000;
 const PORT_HIGH = 32_000;
+/** Cluster starts tried (each on new ports) when a node finds a port taken after the free-port check. */
+const START_PORT_ATTEMPTS = 3;
 /** Attempts at finding a free block of ports. */
 const PORT_ATTEMPTS = 100;
 
@@ -244,11 +246,25 @@ export class ProcCluster {
     return c;
   }
 
-  /** create(), then starts every node and waits for cluster_state:ok everywhere. */
+  /**
+   * create(), then starts every node and waits for cluster_state:ok everywhere. A node that finds one of its ports
+   * taken (EADDRINUSE: another test file running in parallel picked overlapping ports between our check and the
+   * bind) makes the whole cluster start again on new ports, up to START_PORT_ATTEMPTS times.
+   */
   static async start(t: TestLike, options: Partial<ClusterProcsOptions> = {}): Promise<ProcCluster> {
-    const c = await ProcCluster.create(t, options);
-    await c.startAll();
-    return c;
+    for (let attempt = 1; ; attempt++) {
+      const c = await ProcCluster.create(t, options);
+      try {
+        await c.startAll();
+        return c;
+      } catch (err) {
+        const retry = attempt < START_PORT_ATTEMPTS && String((err as Error).message).includes('EADDRINUSE');
+        if (!retry) c.dumpOutput(t);
+        await c.destroy();
+        if (!retry) throw err;
+        t.comment(`a port of the cluster was taken meanwhile (EADDRINUSE); starting again on new ports (attempt ${attempt + 1})`);
+      }
+    }
   }
 
   /**
@@ -509,10 +525,9 @@ export class ProcCluster {
  * output tail is printed with t.comment first. An error thrown by `fn` is rethrown (tap reports it).
  */
 export async function withCluster(t: TestLike, options: Partial<ClusterProcsOptions>, fn: (c: ProcCluster) => Promise<void>): Promise<void> {
-  const c = await ProcCluster.create(t, options);
+  const c = await ProcCluster.start(t, options);
   let failed = false;
   try {
-    await c.startAll();
     await fn(c);
   } catch (err) {
     failed = true;
