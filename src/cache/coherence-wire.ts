@@ -20,6 +20,7 @@
  * Values: a cached value is `{ v: bytes, x: expireAt unix ms (0 = none) }`; null = no such key.
  */
 import { Packr } from 'msgpackr';
+import { ByteReader } from '../util/byte-reader.js';
 import type { NodeId } from '../raft/types.js';
 import type { CacheKey, DirtyItem, DownAck, HomeAnswer, HomeMessage, InvAck, NodeRequest, StateReport, WriteRequest, WrittenAnswer } from './coherence-types.js';
 
@@ -246,46 +247,27 @@ export function encodeAnswer(a: HomeAnswer<CachedValue, Uint8Array>): Buffer {
 
 /** Decodes encodeAnswer's form; values and results are copies (the input may be reused). Throws CacheWireError on a malformed answer. */
 export function decodeAnswer(u: Uint8Array): HomeAnswer<CachedValue, Uint8Array> {
-  const b = Buffer.isBuffer(u) ? u : Buffer.from(u.buffer, u.byteOffset, u.byteLength);
   const bad = (): never => {
     throw new CacheWireError('bad answer');
   };
-  if (b.length < ANSWER_HEAD) bad();
-  const kind = b[0]!;
-  const flags = b[1]!;
-  const epoch = b.readDoubleLE(2);
-  const home = b.readUInt32LE(10);
+  const r = new ByteReader(u, () => new CacheWireError('bad answer'));
+  const kind = r.u8('kind');
+  const flags = r.u8('flags');
+  const epoch = r.f64('epoch');
+  const home = r.u32('home');
   if (!Number.isSafeInteger(epoch)) bad();
   const lease = (flags & F_LEASE) !== 0;
-  let o = ANSWER_HEAD;
-  const need = (n: number): void => {
-    if (o + n > b.length) bad();
-  };
-  const num = (): number => {
-    need(8);
-    const v = b.readDoubleLE(o);
-    o += 8;
-    return v;
-  };
-  const bytes = (): Buffer => {
-    need(4);
-    const n = b.readUInt32LE(o);
-    o += 4;
-    need(n);
-    const out = Buffer.from(b.subarray(o, o + n));
-    o += n;
-    return out;
-  };
+  const bytes = (): Buffer => Buffer.from(r.lenView('bytes'));
   const value = (): CachedValue | null => {
     if ((flags & F_VALUE) === 0) return null;
-    const x = num();
+    const x = r.f64('expiry');
     if (!Number.isFinite(x)) bad();
     return { x, v: bytes() };
   };
   let a: HomeAnswer<CachedValue, Uint8Array>;
   switch (kind) {
     case A_DATA: {
-      const gen = num();
+      const gen = r.f64('gen');
       if (!Number.isSafeInteger(gen)) bad();
       const grant = (flags & F_GRANT) === 0 ? null : (flags & F_GRANT_E) !== 0 ? 'E' : 'S';
       a = { t: 'data', ok: true, epoch, home, lease, value: value(), grant, gen };
@@ -295,8 +277,8 @@ export function decodeAnswer(u: Uint8Array): HomeAnswer<CachedValue, Uint8Array>
       const result = bytes();
       let grant: WrittenAnswer<CachedValue, Uint8Array>['grant'] = null;
       if ((flags & F_GRANT) !== 0) {
-        const key = bytes().toString('latin1');
-        const gen = num();
+        const key = r.lenView('key').toString('latin1');
+        const gen = r.f64('gen');
         if (!Number.isSafeInteger(gen)) bad();
         grant = { key, gen, value: value() };
       }
@@ -312,7 +294,7 @@ export function decodeAnswer(u: Uint8Array): HomeAnswer<CachedValue, Uint8Array>
     default:
       return bad();
   }
-  if (o !== b.length) bad();
+  if (r.remaining !== 0) bad();
   return a;
 }
 

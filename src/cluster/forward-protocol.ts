@@ -18,6 +18,7 @@
  * records are views of the received frame, which is never reused (protocol/peer/frame.ts).
  */
 import type { NodeId } from '../raft/types.js';
+import { ByteReader } from '../util/byte-reader.js';
 import { RequestKind, SHARD_ERROR_CODES } from './worker-protocol.js';
 
 /** Most requests in one forwarded batch (the sender cuts batches well below this). */
@@ -36,36 +37,14 @@ export class ForwardProtocolError extends Error {
   }
 }
 
-/** Reads a forwarded payload with bounds checks; every failure is a ForwardProtocolError. */
-class Reader {
-  private o = 0;
-  readonly b: Buffer;
-  constructor(u: Uint8Array) {
-    this.b = Buffer.isBuffer(u) ? u : Buffer.from(u.buffer, u.byteOffset, u.byteLength);
-  }
-  private need(n: number, what: string): void {
-    if (this.o + n > this.b.length) throw new ForwardProtocolError(`truncated (${what})`);
-  }
-  u8(what: string): number {
-    this.need(1, what);
-    return this.b[this.o++]!;
-  }
-  u32(what: string): number {
-    this.need(4, what);
-    const v = this.b.readUInt32LE(this.o);
-    this.o += 4;
-    return v;
-  }
-  bytes(what: string): Buffer {
-    const n = this.u32(what);
-    this.need(n, what);
-    const v = this.b.subarray(this.o, this.o + n);
-    this.o += n;
-    return v;
-  }
-  end(): void {
-    if (this.o !== this.b.length) throw new ForwardProtocolError(`${this.b.length - this.o} bytes after the last item`);
-  }
+/** A bounds-checked reader of a forwarded payload: running out of bytes is a ForwardProtocolError. */
+function reader(u: Uint8Array): ByteReader {
+  return new ByteReader(u, (what) => new ForwardProtocolError(`truncated (${what})`));
+}
+
+/** Refuses bytes left after the last item. */
+function atEnd(r: ByteReader): void {
+  if (r.remaining !== 0) throw new ForwardProtocolError(`${r.remaining} bytes after the last item`);
 }
 
 export function forwardRequest(items: ForwardItem[]): { f: Buffer } {
@@ -95,11 +74,11 @@ export function forwardRequest(items: ForwardItem[]): { f: Buffer } {
 export function parseForwardRequest(payload: unknown, shards: number): { shard: number; kind: RequestKind; args: Buffer[] }[] {
   const f = typeof payload === 'object' && payload !== null ? (payload as { f?: unknown }).f : undefined;
   if (!(f instanceof Uint8Array)) throw new ForwardProtocolError('expected { f: bytes }');
-  const r = new Reader(f);
+  const r = reader(f);
   const count = r.u32('count');
   if (count > FORWARD_BATCH_REQUESTS_MAX) throw new ForwardProtocolError(`${count} requests > ${FORWARD_BATCH_REQUESTS_MAX}`);
   // Each request takes at least 13 bytes (header and one argument length): a count beyond that is a lie.
-  if (count * 13 > r.b.length) throw new ForwardProtocolError(`${count} requests cannot fit in ${r.b.length} bytes`);
+  if (count * 13 > r.buf.length) throw new ForwardProtocolError(`${count} requests cannot fit in ${r.buf.length} bytes`);
   const out: { shard: number; kind: RequestKind; args: Buffer[] }[] = new Array(count);
   for (let i = 0; i < count; i++) {
     const shard = r.u32('shard');
@@ -107,12 +86,12 @@ export function parseForwardRequest(payload: unknown, shards: number): { shard: 
     const kind = r.u8('kind');
     if (kind !== RequestKind.Write && kind !== RequestKind.Read) throw new ForwardProtocolError(`request ${i}: bad kind ${kind}`);
     const argc = r.u32('argument count');
-    if (argc === 0 || argc > FORWARD_ARGS_MAX || argc * 4 > r.b.length) throw new ForwardProtocolError(`request ${i}: bad argument list`);
+    if (argc === 0 || argc > FORWARD_ARGS_MAX || argc * 4 > r.buf.length) throw new ForwardProtocolError(`request ${i}: bad argument list`);
     const args: Buffer[] = new Array(argc);
-    for (let a = 0; a < argc; a++) args[a] = r.bytes(`request ${i} argument ${a}`);
+    for (let a = 0; a < argc; a++) args[a] = r.lenView(`request ${i} argument ${a}`);
     out[i] = { shard, kind, args };
   }
-  r.end();
+  atEnd(r);
   return out;
 }
 
@@ -157,20 +136,20 @@ export function encodeForwardResults(results: ForwardResult[]): Buffer {
 /** Validates and decodes a peer's answer to a forwarded batch of `count` requests; records are views of it. */
 export function parseForwardResults(payload: unknown, count: number): ForwardResult[] {
   if (!(payload instanceof Uint8Array)) throw new ForwardProtocolError('expected the results as bytes');
-  const r = new Reader(payload);
+  const r = reader(payload);
   const n = r.u32('count');
   if (n !== count) throw new ForwardProtocolError(`expected ${count} results, got ${n}`);
   const out: ForwardResult[] = new Array(n);
   for (let i = 0; i < n; i++) {
     const status = r.u8('status');
-    if (status === 0) out[i] = [0, r.bytes(`result ${i}`)];
+    if (status === 0) out[i] = [0, r.lenView(`result ${i}`)];
     else if (status === 1) {
       const code = r.u8('code');
       if (SHARD_ERROR_CODES[code] === undefined) throw new ForwardProtocolError(`result ${i}: unknown error code ${code}`);
       const leader = r.u32('leader');
-      out[i] = [1, code, leader, r.bytes(`result ${i} message`).toString('utf8')];
+      out[i] = [1, code, leader, r.lenView(`result ${i} message`).toString('utf8')];
     } else throw new ForwardProtocolError(`result ${i} is malformed (status ${status})`);
   }
-  r.end();
+  atEnd(r);
   return out;
 }

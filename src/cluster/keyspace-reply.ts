@@ -21,6 +21,7 @@
  * one batch buffer (posting a view makes structured clone copy the whole slab).
  */
 import type { ReplySink } from '../server/command.js';
+import { ByteReader } from '../util/byte-reader.js';
 
 const enum Op {
   Ok = 1,
@@ -204,55 +205,30 @@ export class ReplyRecorder implements ReplySink {
  * of the record. Throws ReplyRecordError on a malformed record.
  */
 export function replayReply(record: Uint8Array, sink: ReplySink): void {
-  const buf = Buffer.isBuffer(record) ? record : Buffer.from(record.buffer, record.byteOffset, record.byteLength);
-  const end = buf.length;
-  let p = 0;
-  const need = (n: number): void => {
-    if (p + n > end) throw new ReplyRecordError(`truncated at byte ${p}`);
-  };
-  const u32 = (): number => {
-    need(4);
-    const v = buf.readUInt32LE(p);
-    p += 4;
-    return v;
-  };
-  const f64 = (): number => {
-    need(8);
-    const v = buf.readDoubleLE(p);
-    p += 8;
-    return v;
-  };
-  const bytes = (n: number): Buffer => {
-    need(n);
-    const v = buf.subarray(p, p + n);
-    p += n;
-    return v;
-  };
-  while (p < end) {
-    const op = buf[p++] as Op;
+  const r = new ByteReader(record, (_what, at) => new ReplyRecordError(`truncated at byte ${at}`));
+  while (r.remaining > 0) {
+    const op = r.u8('opcode') as Op;
     switch (op) {
       case Op.Ok:
         sink.ok();
         break;
       case Op.Simple:
-        sink.simple(bytes(u32()).toString('utf8'));
+        sink.simple(r.lenView('length').toString('utf8'));
         break;
       case Op.Error:
-        sink.error(bytes(u32()).toString('utf8'));
+        sink.error(r.lenView('length').toString('utf8'));
         break;
       case Op.Int:
-        sink.integer(f64());
+        sink.integer(r.f64('number'));
         break;
       case Op.BigInt: {
-        need(1);
-        const n = buf[p++] as number;
-        const s = bytes(n).toString('latin1');
+        const s = r.view(r.u8('length'), 'digits').toString('latin1');
         if (!/^-?[0-9]+$/.test(s)) throw new ReplyRecordError(`bad big integer ${JSON.stringify(s)}`);
         sink.integer(BigInt(s));
         break;
       }
       case Op.Bulk:
-        sink.bulk(bytes(u32()));
+        sink.bulk(r.lenView('length'));
         break;
       case Op.Nil:
         sink.nil();
@@ -261,19 +237,19 @@ export function replayReply(record: Uint8Array, sink: ReplySink): void {
         sink.nilArray();
         break;
       case Op.Array:
-        sink.arrayHeader(u32());
+        sink.arrayHeader(r.u32('count'));
         break;
       case Op.Map:
-        sink.mapHeader(u32());
+        sink.mapHeader(r.u32('count'));
         break;
       case Op.Set:
-        sink.setHeader(u32());
+        sink.setHeader(r.u32('count'));
         break;
       case Op.Push:
-        sink.pushHeader(u32());
+        sink.pushHeader(r.u32('count'));
         break;
       case Op.Double:
-        sink.double(f64());
+        sink.double(r.f64('number'));
         break;
       case Op.True:
         sink.boolean(true);
@@ -282,14 +258,12 @@ export function replayReply(record: Uint8Array, sink: ReplySink): void {
         sink.boolean(false);
         break;
       case Op.Verbatim: {
-        const text = bytes(u32()).toString('utf8');
-        need(1);
-        const fl = buf[p++] as number;
-        sink.verbatim(text, bytes(fl).toString('utf8'));
+        const text = r.lenView('length').toString('utf8');
+        sink.verbatim(text, r.view(r.u8('length'), 'format').toString('utf8'));
         break;
       }
       default:
-        throw new ReplyRecordError(`unknown opcode ${op as number} at byte ${p - 1}`);
+        throw new ReplyRecordError(`unknown opcode ${op as number} at byte ${r.pos - 1}`);
     }
   }
 }
