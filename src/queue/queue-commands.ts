@@ -103,25 +103,16 @@ export function queueCommands(deps: QueueCommandDeps): CommandSpec[] {
     return n;
   };
 
-  /** Partitions in the order a pop should try them: the ones this node leads first, rotating. */
-  const popOrder = (q: Buffer, parts: number): number[] => {
+  /**
+   * The partitions of q, the ones this node leads first, each group rotating from call to call: the order a pop
+   * tries them in. Its head is the partition of a push without KEY: one this node leads (no forwarding hop, and
+   * messages without a key have no order across partitions anyway), or any when it leads none. With producers on
+   * every node the partitions fill evenly (leaders are balanced); consumers drain every partition.
+   */
+  const localFirst = (q: Buffer, parts: number): number[] => {
     const start = rotate++ % parts;
     const all = Array.from({ length: parts }, (_, i) => (start + i) % parts);
     return [...all.filter((p) => deps.leaderOf(shardOfPart(q, p)) === deps.nodeId), ...all.filter((p) => deps.leaderOf(shardOfPart(q, p)) !== deps.nodeId)];
-  };
-
-  /**
-   * The partition of a push without KEY: one this node leads, rotating among them (no forwarding hop, and messages
-   * without a key have no order across partitions anyway); rotating over all of them when this node leads none.
-   * With producers on every node the partitions fill evenly (leaders are balanced); consumers drain every partition.
-   */
-  const pushPartition = (q: Buffer, parts: number): number => {
-    const start = rotate++ % parts;
-    for (let i = 0; i < parts; i++) {
-      const p = (start + i) % parts;
-      if (deps.leaderOf(shardOfPart(q, p)) === deps.nodeId) return p;
-    }
-    return start;
   };
 
   const extId = (parts: number, p: number, id: Buffer): string => (parts > 1 ? `${p}:${id.toString('latin1')}` : id.toString('latin1'));
@@ -239,7 +230,7 @@ export function queueCommands(deps: QueueCommandDeps): CommandSpec[] {
       const parts = await partitionsOf(q);
       if (typeof parts === 'string') return ctx.reply.error(parts);
       const key = opts.get('KEY');
-      const p = parts === 1 ? 0 : key !== undefined ? jumpHash(key, parts) : pushPartition(q, parts);
+      const p = parts === 1 ? 0 : key !== undefined ? jumpHash(key, parts) : localFirst(q, parts)[0]!;
       const v = value(await exec(shardOfPart(q, p), 'write', [B(Q_PUSH), q, B(String(p)), args[2]!, opts.get('DEDUP') ?? B(''), B(String(delay))]));
       if (isErrorValue(v)) return ctx.reply.error(v.error);
       ctx.reply.bulk(extId(parts, p, v as Buffer));
@@ -255,14 +246,14 @@ export function queueCommands(deps: QueueCommandDeps): CommandSpec[] {
       const parts = await partitionsOf(q);
       if (typeof parts === 'string') return ctx.reply.error(parts);
       const consumer = B(consumerOf(ctx));
-      const r = await takeFrom(popOrder(q, parts), block, async (p, blockMs) =>
+      const r = await takeFrom(localFirst(q, parts), block, async (p, blockMs) =>
         asItems(value(await exec(shardOfPart(q, p), 'write', [B(Q_POP), q, B(String(p)), consumer, B(String(count)), B(vis === 0 ? '' : String(vis)), B(String(blockMs))]))),
       );
       if (typeof r === 'string') return ctx.reply.error(r);
       if (r === null) return ctx.reply.nilArray();
       const got: [number, RecordValue[]][] = (r.items as RecordValue[][]).map((it) => [r.target, it]);
       // Fill COUNT from the other partitions, without waiting.
-      for (const p of popOrder(q, parts)) {
+      for (const p of localFirst(q, parts)) {
         if (got.length >= count || p === r.target) continue;
         const more = asItems(value(await exec(shardOfPart(q, p), 'write', [B(Q_POP), q, B(String(p)), consumer, B(String(count - got.length)), B(vis === 0 ? '' : String(vis)), B('0')])));
         if (typeof more === 'string') break; // what was taken so far is delivered; the rest waits for the next pop
