@@ -307,6 +307,13 @@ export async function startFrontEndNode(extraArgs: string[] = [], nodeFlags: str
   return pinged(asProc(t, port));
 }
 
+/** bench/lib/floor-node.ts as a child process: the floor of a Node RESP server on this machine (see that file). */
+export async function startFloorNode(): Promise<Proc> {
+  const port = await freePort();
+  const t = spawnTracked(process.execPath, ['dist/bench/lib/floor-node.js', '--port', String(port)], { stdio: ['ignore', 'ignore', 'inherit'] });
+  return pinged(asProc(t, port));
+}
+
 /** The repository root: the nearest directory above this compiled file holding bin/lockstep.js. */
 export function repoRoot(): string {
   let dir = dirname(fileURLToPath(import.meta.url));

@@ -43,6 +43,7 @@
  */
 import type { CacheLimits } from '../config/limits.js';
 import { createRng, type Rng } from '../util/rng.js';
+import { latin1String } from '../util/latin1.js';
 import { globMatchLatin1 } from './glob.js';
 
 /**
@@ -256,7 +257,7 @@ export class CacheStore {
 
   /** The live entry for key, moved to the LRU head; counts a hit or a miss. Expires a stale entry on the way. */
   get(key: Buffer): CacheEntry | undefined {
-    return this.getLatin1(key.toString('latin1'));
+    return this.getLatin1(latin1String(key));
   }
 
   /** get() by the key's latin1 string. */
@@ -273,7 +274,7 @@ export class CacheStore {
 
   /** The live entry for key without touching the LRU or the counters (still expires a stale entry). */
   peek(key: Buffer): CacheEntry | undefined {
-    return this.lookup(key.toString('latin1'));
+    return this.lookup(latin1String(key));
   }
 
   /** peek() by the key's latin1 string (as in CacheEntry.keyLatin1). */
@@ -282,7 +283,7 @@ export class CacheStore {
   }
 
   has(key: Buffer): boolean {
-    return this.lookup(key.toString('latin1')) !== undefined;
+    return this.lookup(latin1String(key)) !== undefined;
   }
 
   // -------------------------------------------------------------------------------------------------------------
@@ -295,7 +296,7 @@ export class CacheStore {
    * entry alone exceeds bytesMax. Without expireAt/keepTtl the entry ends with no TTL.
    */
   set(key: Buffer, value: Buffer, opts?: SetOptions): CacheEntry {
-    const ks = key.toString('latin1');
+    const ks = latin1String(key);
     const bytes = entryBytes(key.length, value.length);
     const bytesMax = this.limits.bytesMax;
     if (bytesMax > 0 && bytes > bytesMax) throw new CacheEntryTooLargeError(bytes, bytesMax);
@@ -331,7 +332,7 @@ export class CacheStore {
    * Earlier views of the value are never changed (the new bytes go past their end).
    */
   append(key: Buffer, suffix: Buffer): CacheEntry {
-    const ks = key.toString('latin1');
+    const ks = latin1String(key);
     const e = this.lookupForWrite(ks);
     if (e === undefined) return this.set(key, suffix);
     const oldLen = e.value.length;
@@ -372,7 +373,7 @@ export class CacheStore {
 
   /** Removes key. False if it was absent (or had already expired: an expired entry is removed all the same). */
   delete(key: Buffer): boolean {
-    return this.deleteLatin1(key.toString('latin1'));
+    return this.deleteLatin1(latin1String(key));
   }
 
   /** delete() by the key's latin1 string. */
@@ -385,7 +386,7 @@ export class CacheStore {
 
   /** Sets (expireAt > 0) or removes (0) key's TTL. False if key is absent. Does not touch the LRU. */
   setExpire(key: Buffer, expireAt: number): boolean {
-    const e = this.lookup(key.toString('latin1'));
+    const e = this.lookup(latin1String(key));
     if (e === undefined) return false;
     this.changeExpire(e, expireAt);
     return true;
@@ -471,7 +472,7 @@ export class CacheStore {
    * is absent or still live.
    */
   removeExpired(key: Buffer): boolean {
-    const e = this.map.get(key.toString('latin1'));
+    const e = this.map.get(latin1String(key));
     if (e === undefined || e.expireAt === 0 || !(this.clock() > e.expireAt)) return false;
     this.counters.activeExpirations++;
     this.expireEntry(e);

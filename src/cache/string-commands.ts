@@ -325,10 +325,12 @@ function setGeneric(
     if (old === undefined) ctx.reply.nil();
     else ctx.reply.bulk(old.value);
   }
-  const found = ctx.db.has(key);
-  if ((flags & F_NX && found) || (flags & F_XX && !found)) {
-    if (!(flags & F_GET)) abortReply();
-    return;
+  if (flags & (F_NX | F_XX)) {
+    const found = ctx.db.has(key);
+    if ((flags & F_NX && found) || (flags & F_XX && !found)) {
+      if (!(flags & F_GET)) abortReply();
+      return;
+    }
   }
   const opts: SetOptions = expireAt !== 0 ? { expireAt } : { keepTtl: (flags & F_KEEPTTL) !== 0 };
   if (!storeSet(ctx, key, value, opts)) return;
@@ -336,6 +338,12 @@ function setGeneric(
 }
 
 function setCommand(ctx: CommandContext, args: Buffer[]): void {
+  if (args.length === 3) {
+    // Plain SET key value, most SETs: no options to parse, no existence check, no TTL kept; store.set refuses an
+    // entry that could never fit (storeSet answers that error).
+    if (storeSet(ctx, arg(args, 1), arg(args, 2))) ctx.reply.ok();
+    return;
+  }
   const a = parseExtendedArgs(ctx, args, true);
   if (a === null) return;
   const expireAt = extendedExpireOrReply(ctx, 'set', a);

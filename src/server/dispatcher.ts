@@ -9,6 +9,8 @@ import type { CommandContext, CommandSpec } from './command.js';
 
 export class CommandTable {
   private readonly byName = new Map<string, CommandSpec>();
+  /** Bumped by every add(), so that a dispatcher drops the name lookups it cached before. */
+  version = 0;
 
   constructor(specs: Iterable<CommandSpec>) {
     for (const s of specs) this.add(s);
@@ -18,6 +20,7 @@ export class CommandTable {
     const name = spec.name.toLowerCase();
     if (this.byName.has(name)) throw new Error(`command ${name} is defined twice`);
     this.byName.set(name, spec);
+    this.version++;
   }
 
   get(lowerName: string): CommandSpec | undefined {
@@ -32,6 +35,11 @@ export class CommandTable {
     return this.byName.values();
   }
 }
+
+/** Names up to this many bytes are cached by their packed bytes: 6 bytes and the length fit a double exactly. */
+const SHORT_NAME_BYTES = 6;
+/** Distinct spellings each name cache holds before it starts over (a client sending random names cannot grow it). */
+const NAME_CACHE_MAX = 4096;
 
 /** Quoted, truncated args for error messages, as Redis prints them. */
 function argsPreview(args: Buffer[], from: number): string {
@@ -52,8 +60,12 @@ export class Dispatcher {
   readonly stats: DispatchStats = { commands: 0, rejected: 0, errors: 0 };
   /** Per-command call counts, for INFO commandstats. */
   readonly calls = new Map<string, number>();
-  /** Cache of the lower-case name of the last few distinct command spellings (avoids toLowerCase per call). */
+  /** Command spellings seen, to their spec (null: unknown), so that a name is lower-cased once, not per call. */
   private readonly nameCache = new Map<string, CommandSpec | null>();
+  /** The same for names of at most SHORT_NAME_BYTES bytes, keyed by the packed bytes (see lookup). */
+  private readonly shortNames = new Map<number, CommandSpec | null>();
+  /** table.version the two caches were filled under. */
+  private tableVersion = -1;
 
   constructor(
     readonly table: CommandTable,
@@ -62,11 +74,29 @@ export class Dispatcher {
   ) {}
 
   lookup(nameArg: Buffer): CommandSpec | undefined {
-    const raw = nameArg.length <= 32 ? nameArg.toString('latin1') : nameArg.toString('latin1').slice(0, 64);
+    if (this.tableVersion !== this.table.version) {
+      this.nameCache.clear();
+      this.shortNames.clear();
+      this.tableVersion = this.table.version;
+    }
+    const n = nameArg.length;
+    if (n > 0 && n <= SHORT_NAME_BYTES) {
+      // Short names (GET, SET, INCR, LPUSH, Q.PUSH, ...) are looked up by their bytes packed into one number,
+      // exact spelling, without making a string per command.
+      let code = n;
+      for (let i = 0; i < n; i++) code = code * 256 + nameArg[i]!;
+      const hit = this.shortNames.get(code);
+      if (hit !== undefined) return hit ?? undefined;
+      const spec = this.table.get(nameArg.toString('latin1').toLowerCase()) ?? null;
+      if (this.shortNames.size >= NAME_CACHE_MAX) this.shortNames.clear();
+      this.shortNames.set(code, spec);
+      return spec ?? undefined;
+    }
+    const raw = n <= 32 ? nameArg.toString('latin1') : nameArg.toString('latin1').slice(0, 64);
     let spec = this.nameCache.get(raw);
     if (spec === undefined) {
       spec = this.table.get(raw.toLowerCase()) ?? null;
-      if (this.nameCache.size > 4096) this.nameCache.clear();
+      if (this.nameCache.size >= NAME_CACHE_MAX) this.nameCache.clear();
       this.nameCache.set(raw, spec);
     }
     return spec ?? undefined;

@@ -86,6 +86,9 @@ t.test('GET and SET basics, with SET options in any order', async (t) => {
   t.equal(h.run('SET', 'k', 'v3', 'NX', 'GET'), bulk('v2'), 'NX and GET together (7.0) return the old value');
   t.equal(h.run('GET', 'k'), bulk('v2'));
   t.equal(h.run('SET', 'missing', 'v', 'XX'), nil);
+  t.equal(h.run('SET', 'fresh', 'f1', 'NX'), ok, 'NX sets an absent key');
+  t.equal(h.run('SET', 'fresh', 'f2', 'XX'), ok, 'XX sets a present key');
+  t.equal(h.run('GET', 'fresh'), bulk('f2'));
   t.equal(h.run('SET', 'missing', 'v', 'XX', 'GET'), nil);
   t.equal(h.run('EXISTS', 'missing'), int(0));
   t.equal(h.run('SET', 'k', 'v4', 'GET', 'XX', 'PX', '1500'), bulk('v2'));
