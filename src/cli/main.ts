@@ -27,6 +27,9 @@ Usage:
   lockstep help              this text
 `;
 
+/** Exit code of `lockstep node` when one of its shard workers died (EX_SOFTWARE in sysexits.h). */
+export const EXIT_WORKER_LOST = 70;
+
 async function runNode(argv: string[], title: string): Promise<void> {
   const { options, help, positionals } = loadNodeOptions(argv);
   if (help) {
@@ -39,18 +42,21 @@ async function runNode(argv: string[], title: string): Promise<void> {
   const { startClusterNode } = await import('../node/cluster-node.js');
   const { createLogger } = await import('../util/logger.js');
   const logger = createLogger({ level: options.logLevel, format: options.logFormat, name: 'lockstep' });
-  const node = await startClusterNode(options, logger);
   let stopping = false;
+  let exitCode = 0;
+  // Set once the node is up. stop() is declared first: a shard worker may die before startClusterNode returns.
+  let node: Awaited<ReturnType<typeof startClusterNode>> | undefined;
   const stop = (signal: string) => {
     if (stopping) return;
     stopping = true;
     logger.info({ signal }, 'shutting down');
-    const force = setTimeout(() => process.exit(1), 5000);
+    const force = setTimeout(() => process.exit(exitCode === 0 ? 1 : exitCode), 5000);
     force.unref();
+    if (node === undefined) process.exit(exitCode); // still starting: nothing to close yet
     node.close().then(
       () => {
         logger.info('stopped');
-        process.exit(0);
+        process.exit(exitCode);
       },
       (err: unknown) => {
         logger.error({ err }, 'error during shutdown');
@@ -58,6 +64,12 @@ async function runNode(argv: string[], title: string): Promise<void> {
       },
     );
   };
+  node = await startClusterNode(options, logger, {
+    onFatal: () => {
+      exitCode = EXIT_WORKER_LOST;
+      setImmediate(() => stop('shard worker lost'));
+    },
+  });
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('SIGTERM', () => stop('SIGTERM'));
 }

@@ -13,7 +13,9 @@
  *
  *   spawned --init--> starting --ready--> up --stop--> stopping --stopped--> (terminated)
  *                        |'--fatal/exit--> start() rejects      |
- *                        up --exit/error--> down: pending requests and later ones answer STOPPED
+ *                        up --exit/error--> down: pending requests and later ones answer STOPPED, and
+ *                                           options.onWorkerLost runs once (the node process exits on it: see
+ *                                           docs/architecture.md, "A shard worker that dies")
  *
  * Batching: `submit` appends the request to its worker's batch (one reusable BatchWriter per worker) and
  * schedules one setImmediate for the runtime; the flush posts each non-empty batch as ONE message whose single
@@ -111,6 +113,12 @@ export interface ShardRuntimeOptions {
   workerUrl?: URL;
   /** start() fails if the workers are not ready within this time, in milliseconds (default 30 s). */
   startTimeoutMs?: number;
+  /**
+   * Called once per worker that exits or fails after it was up, unless the runtime is stopping. Its shards answer
+   * STOPPED from then on; a worker is never restarted in place (its Raft groups would have to rejoin beside an edge
+   * that kept state about them), so the node's owner decides: `lockstep node` exits, and a supervisor restarts it.
+   */
+  onWorkerLost?: (worker: number, why: string) => void;
 }
 
 export type RequestKindName = 'write' | 'read';
@@ -290,13 +298,21 @@ export class ShardRuntime {
         }
       }
     });
+    let lost = false;
+    const lose = (why: string): void => {
+      if (lost || !h.up || this.stopped) return;
+      lost = true;
+      this.opts.onWorkerLost?.(h.index, why);
+    };
     worker.on('error', (err) => {
       this.log.error({ err, worker: h.index }, 'shard worker failed');
       onFail(err);
+      lose(`shard worker ${h.index} failed: ${err.message}`);
     });
     worker.on('exit', (code) => {
       if (!this.stopped) this.log.error({ worker: h.index, code }, 'shard worker exited');
       onFail(new ShardRuntimeError('RUNTIME_START', `shard worker ${h.index} exited with code ${code}`));
+      lose(`shard worker ${h.index} exited with code ${code}`);
       this.markDown(h, `shard worker ${h.index} exited`);
     });
     worker.postMessage(init);

@@ -59,7 +59,17 @@ function homeInfoLines(ws: (WorkerStats | null)[]): string[] {
   return [`cache_homes:${homes}`, `cache_directory_entries:${directory}`, ...Object.entries(sum).map(([k, v]) => `cache_home_${snake(k)}:${v}`)];
 }
 
-export async function startClusterNode(options: NodeOptions, logger: Logger): Promise<ClusterNode> {
+/** What the node's owner hears about besides requests. */
+export interface ClusterNodeHooks {
+  /**
+   * A shard worker died after start (see ShardRuntimeOptions.onWorkerLost): its shards cannot be served by this
+   * process any more. `lockstep node` closes and exits non-zero so that a supervisor (`lockstep start --restart`,
+   * Docker's restart policy, systemd) starts it again and its Raft groups recover from the WAL.
+   */
+  onFatal?: (why: string) => void;
+}
+
+export async function startClusterNode(options: NodeOptions, logger: Logger, hooks: ClusterNodeHooks = {}): Promise<ClusterNode> {
   const c = options.cluster;
   const acl = new Acl(options.requirepass);
   if (options.aclFile !== '') acl.loadFile(options.aclFile);
@@ -88,6 +98,10 @@ export async function startClusterNode(options: NodeOptions, logger: Logger): Pr
     },
     logLevel: options.logLevel,
     logger,
+    onWorkerLost: (worker, why) => {
+      logger.fatal({ worker }, `${why}: the shards on that worker cannot be served until this node restarts`);
+      hooks.onFatal?.(why);
+    },
   });
 
   let shardView: (ShardStatus | undefined)[] = new Array(c.shards).fill(undefined);

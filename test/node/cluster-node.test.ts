@@ -7,6 +7,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
+import type { Worker } from 'node:worker_threads';
 import { loadNodeOptions } from '../../src/config/options.js';
 import { startClusterNode, type ClusterNode } from '../../src/node/cluster-node.js';
 import { keySlot } from '../../src/cluster/slots.js';
@@ -39,6 +40,8 @@ async function pickBase(): Promise<number> {
 
 const base = await pickBase();
 const peers = [1, 2, 3].map((n) => `${n}@127.0.0.1:${base + n}:${base + 1000 + n * 10}`).join(',');
+/** What each node reported through ClusterNodeHooks.onFatal. */
+const fatal: string[][] = [[], [], []];
 const dirs = [1, 2, 3].map((n) => mkdtempSync(join(tmpdir(), `lockstep-cn-${n}-`)));
 const nodes: ClusterNode[] = await Promise.all(
   [1, 2, 3].map((n) => {
@@ -47,7 +50,7 @@ const nodes: ClusterNode[] = await Promise.all(
       {},
       '/nonexistent/.env',
     );
-    return startClusterNode(options, silentLogger());
+    return startClusterNode(options, silentLogger(), { onFatal: (why) => fatal[n - 1]!.push(why) });
   }),
 );
 const clients = nodes.map((n) => new Redis({ port: n.port, maxRetriesPerRequest: 3, lazyConnect: false }));
@@ -187,4 +190,25 @@ t.test('INFO has raft, cluster and replication sections', async (t) => {
   t.match(await c2.info('cluster'), /cluster_enabled:1/);
   t.match(await c3.info('replication'), /role:master/);
   t.match(await c3.info('replication'), /slave0:ip=127\.0\.0\.1,port=\d+,state=online,node=\d/);
+});
+
+// Last: it leaves node 3 with a dead worker.
+t.test('a shard worker that dies is reported once to the node owner; its shards answer an error, the cluster serves on', async (t) => {
+  t.same(fatal, [[], [], []], 'nothing fatal before');
+  const handles = (nodes[2]!.runtime as unknown as { handles: { index: number; worker: Worker }[] }).handles;
+  const victim = handles.find((h) => h.index === 0)!;
+  await victim.worker.terminate(); // the thread is gone, as after an uncaught exception in it
+  t.ok(await settled(async () => fatal[2]!.length > 0), 'node 3 reported it');
+  t.same(fatal[2], ['shard worker 0 exited with code 1'], 'once, naming the worker');
+  t.same([fatal[0], fatal[1]], [[], []], 'the other nodes report nothing');
+  // Worker 0 hosts the even shards (shard % W). A write to one of them through node 3 fails at once, and clearly.
+  let k = '';
+  for (let i = 0; k === '' || shardOf(k) % 2 !== 0; i++) k = `after-crash:${i}`;
+  await t.rejects(c3.set(k, 'v'), /STOPPED|worker 0/, 'node 3 answers an error for a shard it cannot serve');
+  let odd = '';
+  for (let i = 0; odd === '' || shardOf(odd) % 2 !== 1; i++) odd = `after-crash-odd:${i}`;
+  t.equal(await c3.set(odd, 'v'), 'OK', "node 3's other worker still serves its shards");
+  // The two other nodes are a majority of every shard: the same key is written and read through them.
+  t.ok(await settled(async () => (await c1.set(k, 'v1').catch(() => null)) === 'OK'), 'node 1 writes the key');
+  t.equal(await c2.get(k), 'v1', 'node 2 reads it');
 });
