@@ -186,7 +186,12 @@ export function queueCommands(deps: QueueCommandDeps): CommandSpec[] {
       if (n === null) return ctx.reply.error('ERR value is out of range, must be positive');
       count = n;
     } else if (args.length > 3) return ctx.reply.error(ERR_SYNTAX);
-    if (count === 0) return args.length === 3 ? ctx.reply.nilArray() : ctx.reply.nil();
+    if (count === 0) {
+      // Redis 7: a count of 0 pops nothing; the reply says whether the list exists (empty array) or not (nil).
+      const len = value(await exec(homeShard(q), 'read', [B(Q_LLEN), q, B('0')]));
+      if (isErrorValue(len)) return ctx.reply.error(len.error);
+      return typeof len === 'number' && len > 0 ? ctx.reply.arrayHeader(0) : ctx.reply.nilArray();
+    }
     const v = value(await exec(homeShard(q), 'write', [B(head ? Q_LPOP : Q_RPOP), q, B('0'), B(String(count)), B('0')]));
     if (isErrorValue(v)) return ctx.reply.error(v.error);
     const items = Array.isArray(v) ? (v as Buffer[]) : [];

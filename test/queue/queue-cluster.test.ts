@@ -292,8 +292,10 @@ t.test('semantics over a real cluster', { timeout: SEMANTICS_TIMEOUT_MS }, async
     t.equal(await r1.llen('sem:list'), 4, 'LLEN');
     t.equal(await r2.lpop('sem:list'), 'z', 'LPOP');
     t.equal(await r3.rpop('sem:list'), 'c', 'RPOP');
+    t.same(await r2.lpop('sem:list', 0), [], 'LPOP with count 0 of a list that has values: an empty array (Redis 7)');
     t.same(await r1.lpop('sem:list', 2), ['a', 'b'], 'LPOP with a count');
     t.equal(await r1.llen('sem:list'), 0);
+    t.equal(await r3.rpop('sem:list', 0), null, 'RPOP with count 0 of an empty list: nil');
     t.equal(await r2.lpop('sem:list'), null, 'LPOP of an empty list is nil');
     const bl = r1.blpop('sem:list', 5);
     await sleep(300);
