@@ -2,10 +2,11 @@
  * RESP front end vs Redis, same machine, same run: redis-benchmark at 50 clients, pipeline 1 and 16, for SET,
  * GET, INCR and MSET, against the RESP front end with the node-local keyspace (bench/lib/front-end-node.ts: no
  * Raft; `bench:cluster` measures the replicated path) and a redis-server with persistence off.
- * Each server gets an unmeasured warm-up pass first (keyspace filled, JIT warm). Prints requests/s, p50/p99 and
+ * Each server gets an unmeasured warm-up first: the keyspace filled (3 SETs per key) and one short pass of every
+ * test (JIT warm), so the figures are those of a server in its steady state, not of its first second. Prints requests/s, p50/p99 and
  * the Lockstep/Redis ratio; writes bench/results/resp-vs-redis.json.
  *
- *   npm run bench:resp -- [--requests 200000] [--clients 50] [--rounds 3] [--cpu-prof]
+ *   npm run bench:resp -- [--requests 100000] [--requests-p16 1000000] [--keyspace 100000] [--clients 50] [--rounds 3] [--cpu-prof]
  *
  * A third column runs bench/lib/floor-node.ts, the least a Node server must do (frame commands, write constant
  * replies), so the table separates the platform's share of the gap to Redis from Lockstep's own. With --rounds N
@@ -16,6 +17,10 @@
 import { argValue, printTable, redisBenchmark, startFloorNode, startFrontEndNode, startRedis, writeResult, type Proc } from './lib/procs.js';
 
 const requests = Number(argValue('requests', '100000'));
+/** Pipeline 16 runs ~10x faster: more requests, so a run lasts seconds, not a few hundred milliseconds. */
+const requestsP16 = Number(argValue('requests-p16', '1000000'));
+/** Keys redis-benchmark draws from (-r); the warm-up SETs 3x this many times, so ~95% of the keys exist. */
+const keyspace = Number(argValue('keyspace', '100000'));
 const clients = Number(argValue('clients', '50'));
 const rounds = Math.max(1, Number(argValue('rounds', '1')));
 const cpuProf = process.argv.includes('--cpu-prof');
@@ -46,10 +51,14 @@ async function main(): Promise<void> {
       const order = round % 2 === 0 ? targets : [...targets].reverse();
       for (const target of order) {
         const proc = await start(target);
-        // Warm-up, not measured: fills the keyspace and lets V8 optimize the hot path (Redis needs neither, and
-        // gets the same treatment so the comparison stays like for like).
-        await redisBenchmark(proc.port, ['-t', tests, '-n', String(Math.min(requests, 50_000)), '-c', String(clients), '-P', String(pipeline), '-r', '100000']);
-        const rows = await redisBenchmark(proc.port, ['-t', tests, '-n', String(requests), '-c', String(clients), '-P', String(pipeline), '-r', '100000']);
+        // Warm-up, not measured: fills the keyspace (3 SETs per key: the measured runs then see a server in its
+        // steady state, overwriting keys it holds, as a long-running one does) and lets V8 optimize the hot path.
+        // Redis needs neither and gets the same treatment, so the comparison stays like for like.
+        const r = String(keyspace);
+        await redisBenchmark(proc.port, ['-t', 'set', '-n', String(3 * keyspace), '-c', String(clients), '-P', '16', '-r', r]);
+        await redisBenchmark(proc.port, ['-t', tests, '-n', '50000', '-c', String(clients), '-P', String(pipeline), '-r', r]);
+        const n = pipeline === 1 ? requests : requestsP16;
+        const rows = await redisBenchmark(proc.port, ['-t', tests, '-n', String(n), '-c', String(clients), '-P', String(pipeline), '-r', r]);
         for (const r of rows) (samples[target][`${r.test} P${pipeline}`] ??= []).push({ rps: r.rps, p50Ms: r.p50Ms, p99Ms: r.p99Ms });
         await proc.stop();
       }
@@ -86,10 +95,13 @@ async function main(): Promise<void> {
       f ? (l.rps / f.rps).toFixed(2) : '-',
     ]);
   }
-  console.log(`\nLockstep node vs redis-server (no persistence): ${clients} clients, ${requests} requests per test, median of ${rounds} round(s)`);
+  console.log(
+    `\nLockstep node vs redis-server (no persistence): ${clients} clients, ${requests} requests per test at P1 and ${requestsP16} at P16, ` +
+      `${keyspace} keys filled first, median of ${rounds} round(s)`,
+  );
   console.log('floor: bench/lib/floor-node.ts, a Node server that only frames commands and writes constant replies\n');
   printTable(['test', 'lockstep rps', 'p50 ms', 'p99 ms', 'redis rps', 'p50 ms', 'p99 ms', 'ratio', 'floor rps', 'floor/redis', 'lockstep/floor'], table);
-  writeResult('resp-vs-redis', { when: new Date().toISOString(), requests, clients, rounds, results, samples, ratios, floorRatios });
+  writeResult('resp-vs-redis', { when: new Date().toISOString(), requests, requestsP16, keyspace, clients, rounds, results, samples, ratios, floorRatios });
 }
 
 main().then(
