@@ -53,8 +53,10 @@ t.test('write-back: local writes in M, snoops, flushes, INCR, DEL', async (t) =>
     t.equal(await cl(1).set(k, 'v2'), 'OK');
     t.equal(await cl(1).append(k, '+'), 3);
     t.equal(await cl(1).get(k), 'v2+', 'the writer reads its own Modified line');
-    const after = await cacheInfo(c, 1);
+    // Edge counters read inside the window of the cache counters: a renewal sent between the two INFO calls then
+    // counts on both sides (read the other way round, it could count as an edge request but not as a renewal).
     const edgeAfter = await edgeRequests(c, 1);
+    const after = await cacheInfo(c, 1);
     t.equal(after['cache_local_writes']! - before['cache_local_writes']!, 2, 'two writes completed locally');
     t.ok(edgeAfter - edgeBefore <= after['cache_lease_renewals_sent']! - before['cache_lease_renewals_sent']! + after['cache_flushes_sent']! - before['cache_flushes_sent']!, 'no write left the edge (only renewals and flushes)');
     const m = await states(cl(3), k);
@@ -108,11 +110,18 @@ t.test('write-back with flushes 60 s away: eviction writes back; a crash loses a
     await retrying(10_000, () => cl(1).set('warm', '1'));
 
     // -- Modified lines pushed out of a 100-line LRU are written back (the flush timer is 60 s away)
+    const dropped = (x: Record<string, number>): number => x['cache_lease_lapsed_lines']! + x['cache_home_change_lines']!;
+    const dropped0 = dropped(await cacheInfo(c, 3));
     for (let i = 0; i < 90; i++) await cl(3).set(`ev:${i}`, `a${i}`); // through the home: E lines
     const lw = (await cacheInfo(c, 3))['cache_local_writes']!;
     for (let i = 0; i < 90; i++) await cl(3).set(`ev:${i}`, `b${i}`); // local: M lines
     const mid = await cacheInfo(c, 3);
-    t.ok(mid['cache_local_writes']! - lw >= 80, `local writes: ${mid['cache_local_writes']! - lw} of 90`);
+    // A line dropped because its lease lapsed (a late renewal on a loaded machine: the lease is 600 ms) or its
+    // shard's leader changed (election timeout 300 ms) is written through the home instead, as it must be; the
+    // rest complete locally.
+    const local = mid['cache_local_writes']! - lw;
+    const droppedLines = dropped(mid) - dropped0;
+    t.ok(local + droppedLines >= 80, `local writes: ${local} of 90 (${droppedLines} lines dropped by a lapse or a leader change)`);
     for (let i = 90; i < 200; i++) await cl(3).set(`ev:${i}`, `b${i}`); // new lines push the Modified ones out
     let bad = 0;
     for (let i = 0; i < 200; i++) if ((await cl(1).get(`ev:${i}`)) !== `b${i}`) bad++;
