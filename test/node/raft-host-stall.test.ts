@@ -296,13 +296,21 @@ t.test('heartbeats and their answers do not wait for an fdatasync', async (t) =>
   });
   const early = (from: NodeId, type: MessageType, group: number) => (s: Sent) =>
     s.from === from && s.m.type === type && s.m.group === group && s.unsyncedBytes >= ENTRY_BYTES;
-  await waitFor(
-    () => c.sent.some(early(1, MessageType.Heartbeat, 0)) && c.sent.some(early(1, MessageType.Heartbeat, 1))
-      && c.sent.some((s) => s.from !== 1 && s.m.type === MessageType.HeartbeatResp && s.unsyncedBytes >= ENTRY_BYTES),
-    'heartbeats of both groups and heartbeat answers sent while entries were unsynced',
-  );
-  loading = false;
-  await Promise.all(loaders);
+  try {
+    // The three events need a heartbeat tick to fall inside an fdatasync; on a fast disk those windows are short,
+    // so this wait is longer than the others (CI once missed them in 20 s; a quiet run took 27 s). The old code never
+    // produces them.
+    await waitFor(
+      () => c.sent.some(early(1, MessageType.Heartbeat, 0)) && c.sent.some(early(1, MessageType.Heartbeat, 1))
+        && c.sent.some((s) => s.from !== 1 && s.m.type === MessageType.HeartbeatResp && s.unsyncedBytes >= ENTRY_BYTES),
+      'heartbeats of both groups and heartbeat answers sent while entries were unsynced',
+      4 * WAIT_MS,
+    );
+  } finally {
+    // Also on a timeout: loaders left running kept the file alive until tap's 600 s limit.
+    loading = false;
+    await Promise.all(loaders);
+  }
   t.ok(c.sent.some(early(1, MessageType.Heartbeat, 0)), 'busy group: a heartbeat left while its entries were being synced');
   t.ok(c.sent.some(early(1, MessageType.Heartbeat, 1)), 'idle group: a heartbeat left while the busy group was syncing');
   t.ok(c.sent.some((s) => s.from !== 1 && s.m.type === MessageType.HeartbeatResp && s.unsyncedBytes >= ENTRY_BYTES),
