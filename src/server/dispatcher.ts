@@ -38,7 +38,7 @@ export class CommandTable {
 
 /** Names up to this many bytes are cached by their packed bytes: 6 bytes and the length fit a double exactly. */
 const SHORT_NAME_BYTES = 6;
-/** Distinct spellings each name cache holds before it starts over (a client sending random names cannot grow it). */
+/** Distinct spellings the name cache holds before it starts over (a client sending random names cannot grow it). */
 const NAME_CACHE_MAX = 4096;
 
 /** Quoted, truncated args for error messages, as Redis prints them. */
@@ -60,11 +60,12 @@ export class Dispatcher {
   readonly stats: DispatchStats = { commands: 0, rejected: 0, errors: 0 };
   /** Per-command call counts, for INFO commandstats. */
   readonly calls = new Map<string, number>();
-  /** Command spellings seen, to their spec (null: unknown), so that a name is lower-cased once, not per call. */
-  private readonly nameCache = new Map<string, CommandSpec | null>();
-  /** The same for names of at most SHORT_NAME_BYTES bytes, keyed by the packed bytes (see lookup). */
-  private readonly shortNames = new Map<number, CommandSpec | null>();
-  /** table.version the two caches were filled under. */
+  /**
+   * Command spellings seen, to their spec (null: unknown), so that a name is lower-cased once, not per call. Keyed
+   * by the packed bytes for names of at most SHORT_NAME_BYTES bytes, by the name's string otherwise (see lookup).
+   */
+  private readonly nameCache = new Map<number | string, CommandSpec | null>();
+  /** table.version the cache was filled under. */
   private tableVersion = -1;
 
   constructor(
@@ -76,28 +77,22 @@ export class Dispatcher {
   lookup(nameArg: Buffer): CommandSpec | undefined {
     if (this.tableVersion !== this.table.version) {
       this.nameCache.clear();
-      this.shortNames.clear();
       this.tableVersion = this.table.version;
     }
     const n = nameArg.length;
+    let key: number | string;
     if (n > 0 && n <= SHORT_NAME_BYTES) {
-      // Short names (GET, SET, INCR, LPUSH, Q.PUSH, ...) are looked up by their bytes packed into one number,
-      // exact spelling, without making a string per command.
-      let code = n;
-      for (let i = 0; i < n; i++) code = code * 256 + nameArg[i]!;
-      const hit = this.shortNames.get(code);
-      if (hit !== undefined) return hit ?? undefined;
-      const spec = this.table.get(nameArg.toString('latin1').toLowerCase()) ?? null;
-      if (this.shortNames.size >= NAME_CACHE_MAX) this.shortNames.clear();
-      this.shortNames.set(code, spec);
-      return spec ?? undefined;
-    }
-    const raw = n <= 32 ? nameArg.toString('latin1') : nameArg.toString('latin1').slice(0, 64);
-    let spec = this.nameCache.get(raw);
+      // Short names (GET, SET, INCR, LPUSH, Q.PUSH, ...) are keyed by their bytes packed into one number, exact
+      // spelling, without making a string per command.
+      key = n;
+      for (let i = 0; i < n; i++) key = key * 256 + nameArg[i]!;
+    } else key = n <= 32 ? nameArg.toString('latin1') : nameArg.toString('latin1').slice(0, 64);
+    let spec = this.nameCache.get(key);
     if (spec === undefined) {
-      spec = this.table.get(raw.toLowerCase()) ?? null;
+      const name = typeof key === 'string' ? key : nameArg.toString('latin1');
+      spec = this.table.get(name.toLowerCase()) ?? null;
       if (this.nameCache.size >= NAME_CACHE_MAX) this.nameCache.clear();
-      this.nameCache.set(raw, spec);
+      this.nameCache.set(key, spec);
     }
     return spec ?? undefined;
   }

@@ -27,7 +27,7 @@ t.test('lookup is case-insensitive for short and long names, and exact about len
   t.equal(d.lookup(Buffer.from('get')), d.lookup(Buffer.from('GET')), 'cached answers stay the same');
 });
 
-t.test('unknown names are remembered as unknown, and the caches stay bounded and correct past their size', async (t) => {
+t.test('unknown names are remembered as unknown, and the cache stays bounded and correct past its size', async (t) => {
   const { d } = dispatcher(['get', 'incrbyfloat']);
   // 10,000 distinct short and long unknown names: far more than the cache holds, so it starts over several times.
   for (let i = 0; i < 10_000; i++) {
