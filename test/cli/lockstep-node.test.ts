@@ -1,6 +1,6 @@
 // The real CLI as a child process: `lockstep node` serves redis-cli and stops cleanly on SIGTERM and SIGINT.
 import t from 'tap';
-import { spawn, execFile } from 'node:child_process';
+import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { promisify } from 'node:util';
 import { join } from 'node:path';
 import { mkdtempSync } from 'node:fs';
@@ -20,24 +20,30 @@ function freePort(): Promise<number> {
   });
 }
 
+/** `lockstep node` as a child process with JSON logs; resolves once it logged "ready" (or after 10 s). */
+async function startNode(port: number, dataDir: string): Promise<{ child: ChildProcess; out: () => string; exited: Promise<number | null> }> {
+  const child = spawn(process.execPath, [bin, 'node', '--port', String(port), '--data-dir', dataDir, '--log-format', 'json'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  for (let i = 0; i < 200 && !out.includes('lockstep node ready'); i++) await new Promise((r) => setTimeout(r, 50));
+  return { child, out: () => out, exited };
+}
+
 for (const signal of ['SIGTERM', 'SIGINT'] as const) {
   t.test(`lockstep node serves redis-cli and exits 0 on ${signal}`, async (t) => {
     const port = await freePort();
     const dataDir = mkdtempSync(join(tmpdir(), 'lockstep-cli-'));
-    const child = spawn(process.execPath, [bin, 'node', '--port', String(port), '--data-dir', dataDir, '--log-format', 'json'], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let out = '';
-    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (out += d.toString()));
-    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-    for (let i = 0; i < 100 && !out.includes('lockstep node ready'); i++) await new Promise((r) => setTimeout(r, 50));
-    t.match(out, /"msg":"lockstep node ready"/, 'logs JSON lines with pino');
+    const { child, out, exited } = await startNode(port, dataDir);
+    t.match(out(), /"msg":"lockstep node ready"/, 'logs JSON lines with pino');
     const { stdout } = await run('redis-cli', ['-p', String(port), 'SET', 'k', 'v']);
     t.equal(stdout, 'OK\n');
     child.kill(signal);
     t.equal(await exited, 0, 'exit code 0');
-    t.match(out, /"msg":"stopped"/);
+    t.match(out(), /"msg":"stopped"/);
   });
 }
 
@@ -63,15 +69,8 @@ const mounted: true | string = await run('mount', ['-t', 'tmpfs', '-o', 'size=3m
 t.test('lockstep node exits 70 when a shard worker dies on a full disk', { skip: mounted === true ? false : mounted }, async (t) => {
   t.teardown(() => run('umount', [mountPoint]).catch(() => undefined));
   const port = await freePort();
-  const child = spawn(process.execPath, [bin, 'node', '--port', String(port), '--data-dir', join(mountPoint, 'n1'), '--log-format', 'json'], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let out = '';
-  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-  child.stderr.on('data', (d: Buffer) => (out += d.toString()));
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-  for (let i = 0; i < 200 && !out.includes('lockstep node ready'); i++) await new Promise((r) => setTimeout(r, 50));
-  t.match(out, /lockstep node ready/);
+  const { child, out, exited } = await startNode(port, join(mountPoint, 'n1'));
+  t.match(out(), /lockstep node ready/);
   // 100 KB values until the 3 MB disk is full; each SET waits for the WAL, so the failure shows within a few.
   const value = 'x'.repeat(100_000);
   let code: number | null | 'running' = 'running';
@@ -87,6 +86,6 @@ t.test('lockstep node exits 70 when a shard worker dies on a full disk', { skip:
   if (code === 'running') code = await Promise.race([exited, new Promise<'running'>((r) => setTimeout(() => r('running'), 15_000))]);
   if (code === 'running') child.kill('SIGKILL');
   t.equal(code, 70, 'exit code 70 (EXIT_WORKER_LOST)');
-  t.match(out, /ENOSPC/, 'the cause is logged');
-  t.match(out, /"level":60[^\n]*shard worker \d failed[^\n]*cannot be served until this node restarts/, 'a fatal line names the worker');
+  t.match(out(), /ENOSPC/, 'the cause is logged');
+  t.match(out(), /"level":60[^\n]*shard worker \d failed[^\n]*cannot be served until this node restarts/, 'a fatal line names the worker');
 });
