@@ -54,11 +54,11 @@ async function main(): Promise<void> {
         // Warm-up, not measured: fills the keyspace (3 SETs per key: the measured runs then see a server in its
         // steady state, overwriting keys it holds, as a long-running one does) and lets V8 optimize the hot path.
         // Redis needs neither and gets the same treatment, so the comparison stays like for like.
-        const r = String(keyspace);
-        await redisBenchmark(proc.port, ['-t', 'set', '-n', String(3 * keyspace), '-c', String(clients), '-P', '16', '-r', r]);
-        await redisBenchmark(proc.port, ['-t', tests, '-n', '50000', '-c', String(clients), '-P', String(pipeline), '-r', r]);
+        const range = String(keyspace);
+        await redisBenchmark(proc.port, ['-t', 'set', '-n', String(3 * keyspace), '-c', String(clients), '-P', '16', '-r', range]);
+        await redisBenchmark(proc.port, ['-t', tests, '-n', '50000', '-c', String(clients), '-P', String(pipeline), '-r', range]);
         const n = pipeline === 1 ? requests : requestsP16;
-        const rows = await redisBenchmark(proc.port, ['-t', tests, '-n', String(n), '-c', String(clients), '-P', String(pipeline), '-r', r]);
+        const rows = await redisBenchmark(proc.port, ['-t', tests, '-n', String(n), '-c', String(clients), '-P', String(pipeline), '-r', range]);
         for (const r of rows) (samples[target][`${r.test} P${pipeline}`] ??= []).push({ rps: r.rps, p50Ms: r.p50Ms, p99Ms: r.p99Ms });
         await proc.stop();
       }

@@ -29,7 +29,7 @@ const LF = 10;
 
 /** Per-connection scanner state: where we are inside the current command. */
 class Scanner {
-  /** 0: expecting '*'; 1: reading a number (array or bulk header); 2: skipping bulk bytes (+CRLF). */
+  /** 0: expecting '*'; 1: reading a number (array or bulk header); 2: skipping bulk bytes (+CRLF); 3: expecting '$'. */
   private state = 0;
   private num = 0;
   private header = 0; // '*' or '$'
