@@ -10,12 +10,17 @@
  *   tick timer / message / proposal  ->  schedule()  ->  one "round" per event-loop turn:
  *     1. collect Ready from every core that has one and is not in a round already
  *     2. append every group's entries + hard state to the WAL, save received snapshots   (no I/O yet)
- *        2b. send the heartbeats and heartbeat answers of already-durable terms               (no wait)
+ *        2b. send a leader's appends, heartbeats and heartbeat answers of already-durable terms  (no wait)
+ *        2c. apply committed entries that were durable before the round began                    (no wait)
  *     3. ONE wal.sync() for the round's groups (one fdatasync: group commit), skipped when it (durable)
  *        holds no entries and no new term or vote (a commit-index-only change need not be durable)
- *     4. send every group's messages through the transport (batched per peer per turn)
- *     5. apply committed entries to each state machine, resolve the proposals and reads waiting on them
+ *     4. send every group's other messages through the transport (batched per peer per turn)
+ *     5. apply the other committed entries, resolve the proposals and reads waiting on them
  *     6. advance every core of the round; if any has more, schedule another round
+ *
+ * 2b and 2c take the fdatasync off the write path's critical chain on the leader: it replicates while it writes
+ * its own log, and it answers a committed write without waiting for the fdatasync of later writes. A write costs
+ * max(leader fdatasync, append + follower fdatasync + answer) and one more turn, instead of the sum.
  *
  * A group is in at most one round at a time (the core hands out one Ready at a time), but rounds of different
  * groups overlap: while a round waits for its fdatasync, a later turn starts a round for the groups that were not
@@ -39,7 +44,9 @@
  *
  * Invariants:
  * - Nothing in a Ready is sent or applied before its entries and hard state are durable (step 3 before 4 and 5),
- *   except heartbeats and heartbeat answers whose term was already durable when the round began (see above).
+ *   except a leader's appends, heartbeats and heartbeat answers whose term was already durable when the round
+ *   began (sendsBeforeSync), and committed entries that were durable before the round began (durableBeforeRound).
+ *   Nothing acknowledges an entry of this round before its fdatasync: append answers always wait.
  * - A group is in at most one round; a group's round starts only after its previous round finished (so whatever
  *   its earlier Readies persisted is durable when its next Ready's messages leave).
  * - A proposal's promise resolves only after its entry is applied here, with the state machine's result; it is
@@ -67,6 +74,7 @@ import { createRng } from '../util/rng.js';
 import type { Wal } from '../storage/wal.js';
 import type { SnapshotStore } from '../storage/snapshot-store.js';
 import { loadBootState } from '../storage/boot.js';
+import { durableBeforeRound, sendsBeforeSync } from '../raft/ready-order.js';
 
 /** A deterministic state machine driven by committed entries. */
 export interface StateMachine {
@@ -152,22 +160,14 @@ export interface RaftHostStats {
   entriesPersisted: number;
   entriesApplied: number;
   messagesSent: number;
-  /** Of messagesSent, heartbeats and heartbeat answers sent before their round's fdatasync (see round()). */
+  /** Of messagesSent, heartbeats and heartbeat answers sent before their round's fdatasync (see sendsBeforeSync). */
   heartbeatsBeforeSync: number;
+  /** Of messagesSent, a leader's appends sent before its round's fdatasync (see sendsBeforeSync). */
+  appendsBeforeSync: number;
+  /** Of entriesApplied, committed entries applied before their round's fdatasync (see durableBeforeRound). */
+  appliedBeforeSync: number;
   snapshotsTaken: number;
   snapshotsInstalled: number;
-}
-
-/**
- * May `m` leave before its round's fdatasync? Only heartbeats and heartbeat answers, and only of the term that was
- * already durable when the round began. Neither acknowledges anything the round persists: a heartbeat carries the
- * leader's (durable) term, min(commit, the follower's match) and a ReadIndex context; an answer carries the
- * follower's term and that context. The commit index only covers entries followers acknowledged, and they got them
- * in appends that left after this leader's fdatasync of them (appends always wait), so it never points at an entry
- * of this round. A heartbeat answer after a term change waits (its term is in this round's hard state).
- */
-export function sendsBeforeSync(m: Message, durableTerm: number): boolean {
-  return (m.type === MessageType.Heartbeat || m.type === MessageType.HeartbeatResp) && m.term === durableTerm;
 }
 
 export class RaftHost {
@@ -178,6 +178,8 @@ export class RaftHost {
     entriesApplied: 0,
     messagesSent: 0,
     heartbeatsBeforeSync: 0,
+    appendsBeforeSync: 0,
+    appliedBeforeSync: 0,
     snapshotsTaken: 0,
     snapshotsInstalled: 0,
   };
@@ -424,7 +426,20 @@ export class RaftHost {
       if (early.length > 0) {
         this.opts.transport.send(early);
         this.stats.messagesSent += early.length;
-        this.stats.heartbeatsBeforeSync += early.length;
+        for (const m of early) {
+          if (m.type === MessageType.Append) this.stats.appendsBeforeSync++;
+          else this.stats.heartbeatsBeforeSync++;
+        }
+      }
+      // 2c. Committed entries that were durable here before this round need not wait for its fdatasync.
+      for (const [g, rd] of readies) {
+        const durable = durableBeforeRound(rd);
+        for (const e of rd.committed) {
+          if (e.index > durable) break;
+          if (e.index > g.applied) this.stats.appliedBeforeSync++;
+          this.applyEntry(g, e);
+        }
+        this.releaseReads(g);
       }
     } else {
       for (const [, rd] of readies) for (const m of rd.messages) out.push(m);
@@ -439,7 +454,7 @@ export class RaftHost {
       this.opts.transport.send(out);
       this.stats.messagesSent += out.length;
     }
-    // 5. Apply, then answer reads.
+    // 5. Apply (what 2c left), then answer reads.
     for (const [g, rd] of readies) {
       if (rd.snapshot) this.installSnapshot(g, rd.snapshot);
       for (const e of rd.committed) this.applyEntry(g, e);

@@ -5,9 +5,10 @@
  * simulated clock, network and disk, plus simulated clients, all driven by ONE seed: same seed, same events, same
  * trace hash. Time is in units of 1/10 tick (TICK = 10 units); every node ticks once per tick at its own phase.
  *
- * The host loop per group is the real host's (src/raft/types.ts): write Ready.{snapshot,entries,hardState} as one
- * batch -> fsync -> send messages -> apply committed -> serve reads -> advance, with crash points between the
- * steps. A crash loses unsynced batches (a random prefix of them may survive, as a torn WAL tail is cut) and all
+ * The host loop per group is the real host's (src/node/raft-host.ts): write Ready.{snapshot,entries,hardState} as
+ * one batch -> send what may leave before the fsync (a leader's appends, heartbeats) and apply the committed entries
+ * that were durable before the Ready (src/raft/ready-order.ts) -> fsync -> send the other messages -> apply the other
+ * committed entries -> serve reads -> advance, with crash points between the steps. A crash loses unsynced batches (a random prefix of them may survive, as a torn WAL tail is cut) and all
  * memory; a restart rebuilds RaftBootState from the durable disk and the state machine from the snapshot (and,
  * in half of the restarts, by re-applying the durable committed entries itself).
  *
@@ -46,6 +47,7 @@ import { DiskContractError, SimDisk } from './disk.js';
 import { EventQueue } from './event-queue.js';
 import { decodeCommand, encodeCommand, KvMachine, type KvCommand } from './kv-machine.js';
 import { describeMsg, Trace } from './trace.js';
+import { durableBeforeRound, sendsBeforeSync } from '../../src/raft/ready-order.js';
 
 export const TICK = 10;
 
@@ -111,6 +113,8 @@ export interface SimResult {
     messagesSent: number;
     messagesDropped: number;
     snapshotsInstalled: number;
+    /** Committed entries applied before their Ready's fsync (durable in an earlier Ready). */
+    appliedBeforeSync: number;
     compactions: number;
     leaderChanges: number;
     confChanges: number;
@@ -302,6 +306,7 @@ class Simulation {
     messagesSent: 0,
     messagesDropped: 0,
     snapshotsInstalled: 0,
+    appliedBeforeSync: 0,
     compactions: 0,
     leaderChanges: 0,
     confChanges: 0,
@@ -622,17 +627,38 @@ class Simulation {
       this.trace.mix(5, node.id, rd.entries.length, rd.committed.length);
       this.trace.event(this.now, () => describeReady(node.id, gh.group, rd));
       // 1. Write (unsynced).
+      const durableTerm = gh.disk.hardState.term;
       gh.disk.write({ snapshot: rd.snapshot, entries: rd.entries, hardState: rd.hardState });
       this.checkAppended(node, gh, rd.entries);
-      if (this.bug === 'send-before-fsync') this.send(node, gh, rd.messages);
+      // 1b. What the real host sends and applies before the fsync (src/raft/ready-order.ts).
+      let late = rd.messages;
+      if (this.bug === 'send-before-fsync') {
+        this.send(node, gh, rd.messages);
+        late = [];
+      } else {
+        const early = rd.messages.filter((m) => sendsBeforeSync(m, durableTerm));
+        if (early.length > 0) {
+          late = rd.messages.filter((m) => !sendsBeforeSync(m, durableTerm));
+          this.send(node, gh, early);
+        }
+      }
+      if (this.maybeCrashAt(node, 'after early send, before early apply')) return;
+      const durable = durableBeforeRound(rd);
+      let early = 0;
+      for (; early < rd.committed.length && rd.committed[early]!.index <= durable; early++) {
+        const e = rd.committed[early]!;
+        this.applyEntry(node, gh, e);
+        if (this.bug === 'apply-twice' && e.type === EntryType.Normal) this.applyEntry(node, gh, e, true);
+        this.stats.appliedBeforeSync++;
+      }
       if (this.maybeCrashAt(node, 'after write, before fsync')) return;
       // 2. fsync.
       gh.disk.fsync();
       if (this.maybeCrashAt(node, 'after fsync, before send')) return;
-      // 3. Send.
-      if (this.bug !== 'send-before-fsync') this.send(node, gh, rd.messages);
+      // 3. Send the rest.
+      this.send(node, gh, late);
       if (this.maybeCrashAt(node, 'after send, before apply')) return;
-      // 4. Apply.
+      // 4. Apply the rest.
       if (rd.snapshot !== null) {
         const s = rd.snapshot;
         if (s.meta.index > gh.applied) {
@@ -643,7 +669,8 @@ class Simulation {
           this.trace.event(this.now, `n${node.id} g${gh.group} installs snapshot ${s.meta.index}/${s.meta.term}`);
         }
       }
-      for (const e of rd.committed) {
+      for (let i = early; i < rd.committed.length; i++) {
+        const e = rd.committed[i]!;
         if (e.index <= gh.applied && rd.snapshot !== null) continue; // covered by the snapshot just installed
         this.applyEntry(node, gh, e);
         if (this.bug === 'apply-twice' && e.type === EntryType.Normal) this.applyEntry(node, gh, e, true);
