@@ -8,8 +8,13 @@
  *                  Jain's index), hand-offs/s and the hand-off gap (previous holder starts releasing -> next grant).
  * Systems:
  *   lockstep  LOCK.ACQUIRE name owner MODE EXCLUSIVE TTL 30000 WAIT 5000 (A) / 10000 (B), then LOCK.RELEASE name
- *             owner TOKEN t; plain ioredis connections, client i on node i % 3 (every node forwards). Fencing tokens
- *             are checked to grow per lock name. If the build answers "unknown command" the Lockstep part is skipped.
+ *             owner TOKEN t; plain ioredis connections. Fencing tokens are checked to grow per lock name. If the build
+ *             answers "unknown command" the Lockstep part is skipped. Routing (--routing, default both, leader first):
+ *               leader  each client connects to the node leading its lock's shard (CLUSTER KEYSLOT of the name, then
+ *                       CLUSTER SLOTS), as a cluster-aware client does: nothing is forwarded;
+ *               any     client i on node i % 3, as a client that ignores the topology: 2/3 of the commands are
+ *                       forwarded to the leader's node and back.
+ *             The first routing listed is the one the ratios and targets use; the forwarded share is printed.
  *   redis     A: SET lock-i owner NX PX 30000, then DEL. B: a SPIN lock (Redis has no fair queued lock): SET NX PX,
  *             retried every SPIN_RETRY_MS until WAIT, released by a Lua compare-and-delete (EVALSHA). Single
  *             unreplicated server; measured before and after Lockstep (the table uses the mean; both are in the JSON).
@@ -30,6 +35,7 @@
  *
  *   npm run bench:locks -- [--seconds 10] [--clients 50] [--only A|B] [--skip-redis] [--skip-etcd]
  *                          [--skip-lockstep] [--client-threads N] [--workers N] [--shards 16] [--fsync batch]
+ *                          [--routing leader,any]
  *                          [--max-minutes M]
  *
  * Invariants: every loop is bounded by time (window + WAIT + DRAIN_MARGIN_MS, then connections are closed; a client
@@ -108,6 +114,13 @@ const TARGET_REDIS_RATIO = 0.5;
 type Scenario = 'A' | 'B';
 const SCENARIO_NAME: Record<Scenario, string> = { A: 'distinct', B: 'contended' };
 type SystemName = 'lockstep' | 'redis' | 'etcd';
+/** Lockstep only: clients connect to their lock's shard leader, or to node i % 3 (see the header). */
+type Routing = 'leader' | 'any';
+
+/** The lock client `id` uses in `scenario`: its own name (A) or the one contended name (B). */
+function lockName(scenario: Scenario, id: number): string {
+  return scenario === 'A' ? `bench-lock-${id}` : 'bench-lock-contended';
+}
 
 // ---- client side (runs in the client threads) ----
 
@@ -212,8 +225,10 @@ function etcdSession(etcd: Etcd3Module, client: Etcd3Client): Session {
 /** Where a client thread connects. */
 interface Target {
   system: SystemName;
-  /** lockstep: every node's port (client i uses node i % n); redis: one port. */
+  /** lockstep: every node's port (client i uses node i % n, unless clientPorts says); redis: one port. */
   ports?: number[];
+  /** lockstep, leader routing: the port of client i's lock's shard leader, by client id. */
+  clientPorts?: number[];
   /** etcd: host:port of every member. */
   endpoints?: string[];
 }
@@ -272,7 +287,7 @@ function threadMain(job: ThreadJob): Promise<void> {
       for (const id of job.clientIds) {
         sessions.push(
           target.system === 'lockstep'
-            ? await lockstepSession(ports[id % ports.length]!, `owner-${id}`)
+            ? await lockstepSession(target.clientPorts?.[id] ?? ports[id % ports.length]!, `owner-${id}`)
             : await redisSession(ports[0]!, `owner-${id}`, scenario),
         );
       }
@@ -300,7 +315,7 @@ function threadMain(job: ThreadJob): Promise<void> {
     const loop = async (k: number): Promise<void> => {
       const s = sessions[k]!;
       const id = job.clientIds[k]!;
-      const lock = scenario === 'A' ? `bench-lock-${id}` : 'bench-lock-contended';
+      const lock = lockName(scenario, id);
       while (running()) {
         const a0 = performance.now();
         let g: Grant;
@@ -392,6 +407,8 @@ interface Fairness {
 
 interface RunResult {
   system: SystemName;
+  /** Lockstep: how clients picked their node. */
+  routing?: Routing;
   scenario: Scenario;
   pass?: 'before' | 'after';
   clients: number;
@@ -420,6 +437,7 @@ interface RunResult {
 
 interface RunSpec {
   target: Target;
+  routing?: Routing;
   scenario: Scenario;
   pass?: 'before' | 'after';
   serverPids: number[];
@@ -439,6 +457,8 @@ interface Options {
   workers: number;
   shards: number;
   fsync: 'batch' | 'always' | 'never';
+  /** Lockstep client routings to run, the first one used for ratios and targets. */
+  routings: Routing[];
 }
 let opts: Options;
 
@@ -471,6 +491,7 @@ async function runScenario(spec: RunSpec): Promise<RunResult> {
   const aborted = got.find((r) => r.aborted !== undefined)?.aborted;
   const result: RunResult = {
     system: spec.target.system,
+    ...(spec.routing ? { routing: spec.routing } : {}),
     scenario,
     ...(spec.pass ? { pass: spec.pass } : {}),
     clients,
@@ -519,6 +540,11 @@ const startedAt = new Date();
 const load0 = loadavg();
 
 
+/** "lockstep/leader" etc.: the system, and for Lockstep how clients were routed. */
+function sysLabel(r: { system: SystemName; routing?: Routing }): string {
+  return r.routing ? `${r.system}/${r.routing}` : r.system;
+}
+
 function oneLine(r: RunResult): string {
   const f = r.fairness
     ? `  grants min/max ${r.fairness.min}/${r.fairness.max} Jain ${r.fairness.jain} hand-offs/s ${r.fairness.handoffsPerSec}`
@@ -533,8 +559,9 @@ function oneLine(r: RunResult): string {
     r.aborted ?? '',
   ].filter((x) => x !== '');
   return (
-    `  ${r.scenario} ${SCENARIO_NAME[r.scenario].padEnd(9)} ${String(r.cyclesPerSec).padStart(7)} cycles/s  acquire p50 ${fmtMs(r.acquire.p50Ms)} ` +
+    `  ${r.routing ? `${r.routing.padEnd(6)} ` : ''}${r.scenario} ${SCENARIO_NAME[r.scenario].padEnd(9)} ${String(r.cyclesPerSec).padStart(7)} cycles/s  acquire p50 ${fmtMs(r.acquire.p50Ms)} ` +
     `p99 ${fmtMs(r.acquire.p99Ms)} max ${fmtMs(r.acquire.maxMs)} ms  cpu client ${r.clientCpuPct}% server ${r.serverCpuPct ?? '-'}%${f}` +
+    (r.counters && r.counters.commands > 0 ? `  forwarded ${Math.round((100 * r.counters.forwarded) / r.counters.commands)}%` : '') +
     (bad.length ? `  [${bad.join(', ')}]` : '')
   );
 }
@@ -542,7 +569,7 @@ function oneLine(r: RunResult): string {
 function record(r: RunResult): void {
   results.push(r);
   console.log(oneLine(r));
-  const tag = `${r.system}${r.pass ? ` (${r.pass})` : ''} ${r.scenario}`;
+  const tag = `${sysLabel(r)}${r.pass ? ` (${r.pass})` : ''} ${r.scenario}`;
   if (r.errors > 0) issues.push(`${tag}: ${r.errors} errors, e.g. ${r.errorSamples.slice(0, 2).join(' | ')}`);
   if (r.exclusionViolations > 0) issues.push(`${tag}: ${r.exclusionViolations} mutual-exclusion violations seen by the client`);
   if (r.tokenRegressions > 0) issues.push(`${tag}: ${r.tokenRegressions} fencing tokens that did not grow`);
@@ -571,6 +598,27 @@ async function infoPid(port: number): Promise<number | undefined> {
   try {
     const m = /process_id:(\d+)/.exec(String(await c.call('INFO', 'server')));
     return m ? Number(m[1]) : undefined;
+  } finally {
+    c.disconnect();
+  }
+}
+
+/**
+ * For leader routing: by client id, the RESP port of the node leading the shard of the lock that client uses, from
+ * CLUSTER KEYSLOT and CLUSTER SLOTS (what a cluster-aware client does; the leader map settled before this).
+ */
+async function leaderPorts(port: number, scenario: Scenario): Promise<number[]> {
+  const c = await respClient(port);
+  try {
+    const slots = (await c.call('CLUSTER', 'SLOTS')) as [number, number, [string, number, ...unknown[]], ...unknown[]][];
+    const out: number[] = [];
+    for (let id = 0; id < opts.clients; id++) {
+      const slot = Number(await c.call('CLUSTER', 'KEYSLOT', lockName(scenario, id)));
+      const range = slots.find(([lo, hi]) => slot >= lo && slot <= hi);
+      if (range === undefined) throw new Error(`CLUSTER SLOTS has no node for slot ${slot}`);
+      out.push(Number(range[2][1]));
+    }
+    return out;
   } finally {
     c.disconnect();
   }
@@ -623,18 +671,22 @@ async function lockstepPass(): Promise<boolean> {
     }
 
     const pids = (await Promise.all(ports.map((p) => infoPid(p)))).filter((p): p is number => p !== undefined);
-    for (const scenario of opts.scenarios) {
-      const r = await runScenario({
-        target: { system: 'lockstep', ports },
-        scenario,
-        serverPids: pids.length === ports.length ? pids : [],
-        counterPorts: ports,
-      });
-      ran = true;
-      record(r);
-      const crashed = cluster.exits.filter((e) => e.unexpected);
-      if (crashed.length > 0) throw new Error(`node(s) exited during the run: ${JSON.stringify(crashed)}`);
-      if (r.aborted) break;
+    runs: for (const scenario of opts.scenarios) {
+      for (const routing of opts.routings) {
+        const clientPorts = routing === 'leader' ? await leaderPorts(ports[0]!, scenario) : undefined;
+        const r = await runScenario({
+          target: { system: 'lockstep', ports, ...(clientPorts ? { clientPorts } : {}) },
+          routing,
+          scenario,
+          serverPids: pids.length === ports.length ? pids : [],
+          counterPorts: ports,
+        });
+        ran = true;
+        record(r);
+        const crashed = cluster.exits.filter((e) => e.unexpected);
+        if (crashed.length > 0) throw new Error(`node(s) exited during the run: ${JSON.stringify(crashed)}`);
+        if (r.aborted) break runs;
+      }
     }
   } catch (err) {
     rec.error = (err as Error).message;
@@ -702,8 +754,10 @@ async function etcdPass(): Promise<void> {
 
 // ---- report ----
 
-function pick(system: SystemName, scenario: Scenario): RunResult | undefined {
-  const rs = results.filter((r) => r.system === system && r.scenario === scenario && r.aborted === undefined && r.cycles > 0);
+function pick(system: SystemName, scenario: Scenario, routing?: Routing): RunResult | undefined {
+  const rs = results.filter(
+    (r) => r.system === system && r.scenario === scenario && r.routing === routing && r.aborted === undefined && r.cycles > 0,
+  );
   if (rs.length === 0) return undefined;
   if (rs.length === 1) return rs[0];
   // Redis before and after: mean throughput, and the worse latencies.
@@ -737,16 +791,19 @@ function finish(partial: boolean): void {
   const rows: (string | number)[][] = [];
   const systems: SystemName[] = ['lockstep', 'redis', 'etcd'];
   for (const scenario of opts.scenarios) {
-    for (const sys of systems) {
-      const r = pick(sys, scenario);
+    for (const [sys, routing] of systems.flatMap((x): [SystemName, Routing | undefined][] =>
+      x === 'lockstep' ? opts.routings.map((rt): [SystemName, Routing] => [x, rt]) : [[x, undefined]],
+    )) {
+      const label = sysLabel({ system: sys, ...(routing ? { routing } : {}) });
+      const r = pick(sys, scenario, routing);
       if (r === undefined) {
-        const why = results.find((x) => x.system === sys && x.scenario === scenario)?.aborted ?? (notes[sys] || 'not run');
-        rows.push([sys, `${scenario} ${SCENARIO_NAME[scenario]}`, '-', '-', '-', '-', '-', '-', '-', why.slice(0, 60)]);
+        const why = results.find((x) => x.system === sys && x.scenario === scenario && x.routing === routing)?.aborted ?? (notes[sys] || 'not run');
+        rows.push([label, `${scenario} ${SCENARIO_NAME[scenario]}`, '-', '-', '-', '-', '-', '-', '-', why.slice(0, 60)]);
         continue;
       }
       const fair = r.fairness ? `min/max ${r.fairness.min}/${r.fairness.max} Jain ${r.fairness.jain} hand-offs/s ${r.fairness.handoffsPerSec}` : '';
       rows.push([
-        sys, `${scenario} ${SCENARIO_NAME[scenario]}`, r.cyclesPerSec, fmtMs(r.acquire.p50Ms), fmtMs(r.acquire.p99Ms), fmtMs(r.acquire.maxMs),
+        label, `${scenario} ${SCENARIO_NAME[scenario]}`, r.cyclesPerSec, fmtMs(r.acquire.p50Ms), fmtMs(r.acquire.p99Ms), fmtMs(r.acquire.maxMs),
         r.notGranted + r.errors, `${r.clientCpuPct}%`, r.serverCpuPct === null ? '-' : `${r.serverCpuPct}%`, fair,
       ]);
     }
@@ -755,9 +812,10 @@ function finish(partial: boolean): void {
   console.log('fail = acquires not granted within WAIT + errors; cpu = % of one core over the window (client = this process).');
 
   const ratios: Record<string, number | null> = {};
-  console.log('\nratios (Lockstep cycles/s over the peer, same run):');
+  const primary = opts.routings[0]!;
+  console.log(`\nratios (Lockstep cycles/s, ${primary} routing, over the peer, same run):`);
   for (const scenario of opts.scenarios) {
-    const l = pick('lockstep', scenario);
+    const l = pick('lockstep', scenario, primary);
     for (const peer of ['redis', 'etcd'] as const) {
       const v = ratio(l, pick(peer, scenario));
       ratios[`${scenario}:lockstep/${peer}`] = v;
@@ -765,7 +823,7 @@ function finish(partial: boolean): void {
     }
   }
 
-  const la = pick('lockstep', 'A');
+  const la = pick('lockstep', 'A', primary);
   const ra = pick('redis', 'A');
   const redisRatio = ratio(la, ra);
   const verdict = (ok: boolean | null) => (ok === null ? 'not measured' : ok ? 'met' : 'NOT met');
@@ -774,7 +832,7 @@ function finish(partial: boolean): void {
     { name: `distinct acquire p99 < ${TARGET_P99_MS} ms at ${TARGET_CLIENTS} clients`, value: la?.acquire.p99Ms ?? null, met: la && la.acquire.p99Ms !== null ? la.acquire.p99Ms < TARGET_P99_MS : null },
     { name: `distinct >= ${TARGET_REDIS_RATIO} x single Redis`, value: redisRatio, met: redisRatio === null ? null : redisRatio >= TARGET_REDIS_RATIO },
   ];
-  console.log('\ntargets (from the issue, Lockstep scenario A):');
+  console.log(`\ntargets (from the issue, Lockstep scenario A, ${primary} routing):`);
   for (const t of targets) console.log(`  ${t.name}: ${t.value ?? '-'} -> ${verdict(t.met)}`);
   if (opts.clients !== TARGET_CLIENTS) console.log(`  note: run with ${opts.clients} clients, the targets are stated for ${TARGET_CLIENTS}`);
 
@@ -814,6 +872,7 @@ function parseOptions(): Options {
     workers: Number(argValue('workers', String(Math.max(1, Math.min(8, Math.floor(availableParallelism() / 2)))))),
     shards: Number(argValue('shards', '16')),
     fsync: argValue('fsync', 'batch') as Options['fsync'],
+    routings: argValue('routing', 'leader,any').split(',').filter((x) => x !== '') as Routing[],
   };
   const bad: string[] = [];
   if (!(seconds > 0)) bad.push('--seconds must be > 0');
@@ -821,6 +880,9 @@ function parseOptions(): Options {
   if (!Number.isInteger(o.clientThreads) || o.clientThreads < 1) bad.push('--client-threads must be a positive integer');
   if (only !== '' && only !== 'A' && only !== 'B') bad.push('--only takes A or B');
   if (!['batch', 'always', 'never'].includes(o.fsync)) bad.push('--fsync takes batch, always or never');
+  if (o.routings.length === 0 || o.routings.some((x) => x !== 'leader' && x !== 'any') || new Set(o.routings).size !== o.routings.length) {
+    bad.push('--routing takes leader, any or both (comma-separated, the first one used for ratios and targets)');
+  }
   if (bad.length > 0) {
     console.error(bad.join('\n'));
     process.exit(2);
@@ -834,8 +896,9 @@ async function main(): Promise<void> {
   const { scenarios, seconds, clients, skipRedis, skipLockstep, skipEtcd } = opts;
   if (!skipRedis || !skipLockstep) await requireRedisTools();
   const runsPerSystem = scenarios.length;
+  const lockstepRuns = scenarios.length * opts.routings.length;
   const perRunS = WARMUP_MS / 1000 + seconds + 1;
-  const estimateS = Math.round(runsPerSystem * perRunS * ((skipRedis ? 0 : 2) + (skipLockstep ? 0 : 1) + (skipEtcd ? 0 : 1)) + (skipLockstep ? 0 : 30) + (skipEtcd ? 0 : 10));
+  const estimateS = Math.round(runsPerSystem * perRunS * ((skipRedis ? 0 : 2) + (skipEtcd ? 0 : 1)) + (skipLockstep ? 0 : lockstepRuns * perRunS + 30) + (skipEtcd ? 0 : 10));
   const maxMinutes = Number(argValue('max-minutes', String(Math.ceil((estimateS * 3) / 60) + 2)));
   console.log(
     `locks: scenarios ${scenarios.join(',')}, ${clients} clients on ${Math.min(clients, opts.clientThreads)} client threads, ${seconds} s each; ` +
