@@ -46,7 +46,7 @@ import { ReplyRecorder } from './keyspace-reply.js';
 import { LockTable, type LockLimits } from '../locks/lock-table.js';
 import { applyLockWrite, isLockCommand, LOCK_PARKED, readLock } from '../locks/lock-entries.js';
 import { QueueState, type QueueLimits } from '../queue/queue-state.js';
-import { applyQueueWrite, isQueueCommand, readQueue, type QueueApplyNote } from '../queue/queue-entries.js';
+import { applyQueueWrite, isQueueCommand, popFindsNothing, readQueue, type QueueApplyNote } from '../queue/queue-entries.js';
 
 /** Redis' noeviction reply. */
 export const ERR_OOM = "OOM command not allowed when used memory > 'maxmemory'.";
@@ -308,6 +308,17 @@ export class KeyspaceMachine implements StateMachine {
       this.recorder.truncate(mark);
       throw err;
     }
+    return this.recorder.take();
+  }
+
+  /**
+   * The reply record of a checked pop entry that would deliver nothing and change nothing if applied now (see
+   * popFindsNothing: an empty array), or null when it may deliver, bury or fail. Changes no state. The leader uses
+   * it after a read barrier, so a pop of an empty queue costs a heartbeat round instead of a log entry.
+   */
+  emptyPopRecord(args: readonly Uint8Array[]): Uint8Array | null {
+    if (!popFindsNothing(this.queueState, args)) return null;
+    this.recorder.arrayHeader(0);
     return this.recorder.take();
   }
 

@@ -48,7 +48,7 @@ import { PEER_LIMITS_DEFAULT, WAL_LIMITS_DEFAULT } from '../config/limits.js';
 import { encodeWrite } from './keyspace-codec.js';
 import { checkLockCommand, expiryArgs, isLockCommand, LOCK_PARKED, lockWaiterId, lockWaitMs } from '../locks/lock-entries.js';
 import type { LockEvent } from '../locks/lock-table.js';
-import { checkQueueCommand, isQueueCommand, popPartitionKey, queueBlockMs, queueExpiryArgs } from '../queue/queue-entries.js';
+import { checkQueueCommand, isQueueCommand, popFindsNothing, popPartitionKey, queueBlockMs, queueExpiryArgs } from '../queue/queue-entries.js';
 import { recordValue } from './record-value.js';
 import { CacheHomeHost } from '../cache/cache-home-host.js';
 import { BackingStore } from '../cache/backing-store.js';
@@ -173,7 +173,7 @@ interface Req {
 export type PostToEdge = (msg: WorkerToEdge, transfer?: ArrayBuffer[]) => void;
 
 export class ShardWorker {
-  readonly stats: WorkerStats = { requests: 0, batches: 0, writes: 0, reads: 0, errors: 0, forwarded: 0, forwardedIn: 0, fsyncs: 0, raftRounds: 0, peersUp: [] };
+  readonly stats: WorkerStats = { requests: 0, batches: 0, writes: 0, reads: 0, errors: 0, forwarded: 0, forwardedIn: 0, fsyncs: 0, raftRounds: 0, emptyPopBarriers: 0, emptyPopsAnswered: 0, peersUp: [] };
   private readonly shards = new Map<number, Shard>();
   /** Requests not yet answered, in arrival order (for the timeout scan). */
   private readonly inflight = new Map<number, Req>();
@@ -483,18 +483,11 @@ export class ShardWorker {
         this.parkPop(shard, popKey, req);
         return;
       }
-      this.stats.writes++;
-      // A lock acquire that parks is settled by a LockEvent, which may be raised before this promise resolves.
-      if (req.waiterId !== '') this.waiting.set(req.waiterId, req);
-      this.host.propose(shard.id, req.data!).then(
-        (result) => {
-          if (result === LOCK_PARKED || req.done) return;
-          const record = result instanceof Uint8Array ? result : new Uint8Array(0);
-          if (popKey !== '' && isEmptyArray(record) && performance.now() < req.blockUntil) this.parkPop(shard, popKey, req);
-          else this.succeed(req, record);
-        },
-        (err: unknown) => this.onError(req, err),
-      );
+      if (req.blockMs === 0 && shard.machine !== null && popFindsNothing(shard.machine.queues, req.args)) {
+        this.popAfterBarrier(shard, req);
+        return;
+      }
+      this.proposeWrite(shard, req, popKey);
     } else {
       this.stats.reads++;
       this.host.readBarrier(shard.id).then(
@@ -502,6 +495,50 @@ export class ShardWorker {
         (err: unknown) => this.onError(req, err),
       );
     }
+  }
+
+  /**
+   * A pop that finds nothing here (popFindsNothing) is answered after a read barrier instead of a log entry: once
+   * the barrier resolves, this replica has applied every entry committed before the pop arrived, so if the pop
+   * still finds nothing, an empty answer is linearizable (the pop took effect at the barrier) and logging it would
+   * change nothing. If something became ready meanwhile, the pop is proposed as usual. Nothing was proposed before
+   * that, so a barrier that fails (leadership lost) routes the pop again, like a read.
+   */
+  private popAfterBarrier(shard: Shard, req: Req): void {
+    this.stats.emptyPopBarriers++;
+    this.host.readBarrier(shard.id).then(
+      () => {
+        if (req.done) return;
+        const record = shard.machine?.emptyPopRecord(req.args) ?? null;
+        if (record === null) this.proposeWrite(shard, req, '');
+        else {
+          this.stats.emptyPopsAnswered++;
+          this.succeed(req, record);
+        }
+      },
+      (err: unknown) => {
+        if (req.done) return;
+        if (err instanceof HostError && (err.code === 'NOTLEADER' || err.code === 'TRYAGAIN')) {
+          this.forwardOrPark(req, err.leader !== 0 ? err.leader : (this.host.group(req.shard.id)?.leader ?? 0));
+        } else this.onError(req, err);
+      },
+    );
+  }
+
+  /** Proposes a checked write on a shard this node leads; the reply comes from its apply (popKey: see route). */
+  private proposeWrite(shard: Shard, req: Req, popKey: string): void {
+    this.stats.writes++;
+    // A lock acquire that parks is settled by a LockEvent, which may be raised before this promise resolves.
+    if (req.waiterId !== '') this.waiting.set(req.waiterId, req);
+    this.host.propose(shard.id, req.data!).then(
+      (result) => {
+        if (result === LOCK_PARKED || req.done) return;
+        const record = result instanceof Uint8Array ? result : new Uint8Array(0);
+        if (popKey !== '' && isEmptyArray(record) && performance.now() < req.blockUntil) this.parkPop(shard, popKey, req);
+        else this.succeed(req, record);
+      },
+      (err: unknown) => this.onError(req, err),
+    );
   }
 
   /** Forwards to `leader` if allowed and its link is up; a forwarded request answers NOTLEADER instead. */

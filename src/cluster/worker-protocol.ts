@@ -193,6 +193,10 @@ export interface WorkerStats {
   forwardedIn: number;
   fsyncs: number;
   raftRounds: number;
+  /** Pops that found nothing ready and went to a read barrier instead of the log (see ShardWorker.popAfterBarrier). */
+  emptyPopBarriers: number;
+  /** Of those, the ones still empty after the barrier: answered without a log entry. */
+  emptyPopsAnswered: number;
   /** Peers this worker has an up outbound link to. */
   peersUp: NodeId[];
   /** The cache homes of the shards this worker leads (src/cache/cache-home-host.ts). */

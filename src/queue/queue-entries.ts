@@ -274,6 +274,20 @@ function applyChecked(state: QueueState, name: string, stamp: number, index: num
   throw new Error(`queue entry: unchecked command ${name.slice(0, 40)}`);
 }
 
+/**
+ * For a checked pop entry (`_q.pop`, `_q.lpop`, `_q.rpop`): would applying it now deliver nothing and change nothing,
+ * so that its reply is an empty array whatever its stamp and index? Reads the arguments exactly as apply does.
+ * False for every other command. The worker answers such a pop after a read barrier instead of proposing it.
+ */
+export function popFindsNothing(state: QueueState, args: readonly Uint8Array[]): boolean {
+  const name = text(args[0]);
+  if (name !== Q_POP && name !== Q_LPOP && name !== Q_RPOP) return false;
+  const q = Buffer.from(args[1]!.buffer, args[1]!.byteOffset, args[1]!.byteLength);
+  const p = Number(text(args[2]));
+  if (name === Q_POP) return state.popFindsNothing(q, p, text(args[3]), Number(text(args[4])), optInt(args[5], 1, MAXI));
+  return state.listPopFindsNothing(q, p, Number(text(args[3])));
+}
+
 /** The args of an expiry entry for what planExpiry found. */
 export function queueExpiryArgs(items: readonly ExpiryItem[]): Buffer[] {
   const args: Buffer[] = [Buffer.from(Q_EXPIRE)];

@@ -1140,6 +1140,30 @@ export class QueueState {
     return p.ready.slice(s, e + 1).map((m) => m.payload);
   }
 
+  /**
+   * Would pop(…, queue, partition, consumer, count, visibilityMs) deliver nothing and change nothing, whatever its
+   * stamp and index? True when the arguments are valid and the partition does not exist, the count is 0, or no
+   * message is ready and the consumer is below its in-flight limit (pop's tick only advances the clock; expiries
+   * are entries of their own). False whenever pop could answer anything else, an error included. Lets the leader
+   * answer an empty pop after a read barrier instead of logging an entry that changes nothing.
+   */
+  popFindsNothing(queue: Buffer, partition: number, consumer: string, count: number, visibilityMs: number | null): boolean {
+    if (!Number.isSafeInteger(partition) || partition < 0 || partition >= this.limits.partitionsPerQueueMax) return false;
+    if (!isSafeNonNegative(count) || Buffer.byteLength(consumer) > this.limits.consumerBytesMax) return false;
+    if (visibilityMs !== null && (!Number.isSafeInteger(visibilityMs) || visibilityMs < 1 || visibilityMs > this.limits.visibilityMsMax)) return false;
+    const p = this.get(queue, partition);
+    if (p === undefined || count === 0) return true;
+    return p.ready.size === 0 && (p.consumers.get(consumer) ?? 0) < this.limits.inflightPerConsumerMax;
+  }
+
+  /** Would listPop(…, queue, partition, count, head) take nothing (an LPOP/RPOP of an empty or unknown list)? */
+  listPopFindsNothing(queue: Buffer, partition: number, count: number): boolean {
+    if (!Number.isSafeInteger(partition) || partition < 0 || partition >= this.limits.partitionsPerQueueMax) return false;
+    if (!isSafeNonNegative(count)) return false;
+    const p = this.get(queue, partition);
+    return p === undefined || count === 0 || p.ready.size === 0;
+  }
+
   /** LLEN: ready messages (what LRANGE 0 -1 and LPOP see). Q.LEN (len) also counts delayed ones. */
   listLen(queue: Buffer, partition: number): number {
     return this.get(queue, partition)?.ready.size ?? 0;

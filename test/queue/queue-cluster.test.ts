@@ -120,6 +120,27 @@ t.test('semantics over a real cluster', { timeout: SEMANTICS_TIMEOUT_MS }, async
     t.equal(await pop(r1, 'sem:fifo'), null, 'an empty queue pops nil');
     t.equal(await qlen(r1, 'sem:fifo'), 0);
 
+    // A pop that finds nothing is answered after a read barrier, without a log entry (INFO raft: empty_pops).
+    const emptyPops = async (): Promise<number> => {
+      let n = 0;
+      for (const r of [r1, r2, r3]) for (const m of String(await r.info('raft')).matchAll(/empty_pops=(\d+)/g)) n += Number(m[1]);
+      return n;
+    };
+    const e0 = await emptyPops();
+    for (const r of [r1, r2, r3]) t.equal(await pop(r, 'sem:fifo'), null, 'an empty pop on every node: nil');
+    t.equal(await r2.call('LPOP', 'sem:no-such-list'), null, 'LPOP of a missing list: nil');
+    t.equal(await r3.call('RPOP', 'sem:no-such-list', '2'), null, 'RPOP with a count of a missing list: nil');
+    // The edge's copy of the worker counters is refreshed every VIEW_REFRESH_MS (200 ms).
+    let e1 = await emptyPops();
+    for (let i = 0; i < 20 && e1 - e0 < 5; i++) {
+      await sleep(100);
+      e1 = await emptyPops();
+    }
+    t.ok(e1 - e0 >= 5, `answered without a log entry by the leaders (INFO empty_pops grew by ${e1 - e0})`);
+    const later = await push(r1, 'sem:fifo', 'after');
+    t.same(await pop(r3, 'sem:fifo'), [[later, 'after', 1]], 'a push after empty pops is delivered as usual');
+    t.equal(await ack(r3, 'sem:fifo', later), 1);
+
     // Visibility timeout: not acked in time, delivered again with count 2. (Timeouts in this test are long enough
     // that a slow command on a loaded machine does not outlast them by accident.)
     const vid = await push(r1, 'sem:vis', 'v');
