@@ -57,6 +57,7 @@ export const SHARD_WORKER_TUNING_DEFAULT: ShardWorkerTuning = {
   sweepIntervalMs: 100,
   sweepKeysMax: 200,
   snapshotEntries: 10_000,
+  snapshotLogPercent: 100,
   leaderBalanceMs: 1_000,
   keyspaceBytesMax: 0,
   cacheLeaseMs: 1_000,

@@ -296,6 +296,7 @@ export class ShardWorker {
         transport,
         logger: this.log,
         snapshotEntries: init.tuning.snapshotEntries,
+        snapshotLogPercent: init.tuning.snapshotLogPercent,
       });
       this.host = host;
       this.hostedShardIds = init.shards.map((s) => s.shard);

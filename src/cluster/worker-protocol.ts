@@ -93,6 +93,8 @@ export interface ShardWorkerTuning {
   sweepKeysMax: number;
   /** Snapshot a shard after this many applied entries (0 = never). */
   snapshotEntries: number;
+  /** ... and once the entry bytes applied since the last snapshot reach this % of its size (0 = count only). */
+  snapshotLogPercent: number;
   /** How often a leader checks whether to hand its shard to the preferred leader (0 = never rebalance). */
   leaderBalanceMs: number;
   /** The replicated memory limit of each shard's keyspace (0 = unbounded); must be the same on every node. */

@@ -71,7 +71,8 @@ export const NODE_OPTIONS: readonly OptionSpec[] = [
   { name: 'cluster-secret', kind: 'string', default: '', help: 'shared secret peers prove at handshake (HMAC-SHA256); empty = none (loopback/trusted networks)' },
   { name: 'leader-wait', kind: 'int', default: 2000, min: 10, max: 600_000, unit: 'ms', help: 'how long a request waits for its shard to have a leader before -TRYAGAIN / -NOQUORUM' },
   { name: 'request-timeout', kind: 'int', default: 10_000, min: 100, max: 600_000, unit: 'ms', help: 'a replicated request not answered in this time fails with -TRYAGAIN (outcome unknown)' },
-  { name: 'snapshot-entries', kind: 'int', default: 10_000, min: 0, max: 1e9, unit: 'entries', help: 'snapshot a shard after this many applied entries (0 = never)' },
+  { name: 'snapshot-entries', kind: 'int', default: 10_000, min: 0, max: 1e9, unit: 'entries', help: 'snapshot a shard after this many applied entries (0 = never); see --snapshot-log-percent' },
+  { name: 'snapshot-log-percent', kind: 'int', default: 100, min: 0, max: 100_000, unit: '%', help: 'and only once the entries applied since the last snapshot hold at least this share of its size, so snapshot work stays proportional to what is written (as Redis\' auto-aof-rewrite-percentage); 0 = by entry count alone' },
   { name: 'keyspace-max-bytes', kind: 'bytes', default: 0, min: 0, max: 1024 * GiB, unit: 'bytes', help: 'replicated memory limit per shard; writes beyond it get -OOM (0 = unbounded); the same on every node' },
   { name: 'deadlock-detect', kind: 'int', default: 1000, min: 30, max: 600_000, unit: 'ms', help: 'a lock deadlock (a cycle of waiting owners across the cluster) is found and broken within this time' },
   { name: 'cache-lease', kind: 'int', default: 1000, min: 20, max: 600_000, unit: 'ms', help: 'coherent cache line lease: a node cut off from a shard\'s home stops serving its lines within this time, and a new home waits this long before its first write; the same on every node' },
@@ -106,6 +107,7 @@ export interface ClusterOptions {
   leaderWaitMs: number;
   requestTimeoutMs: number;
   snapshotEntries: number;
+  snapshotLogPercent: number;
   keyspaceBytesMax: number;
   electionTimeoutMs: number;
   deadlockDetectMs: number;
@@ -337,6 +339,7 @@ export function loadNodeOptions(
       leaderWaitMs: num('leader-wait'),
       requestTimeoutMs: num('request-timeout'),
       snapshotEntries: num('snapshot-entries'),
+      snapshotLogPercent: num('snapshot-log-percent'),
       keyspaceBytesMax: num('keyspace-max-bytes'),
       electionTimeoutMs: num('election-timeout'),
       deadlockDetectMs: num('deadlock-detect'),

@@ -90,6 +90,7 @@ export async function startClusterNode(options: NodeOptions, logger: Logger, hoo
       leaderWaitMs: c.leaderWaitMs,
       requestTimeoutMs: c.requestTimeoutMs,
       snapshotEntries: c.snapshotEntries,
+      snapshotLogPercent: c.snapshotLogPercent,
       keyspaceBytesMax: c.keyspaceBytesMax,
       cacheLeaseMs: c.cacheLeaseMs,
       cacheLeaseMarginMs: cacheMarginMs(c.cacheLeaseMs),

@@ -123,6 +123,10 @@ interface Group {
   appliedTerm: number;
   /** Applied entries since the last snapshot. */
   sinceSnapshot: number;
+  /** Entry data bytes applied since the last snapshot. */
+  bytesSinceSnapshot: number;
+  /** Size of the last snapshot taken, installed or booted from (0: none). */
+  snapshotBytes: number;
   proposals: Map<number, Pending>;
   /** ReadIndex requests by ctx key, waiting for their read index. */
   reads: Map<string, PendingRead>;
@@ -150,6 +154,13 @@ export interface RaftHostOptions {
   logger: Logger;
   /** Take a snapshot of a group after this many applied entries (0 = never). */
   snapshotEntries: number;
+  /**
+   * ... and only once the data of the entries applied since its last snapshot is at least this percentage of that
+   * snapshot's size (0 or absent: by entry count alone). Each snapshot then costs at most what was written since
+   * the one before (times 100 / percent): snapshot work stays proportional to the write volume whatever the state
+   * size, and a restart replays at most about that much log.
+   */
+  snapshotLogPercent?: number;
   /** Seed for election-timeout randomness (defaults to a mix of node id and time). */
   seed?: number;
 }
@@ -215,6 +226,8 @@ export class RaftHost {
         applied: boot.applied,
         appliedTerm: boot.snapshot ? boot.snapshot.meta.term : 0,
         sinceSnapshot: 0,
+        bytesSinceSnapshot: 0,
+        snapshotBytes: boot.snapshot ? boot.snapshot.data.length : 0,
         proposals: new Map(),
         reads: new Map(),
         readWaits: [],
@@ -478,6 +491,8 @@ export class RaftHost {
     g.sm.restore(snap.data);
     g.applied = snap.meta.index;
     g.sinceSnapshot = 0;
+    g.bytesSinceSnapshot = 0;
+    g.snapshotBytes = snap.data.length;
     this.stats.snapshotsInstalled++;
     // Proposals at or below the snapshot can no longer be matched to an outcome here.
     for (const [index, first] of g.proposals) {
@@ -531,6 +546,7 @@ export class RaftHost {
     if (e.type === EntryType.Normal && e.data.length > 0) result = g.sm.apply(e);
     g.applied = e.index;
     g.sinceSnapshot++;
+    g.bytesSinceSnapshot += e.data.length;
     this.stats.entriesApplied++;
     const first = g.proposals.get(e.index);
     if (first) {
@@ -563,6 +579,8 @@ export class RaftHost {
   private maybeSnapshot(g: Group): void {
     const every = this.opts.snapshotEntries;
     if (every <= 0 || g.sinceSnapshot < every || g.snapshotting) return;
+    const percent = this.opts.snapshotLogPercent ?? 0;
+    if (percent > 0 && g.bytesSinceSnapshot * 100 < percent * g.snapshotBytes) return;
     g.snapshotting = true;
     const index = g.applied;
     const term = g.core.termAt(index);
@@ -572,6 +590,8 @@ export class RaftHost {
     }
     const snap: Snapshot = { meta: { index, term, conf: g.core.confAt(index) }, data: g.sm.snapshot() };
     g.sinceSnapshot = 0;
+    g.bytesSinceSnapshot = 0;
+    g.snapshotBytes = snap.data.length;
     void (async () => {
       try {
         await this.opts.snapshots.save(g.id, snap);
