@@ -76,6 +76,9 @@ import type { SnapshotStore } from '../storage/snapshot-store.js';
 import { loadBootState } from '../storage/boot.js';
 import { durableBeforeRound, sendsBeforeSync } from '../raft/ready-order.js';
 
+/** Ticks between checks for groups that keep the WAL's oldest segment alive (unpinOldestSegment). */
+const PIN_CHECK_TICKS = 100;
+
 /** A deterministic state machine driven by committed entries. */
 export interface StateMachine {
   /** Applies one committed Normal entry; the return value resolves the proposal's promise on this node. */
@@ -179,6 +182,8 @@ export interface RaftHostStats {
   appliedBeforeSync: number;
   snapshotsTaken: number;
   snapshotsInstalled: number;
+  /** Of snapshotsTaken, those taken because the group kept the WAL's oldest segment alive (unpinOldestSegment). */
+  snapshotsToUnpin: number;
 }
 
 export class RaftHost {
@@ -193,6 +198,7 @@ export class RaftHost {
     appliedBeforeSync: 0,
     snapshotsTaken: 0,
     snapshotsInstalled: 0,
+    snapshotsToUnpin: 0,
   };
   private readonly groups = new Map<GroupId, Group>();
   private ticker: NodeJS.Timeout | undefined;
@@ -203,6 +209,7 @@ export class RaftHost {
   private roundsInFlight = 0;
   private stopped = false;
   private readCounter = 0;
+  private ticksSincePinCheck = 0;
 
   private constructor(private readonly opts: RaftHostOptions) {}
 
@@ -348,7 +355,28 @@ export class RaftHost {
   private tick(): void {
     if (this.stopped) return;
     for (const g of this.groups.values()) g.core.tick();
+    if (++this.ticksSincePinCheck >= PIN_CHECK_TICKS) {
+      this.ticksSincePinCheck = 0;
+      this.unpinOldestSegment();
+    }
     this.schedule();
+  }
+
+  /**
+   * Snapshots the groups that keep the WAL's oldest segment alive (Wal.pinningGroups), whatever their snapshot
+   * thresholds, once they have applied past the entries they hold there. Only a prefix of segments can be deleted,
+   * so one quiet group with a few unsnapshotted entries would otherwise keep every segment the busy groups write
+   * after it: the WAL would grow without bound. Costs at most one snapshot per pinning group per segment written.
+   */
+  private unpinOldestSegment(): void {
+    if (this.opts.snapshotEntries <= 0) return;
+    for (const { group, index } of this.opts.wal.pinningGroups()) {
+      const g = this.groups.get(group);
+      if (g !== undefined && g.applied >= index && g.sinceSnapshot > 0 && !g.snapshotting) {
+        this.stats.snapshotsToUnpin++;
+        this.maybeSnapshot(g, true);
+      }
+    }
   }
 
   private schedule(): void {
@@ -576,11 +604,15 @@ export class RaftHost {
     g.reads.clear();
   }
 
-  private maybeSnapshot(g: Group): void {
+  /** Takes a snapshot of `g` if its thresholds are reached (or `force`: see unpinOldestSegment) and none is in progress. */
+  private maybeSnapshot(g: Group, force = false): void {
     const every = this.opts.snapshotEntries;
-    if (every <= 0 || g.sinceSnapshot < every || g.snapshotting) return;
-    const percent = this.opts.snapshotLogPercent ?? 0;
-    if (percent > 0 && g.bytesSinceSnapshot * 100 < percent * g.snapshotBytes) return;
+    if (every <= 0 || g.snapshotting) return;
+    if (!force) {
+      if (g.sinceSnapshot < every) return;
+      const percent = this.opts.snapshotLogPercent ?? 0;
+      if (percent > 0 && g.bytesSinceSnapshot * 100 < percent * g.snapshotBytes) return;
+    }
     g.snapshotting = true;
     const index = g.applied;
     const term = g.core.termAt(index);

@@ -542,6 +542,23 @@ export class Wal {
    * group with entries in them), stopping at the first one that is not; never the segment being written.
    * Returns the number of segments deleted.
    */
+  /**
+   * The groups that keep the oldest segment from being compacted: those with a live entry there above their snapshot
+   * marker, with the highest such index (a snapshot at or past it frees the segment of them). Empty while only the
+   * segment being written exists. A group that goes quiet below its snapshot thresholds would otherwise hold the
+   * oldest segment, and with it every later one, forever.
+   */
+  pinningGroups(): { group: GroupId; index: number }[] {
+    const oldest = this.segments[0];
+    if (oldest === undefined || this.segments.length < 2 || oldest.seq >= this.fileSeq) return [];
+    const out: { group: GroupId; index: number }[] = [];
+    for (const [group, index] of oldest.maxByGroup) {
+      const t = this.tracks.get(group);
+      if (t !== undefined && !t.removed && index > t.markerIndex) out.push({ group, index });
+    }
+    return out;
+  }
+
   compact(): Promise<number> {
     const prev = this.compacting ?? Promise.resolve(0);
     const run = prev.then(

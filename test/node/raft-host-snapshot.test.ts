@@ -34,14 +34,23 @@ class Padded implements StateMachine {
   }
 }
 
-async function open(dir: string, percent: number | undefined): Promise<{ host: RaftHost; sm: Padded; close(): Promise<void> }> {
+interface Opened {
+  host: RaftHost;
+  wal: Wal;
+  sm: Padded;
+  close(): Promise<void>;
+}
+
+async function open(dir: string, percent: number | undefined, o: { groups?: number[]; segmentBytes?: number } = {}): Promise<Opened> {
   const logger = pino({ level: 'silent' });
-  const wal = await Wal.open(join(dir, 'wal'), { limits: WAL_LIMITS_DEFAULT, fsync: 'never', logger });
+  const limits = { ...WAL_LIMITS_DEFAULT, ...(o.segmentBytes !== undefined ? { segmentBytes: o.segmentBytes } : {}) };
+  const wal = await Wal.open(join(dir, 'wal'), { limits, fsync: 'never', logger });
   const snapshots = await SnapshotStore.open(join(dir, 'snapshots'), { fsync: 'never', logger });
   const sm = new Padded();
+  const groups = o.groups ?? [1];
   const host = await RaftHost.start({
     nodeId: 1,
-    groups: [{ id: 1, conf: { voters: [1], learners: [] }, stateMachine: sm }],
+    groups: groups.map((id) => ({ id, conf: { voters: [1], learners: [] }, stateMachine: id === groups[0] ? sm : new Padded() })),
     raft: {
       heartbeatTicks: 1,
       electionTicksMin: 3,
@@ -65,14 +74,15 @@ async function open(dir: string, percent: number | undefined): Promise<{ host: R
     seed: 7,
   });
   const deadline = performance.now() + 10_000;
-  while (host.group(1)!.leader !== 1) {
+  while (!groups.every((g) => host.group(g)!.leader === 1)) {
     if (performance.now() > deadline) throw new Error('the one voter did not elect itself');
     await new Promise((r) => setTimeout(r, 5));
   }
   // Everything committed before the restart is applied once a read barrier passes.
-  await host.readBarrier(1);
+  for (const g of groups) await host.readBarrier(g);
   return {
     host,
+    wal,
     sm,
     async close() {
       await host.stop();
@@ -81,9 +91,9 @@ async function open(dir: string, percent: number | undefined): Promise<{ host: R
   };
 }
 
-/** Proposes `n` entries of `bytes` bytes one after another (each applied before the next: one per round). */
-async function write(host: RaftHost, n: number, bytes: number): Promise<void> {
-  for (let i = 0; i < n; i++) await host.propose(1, Buffer.alloc(bytes, 1));
+/** Proposes `n` entries of `bytes` bytes to `group`, one after another (each applied before the next). */
+async function write(host: RaftHost, n: number, bytes: number, group = 1): Promise<void> {
+  for (let i = 0; i < n; i++) await host.propose(group, Buffer.alloc(bytes, 1));
 }
 
 /** A snapshot is saved asynchronously after the round that triggered it. */
@@ -121,5 +131,26 @@ t.test('percent 0 (or unset): a snapshot every snapshotEntries entries, as befor
   await a.close();
   const b = await open(dir, 0);
   t.equal(b.sm.sum, sum, 'recovered');
+  await b.close();
+});
+
+t.test('a quiet group that pins the oldest WAL segment is snapshotted, so the WAL stays bounded', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'raft-host-snapshot-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  // Group 2 gets 3 entries and goes quiet: far below snapshotEntries (10). Group 1 then writes ~40 segments.
+  const a = await open(dir, 100, { groups: [1, 2], segmentBytes: 16 * 1024 });
+  await write(a.host, 3, 64, 2);
+  await write(a.host, 320, 2048, 1);
+  // The pin check runs every 100 ticks (5 ms here); compaction follows the snapshot's save.
+  const deadline = performance.now() + 10_000;
+  while (a.wal.stats.segments > 4 && performance.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  t.ok(a.host.stats.snapshotsToUnpin >= 1, `the quiet group was snapshotted to unpin the oldest segment (${a.host.stats.snapshotsToUnpin} times)`);
+  t.ok(a.wal.stats.segments <= 4, `the WAL holds ${a.wal.stats.segments} segments after ~40 were written (${a.wal.stats.segmentsDeleted} deleted)`);
+  const sums = [a.sm.sum];
+  await a.close();
+  const b = await open(dir, 100, { groups: [1, 2], segmentBytes: 16 * 1024 });
+  t.equal(b.sm.sum, sums[0], 'a restart recovers group 1');
+  await b.host.readBarrier(2);
+  t.equal(await b.host.propose(2, Buffer.alloc(1)), 3 * 64 + 1, 'and group 2 (its 3 entries came back from its snapshot)');
   await b.close();
 });
