@@ -173,7 +173,7 @@ interface Req {
 export type PostToEdge = (msg: WorkerToEdge, transfer?: ArrayBuffer[]) => void;
 
 export class ShardWorker {
-  readonly stats: WorkerStats = { requests: 0, batches: 0, writes: 0, reads: 0, errors: 0, forwarded: 0, forwardedIn: 0, fsyncs: 0, raftRounds: 0, emptyPopBarriers: 0, emptyPopsAnswered: 0, peersUp: [] };
+  readonly stats: WorkerStats = { requests: 0, batches: 0, writes: 0, reads: 0, errors: 0, forwarded: 0, forwardedIn: 0, fsyncs: 0, raftRounds: 0, appendsBeforeSync: 0, appliedBeforeSync: 0, snapshotsTaken: 0, snapshotsToUnpin: 0, walSegments: 0, walSegmentsDeleted: 0, emptyPopBarriers: 0, emptyPopsAnswered: 0, peersUp: [] };
   private readonly shards = new Map<number, Shard>();
   /** Requests not yet answered, in arrival order (for the timeout scan). */
   private readonly inflight = new Map<number, Req>();
@@ -1226,7 +1226,20 @@ export class ShardWorker {
   }
 
   private currentStats(): WorkerStats {
-    return { ...this.stats, fsyncs: this.wal.stats.syncs, raftRounds: this.host.stats.rounds, peersUp: [...this.upPeers], cache: this.cacheHomes.stats() };
+    const h = this.host.stats;
+    return {
+      ...this.stats,
+      fsyncs: this.wal.stats.syncs,
+      raftRounds: h.rounds,
+      appendsBeforeSync: h.appendsBeforeSync,
+      appliedBeforeSync: h.appliedBeforeSync,
+      snapshotsTaken: h.snapshotsTaken,
+      snapshotsToUnpin: h.snapshotsToUnpin,
+      walSegments: this.wal.stats.segments,
+      walSegmentsDeleted: this.wal.stats.segmentsDeleted,
+      peersUp: [...this.upPeers],
+      cache: this.cacheHomes.stats(),
+    };
   }
 
   /** Answers every request (STOPPED), stops Raft, the transport and the WAL. */

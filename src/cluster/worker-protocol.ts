@@ -195,6 +195,15 @@ export interface WorkerStats {
   forwardedIn: number;
   fsyncs: number;
   raftRounds: number;
+  /** RaftHost: a leader's appends sent before their round's fdatasync; entries applied before it (src/raft/ready-order.ts). */
+  appendsBeforeSync: number;
+  appliedBeforeSync: number;
+  /** RaftHost: snapshots taken, and of them those taken because the group kept the WAL's oldest segment alive. */
+  snapshotsTaken: number;
+  snapshotsToUnpin: number;
+  /** WAL segments on disk, and deleted by compaction so far. */
+  walSegments: number;
+  walSegmentsDeleted: number;
   /** Pops that found nothing ready and went to a read barrier instead of the log (see ShardWorker.popAfterBarrier). */
   emptyPopBarriers: number;
   /** Of those, the ones still empty after the barrier: answered without a log entry. */
