@@ -47,7 +47,9 @@ export const Q_LIST = '_q.list';
 /** Longest BLOCK a pop may ask for (1 h). */
 export const QUEUE_BLOCK_MS_MAX = 3600 * 1000;
 
-const text = (b: Uint8Array | undefined): string => (b === undefined ? '' : Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('latin1'));
+/** A Buffer view of `b` (no copy). */
+const view = (b: Uint8Array): Buffer => Buffer.from(b.buffer, b.byteOffset, b.byteLength);
+const text = (b: Uint8Array | undefined): string => (b === undefined ? '' : view(b).toString('latin1'));
 
 /** A decimal integer in [min, max], or NaN. */
 function int(b: Uint8Array | undefined, min: number, max: number): number {
@@ -282,7 +284,7 @@ function applyChecked(state: QueueState, name: string, stamp: number, index: num
 export function popFindsNothing(state: QueueState, args: readonly Uint8Array[]): boolean {
   const name = text(args[0]);
   if (name !== Q_POP && name !== Q_LPOP && name !== Q_RPOP) return false;
-  const q = Buffer.from(args[1]!.buffer, args[1]!.byteOffset, args[1]!.byteLength);
+  const q = view(args[1]!);
   const p = Number(text(args[2]));
   if (name === Q_POP) return state.popFindsNothing(q, p, text(args[3]), Number(text(args[4])), optInt(args[5], 1, MAXI));
   return state.listPopFindsNothing(q, p, Number(text(args[3])));

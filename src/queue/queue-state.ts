@@ -465,6 +465,10 @@ function isSafeNonNegative(v: unknown): v is number {
   return typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
 }
 
+function isSafeInRange(v: number, min: number, max: number): boolean {
+  return Number.isSafeInteger(v) && v >= min && v <= max;
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Snapshot encoding
 // ---------------------------------------------------------------------------------------------------------------
@@ -533,14 +537,18 @@ export class QueueState {
     this.now = this.lastStamp;
   }
 
+  private partitionNumberOk(partition: number): boolean {
+    return Number.isSafeInteger(partition) && partition >= 0 && partition < this.limits.partitionsPerQueueMax;
+  }
+
   private checkPartitionNumber(partition: number): void {
-    if (!Number.isSafeInteger(partition) || partition < 0 || partition >= this.limits.partitionsPerQueueMax) {
+    if (!this.partitionNumberOk(partition)) {
       argError(`partition must be an integer in [0, ${this.limits.partitionsPerQueueMax}), got ${partition}`);
     }
   }
 
   private checkMs(what: string, v: number, min: number, max: number): void {
-    if (!Number.isSafeInteger(v) || v < min || v > max) argError(`${what} must be an integer in [${min}, ${max}] ms, got ${v}`);
+    if (!isSafeInRange(v, min, max)) argError(`${what} must be an integer in [${min}, ${max}] ms, got ${v}`);
   }
 
   private checkCount(what: string, v: number): void {
@@ -1148,9 +1156,8 @@ export class QueueState {
    * answer an empty pop after a read barrier instead of logging an entry that changes nothing.
    */
   popFindsNothing(queue: Buffer, partition: number, consumer: string, count: number, visibilityMs: number | null): boolean {
-    if (!Number.isSafeInteger(partition) || partition < 0 || partition >= this.limits.partitionsPerQueueMax) return false;
-    if (!isSafeNonNegative(count) || Buffer.byteLength(consumer) > this.limits.consumerBytesMax) return false;
-    if (visibilityMs !== null && (!Number.isSafeInteger(visibilityMs) || visibilityMs < 1 || visibilityMs > this.limits.visibilityMsMax)) return false;
+    if (!this.partitionNumberOk(partition) || !isSafeNonNegative(count) || Buffer.byteLength(consumer) > this.limits.consumerBytesMax) return false;
+    if (visibilityMs !== null && !isSafeInRange(visibilityMs, 1, this.limits.visibilityMsMax)) return false;
     const p = this.get(queue, partition);
     if (p === undefined || count === 0) return true;
     return p.ready.size === 0 && (p.consumers.get(consumer) ?? 0) < this.limits.inflightPerConsumerMax;
@@ -1158,8 +1165,7 @@ export class QueueState {
 
   /** Would listPop(…, queue, partition, count, head) take nothing (an LPOP/RPOP of an empty or unknown list)? */
   listPopFindsNothing(queue: Buffer, partition: number, count: number): boolean {
-    if (!Number.isSafeInteger(partition) || partition < 0 || partition >= this.limits.partitionsPerQueueMax) return false;
-    if (!isSafeNonNegative(count)) return false;
+    if (!this.partitionNumberOk(partition) || !isSafeNonNegative(count)) return false;
     const p = this.get(queue, partition);
     return p === undefined || count === 0 || p.ready.size === 0;
   }

@@ -538,11 +538,6 @@ export class Wal {
   }
 
   /**
-   * Deletes the oldest segments whose entries are all covered by their group's durable snapshot marker (every
-   * group with entries in them), stopping at the first one that is not; never the segment being written.
-   * Returns the number of segments deleted.
-   */
-  /**
    * The groups that keep the oldest segment from being compacted: those with a live entry there above their snapshot
    * marker, with the highest such index (a snapshot at or past it frees the segment of them). Empty while only the
    * segment being written exists. A group that goes quiet below its snapshot thresholds would otherwise hold the
@@ -559,6 +554,11 @@ export class Wal {
     return out;
   }
 
+  /**
+   * Deletes the oldest segments whose entries are all covered by their group's durable snapshot marker (every
+   * group with entries in them), stopping at the first one that is not; never the segment being written.
+   * Returns the number of segments deleted.
+   */
   compact(): Promise<number> {
     const prev = this.compacting ?? Promise.resolve(0);
     const run = prev.then(
