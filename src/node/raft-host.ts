@@ -234,7 +234,7 @@ export class RaftHost {
         appliedTerm: boot.snapshot ? boot.snapshot.meta.term : 0,
         sinceSnapshot: 0,
         bytesSinceSnapshot: 0,
-        snapshotBytes: boot.snapshot ? boot.snapshot.data.length : 0,
+        snapshotBytes: boot.snapshot?.data.length ?? 0,
         proposals: new Map(),
         reads: new Map(),
         readWaits: [],
@@ -372,10 +372,7 @@ export class RaftHost {
     if (this.opts.snapshotEntries <= 0) return;
     for (const { group, index } of this.opts.wal.pinningGroups()) {
       const g = this.groups.get(group);
-      if (g !== undefined && g.applied >= index && g.sinceSnapshot > 0 && !g.snapshotting) {
-        this.stats.snapshotsToUnpin++;
-        this.maybeSnapshot(g, true);
-      }
+      if (g !== undefined && g.applied >= index && g.sinceSnapshot > 0 && this.maybeSnapshot(g, true)) this.stats.snapshotsToUnpin++;
     }
   }
 
@@ -518,9 +515,7 @@ export class RaftHost {
   private installSnapshot(g: Group, snap: Snapshot): void {
     g.sm.restore(snap.data);
     g.applied = snap.meta.index;
-    g.sinceSnapshot = 0;
-    g.bytesSinceSnapshot = 0;
-    g.snapshotBytes = snap.data.length;
+    snapshotAt(g, snap);
     this.stats.snapshotsInstalled++;
     // Proposals at or below the snapshot can no longer be matched to an outcome here.
     for (const [index, first] of g.proposals) {
@@ -604,26 +599,27 @@ export class RaftHost {
     g.reads.clear();
   }
 
-  /** Takes a snapshot of `g` if its thresholds are reached (or `force`: see unpinOldestSegment) and none is in progress. */
-  private maybeSnapshot(g: Group, force = false): void {
+  /**
+   * Takes a snapshot of `g` if its thresholds are reached (or `force`: see unpinOldestSegment) and none is in
+   * progress; returns whether it did.
+   */
+  private maybeSnapshot(g: Group, force = false): boolean {
     const every = this.opts.snapshotEntries;
-    if (every <= 0 || g.snapshotting) return;
+    if (every <= 0 || g.snapshotting) return false;
     if (!force) {
-      if (g.sinceSnapshot < every) return;
+      if (g.sinceSnapshot < every) return false;
       const percent = this.opts.snapshotLogPercent ?? 0;
-      if (percent > 0 && g.bytesSinceSnapshot * 100 < percent * g.snapshotBytes) return;
+      if (percent > 0 && g.bytesSinceSnapshot * 100 < percent * g.snapshotBytes) return false;
     }
     g.snapshotting = true;
     const index = g.applied;
     const term = g.core.termAt(index);
     if (term < 0) {
       g.snapshotting = false;
-      return; // already compacted past it (a snapshot was installed meanwhile)
+      return false; // already compacted past it (a snapshot was installed meanwhile)
     }
     const snap: Snapshot = { meta: { index, term, conf: g.core.confAt(index) }, data: g.sm.snapshot() };
-    g.sinceSnapshot = 0;
-    g.bytesSinceSnapshot = 0;
-    g.snapshotBytes = snap.data.length;
+    snapshotAt(g, snap);
     void (async () => {
       try {
         await this.opts.snapshots.save(g.id, snap);
@@ -638,5 +634,13 @@ export class RaftHost {
         g.snapshotting = false;
       }
     })();
+    return true;
   }
+}
+
+/** `g`'s state is now that of `snap` (taken or installed): the snapshot thresholds count from here. */
+function snapshotAt(g: Group, snap: Snapshot): void {
+  g.sinceSnapshot = 0;
+  g.bytesSinceSnapshot = 0;
+  g.snapshotBytes = snap.data.length;
 }
