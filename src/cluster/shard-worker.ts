@@ -44,7 +44,7 @@ import { SnapshotStore } from '../storage/snapshot-store.js';
 import { Wal } from '../storage/wal.js';
 import { PeerRequestError, PeerTransport } from '../transport/peer-transport.js';
 import { createLogger } from '../util/logger.js';
-import { PEER_LIMITS_DEFAULT, WAL_LIMITS_DEFAULT } from '../config/limits.js';
+import { PEER_LIMITS_DEFAULT, raftFlowLimits, WAL_LIMITS_DEFAULT } from '../config/limits.js';
 import { encodeWrite } from './keyspace-codec.js';
 import { checkLockCommand, expiryArgs, isLockCommand, LOCK_PARKED, lockWaiterId, lockWaitMs } from '../locks/lock-entries.js';
 import type { LockEvent } from '../locks/lock-table.js';
@@ -284,11 +284,7 @@ export class ShardWorker {
           preVote: true,
           checkQuorum: true,
           readMode: init.readMode,
-          inflightMsgsMax: r.inflightMsgsMax,
-          appendEntriesMax: r.appendEntriesMax,
-          appendBytesMax: r.appendBytesMax,
-          uncommittedBytesMax: r.uncommittedBytesMax,
-          snapshotChunkBytes: r.snapshotChunkBytes,
+          ...raftFlowLimits(r),
         },
         tickMs: r.tickMs,
         wal: this.wal,

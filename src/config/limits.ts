@@ -90,6 +90,17 @@ export interface RaftLimits {
   snapshotChunkBytes: number;
 }
 
+/** The limits a Raft core takes as they are (RaftConfig's flow-control fields), out of `r`. */
+export function raftFlowLimits(r: RaftLimits): Pick<RaftLimits, 'inflightMsgsMax' | 'appendEntriesMax' | 'appendBytesMax' | 'uncommittedBytesMax' | 'snapshotChunkBytes'> {
+  return {
+    inflightMsgsMax: r.inflightMsgsMax,
+    appendEntriesMax: r.appendEntriesMax,
+    appendBytesMax: r.appendBytesMax,
+    uncommittedBytesMax: r.uncommittedBytesMax,
+    snapshotChunkBytes: r.snapshotChunkBytes,
+  };
+}
+
 export const RAFT_LIMITS_DEFAULT: RaftLimits = {
   tickMs: 10,
   heartbeatTicks: 5,

@@ -13,7 +13,7 @@ import { RaftHost, type StateMachine } from '../../src/node/raft-host.js';
 import type { Entry } from '../../src/raft/types.js';
 import { SnapshotStore } from '../../src/storage/snapshot-store.js';
 import { Wal } from '../../src/storage/wal.js';
-import { RAFT_LIMITS_DEFAULT, WAL_LIMITS_DEFAULT } from '../../src/config/limits.js';
+import { RAFT_LIMITS_DEFAULT, raftFlowLimits, WAL_LIMITS_DEFAULT } from '../../src/config/limits.js';
 
 const STATE_BYTES = 16 * 1024;
 
@@ -57,11 +57,7 @@ async function open(dir: string, percent: number | undefined, o: { groups?: numb
       preVote: false,
       checkQuorum: false,
       readMode: 'safe',
-      inflightMsgsMax: RAFT_LIMITS_DEFAULT.inflightMsgsMax,
-      appendEntriesMax: RAFT_LIMITS_DEFAULT.appendEntriesMax,
-      appendBytesMax: RAFT_LIMITS_DEFAULT.appendBytesMax,
-      uncommittedBytesMax: RAFT_LIMITS_DEFAULT.uncommittedBytesMax,
-      snapshotChunkBytes: RAFT_LIMITS_DEFAULT.snapshotChunkBytes,
+      ...raftFlowLimits(RAFT_LIMITS_DEFAULT),
     },
     tickMs: 5,
     wal,

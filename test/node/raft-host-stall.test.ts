@@ -26,7 +26,7 @@ import { MessageType, type Entry, type Message, type NodeId } from '../../src/ra
 import { SnapshotStore } from '../../src/storage/snapshot-store.js';
 import { Wal } from '../../src/storage/wal.js';
 import { PeerTransport } from '../../src/transport/peer-transport.js';
-import { PEER_LIMITS_DEFAULT, RAFT_LIMITS_DEFAULT, WAL_LIMITS_DEFAULT } from '../../src/config/limits.js';
+import { PEER_LIMITS_DEFAULT, RAFT_LIMITS_DEFAULT, raftFlowLimits, WAL_LIMITS_DEFAULT } from '../../src/config/limits.js';
 
 /** Bound of every wait for a condition. */
 const WAIT_MS = 20_000;
@@ -160,11 +160,7 @@ async function startCluster(t: HasTeardown, o: ClusterOptions): Promise<Cluster>
         preVote: true,
         checkQuorum: true,
         readMode: 'safe',
-        inflightMsgsMax: RAFT_LIMITS_DEFAULT.inflightMsgsMax,
-        appendEntriesMax: RAFT_LIMITS_DEFAULT.appendEntriesMax,
-        appendBytesMax: RAFT_LIMITS_DEFAULT.appendBytesMax,
-        uncommittedBytesMax: RAFT_LIMITS_DEFAULT.uncommittedBytesMax,
-        snapshotChunkBytes: RAFT_LIMITS_DEFAULT.snapshotChunkBytes,
+        ...raftFlowLimits(RAFT_LIMITS_DEFAULT),
       },
       tickMs: o.tickMs,
       wal,

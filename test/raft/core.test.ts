@@ -10,24 +10,9 @@ import {
 } from '../../src/raft/types.js';
 import { createRng } from '../../src/util/rng.js';
 import { describeMessage } from '../../src/raft/describe.js';
+import { coreConfig } from '../support/raft-config.js';
 
-function config(id: number, over: Partial<RaftConfig> = {}): RaftConfig {
-  return {
-    id,
-    group: 7,
-    heartbeatTicks: 1,
-    electionTicksMin: 10,
-    preVote: false,
-    checkQuorum: false,
-    readMode: 'safe',
-    inflightMsgsMax: 256,
-    appendEntriesMax: 4096,
-    appendBytesMax: 1 << 20,
-    uncommittedBytesMax: 64 << 20,
-    snapshotChunkBytes: 1 << 20,
-    ...over,
-  };
-}
+const config = coreConfig;
 
 function boot(voters: number[]): RaftBootState {
   return {

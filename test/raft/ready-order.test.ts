@@ -6,25 +6,11 @@
 import t from 'tap';
 import { RaftCore } from '../../src/raft/core.js';
 import { durableBeforeRound, sendsBeforeSync } from '../../src/raft/ready-order.js';
-import { MessageType, Role, type Message, type RaftBootState, type RaftConfig, type Ready } from '../../src/raft/types.js';
+import { MessageType, Role, type Message, type RaftBootState, type Ready } from '../../src/raft/types.js';
 import { createRng } from '../../src/util/rng.js';
+import { coreConfig } from '../support/raft-config.js';
 
-function config(id: number): RaftConfig {
-  return {
-    id,
-    group: 1,
-    heartbeatTicks: 1,
-    electionTicksMin: 10,
-    preVote: false,
-    checkQuorum: false,
-    readMode: 'safe',
-    inflightMsgsMax: 256,
-    appendEntriesMax: 4096,
-    appendBytesMax: 1 << 20,
-    uncommittedBytesMax: 64 << 20,
-    snapshotChunkBytes: 1 << 20,
-  };
-}
+const config = (id: number) => coreConfig(id, { group: 1 });
 
 function boot(voters: number[]): RaftBootState {
   return { hardState: { term: 0, vote: 0, commit: 0 }, snapshot: null, entries: [], initialConf: { voters, learners: [] }, applied: 0 };

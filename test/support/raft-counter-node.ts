@@ -20,7 +20,7 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { CacheStore } from '../../src/cache/store.js';
-import { CACHE_LIMITS_DEFAULT, PEER_LIMITS_DEFAULT, RAFT_LIMITS_DEFAULT, RESP_LIMITS_DEFAULT, SERVER_LIMITS_DEFAULT, WAL_LIMITS_DEFAULT } from '../../src/config/limits.js';
+import { CACHE_LIMITS_DEFAULT, PEER_LIMITS_DEFAULT, RAFT_LIMITS_DEFAULT, raftFlowLimits, RESP_LIMITS_DEFAULT, SERVER_LIMITS_DEFAULT, WAL_LIMITS_DEFAULT } from '../../src/config/limits.js';
 import { HostError, RaftHost, type StateMachine } from '../../src/node/raft-host.js';
 import type { Entry, NodeId } from '../../src/raft/types.js';
 import { Acl } from '../../src/server/acl.js';
@@ -109,11 +109,7 @@ async function main(): Promise<void> {
       preVote: true,
       checkQuorum: true,
       readMode: 'safe',
-      inflightMsgsMax: RAFT_LIMITS_DEFAULT.inflightMsgsMax,
-      appendEntriesMax: RAFT_LIMITS_DEFAULT.appendEntriesMax,
-      appendBytesMax: RAFT_LIMITS_DEFAULT.appendBytesMax,
-      uncommittedBytesMax: RAFT_LIMITS_DEFAULT.uncommittedBytesMax,
-      snapshotChunkBytes: RAFT_LIMITS_DEFAULT.snapshotChunkBytes,
+      ...raftFlowLimits(RAFT_LIMITS_DEFAULT),
     },
     tickMs: RAFT_LIMITS_DEFAULT.tickMs,
     wal,
