@@ -4,6 +4,9 @@
  *
  * Per connection:  socket 'data' -> RespParser.feed -> Dispatcher.dispatch (per command, in order) -> ReplyWriter
  *                  -> one socket.write per read (all replies of a pipelined batch go out together).
+ * Async commands (replicated writes, lock waits) finish later: each marks its reply slot done and queues its
+ * connection for one flush at the end of the event-loop turn (setImmediate), so the replies of a pipelined batch
+ * that complete in the same turn (one Raft commit answers many) leave in one write, not one write each.
  *
  * Invariants and limits:
  * - Replies leave in request order; a batch of pipelined commands is answered with one write.
@@ -43,6 +46,9 @@ export interface ServerStats {
   netInputBytes: number;
   netOutputBytes: number;
   pausedReads: number;
+  /** Socket reads handled and socket writes issued (Redis' total_reads_processed / total_writes_processed). */
+  reads: number;
+  writes: number;
 }
 
 export class ClientConnection implements ClientState {
@@ -58,6 +64,8 @@ export class ClientConnection implements ClientState {
   lastCommand: string | undefined = undefined;
   paused = false;
   closed = false;
+  /** Queued for the server's end-of-turn flush. */
+  flushQueued = false;
   private closeHooks: Set<() => void> | null = null;
   /**
    * Replies not yet in `writer` because an earlier command is still running (an async command): one slot per
@@ -125,9 +133,14 @@ export class RespServer {
     netInputBytes: 0,
     netOutputBytes: 0,
     pausedReads: 0,
+    reads: 0,
+    writes: 0,
   };
   readonly startedAt = Date.now();
   private nextClientId = 1;
+  /** Connections with finished async replies, flushed once at the end of this event-loop turn. */
+  private flushList: ClientConnection[] = [];
+  private flushScheduled = false;
   private readonly server: net.Server;
   private boundPort = 0;
 
@@ -225,6 +238,7 @@ export class RespServer {
 
   private onData(client: ClientConnection, chunk: Buffer): void {
     if (client.closed || client.closeAfterReply) return;
+    this.stats.reads++;
     this.stats.netInputBytes += chunk.length;
     const ctx = client.ctx;
     ctx.now = Date.now();
@@ -271,9 +285,34 @@ export class RespServer {
     else
       void p.then(() => {
         slot.done = true;
-        if (!client.closed) this.flush(client); // flush moves the finished head slots into the writer first
+        if (!client.closed) this.flushSoon(client);
       });
   }
+
+  /**
+   * Queues the connection for one flush at the end of this event-loop turn: the async replies finishing in the same
+   * turn (a worker's reply batch answers many at once) then leave in one socket write.
+   */
+  private flushSoon(client: ClientConnection): void {
+    if (client.flushQueued) return;
+    client.flushQueued = true;
+    this.flushList.push(client);
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(this.flushQueued);
+    }
+  }
+
+  private readonly flushQueued = (): void => {
+    const list = this.flushList;
+    this.flushList = [];
+    this.flushScheduled = false;
+    for (const client of list) {
+      client.flushQueued = false;
+      // flush moves the finished head slots into the writer first
+      if (!client.closed) this.flush(client);
+    }
+  };
 
   private moveDoneSlots(client: ClientConnection): void {
     let n = 0;
@@ -291,6 +330,7 @@ export class RespServer {
     if (client.writer.length > 0) {
       const out = client.writer.take();
       this.stats.netOutputBytes += out.length;
+      this.stats.writes++;
       socket.write(out);
     }
     if (client.closeAfterReply && client.slots.length === 0) {

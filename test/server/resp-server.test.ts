@@ -291,3 +291,56 @@ t.test('SCAN through ioredis returns every key exactly as stored', async (t) => 
   } while (cursor !== '0');
   t.same([...seen].sort(), [...want].sort());
 });
+
+t.test('async replies that finish in the same turn leave in one socket write, in request order', async (t) => {
+  const node = await startTestNode();
+  t.teardown(() => node.close());
+  // An async command whose replies all settle on one timer, like a Raft commit answering a pipelined batch at once;
+  // the even-numbered ones settle first, so order comes from the server, not from the settling.
+  let batch: (() => void)[] = [];
+  node.server.addCommands([
+    {
+      name: 'delayed',
+      arity: 2,
+      flags: ['fast'],
+      firstKey: 0,
+      lastKey: 0,
+      keyStep: 0,
+      async: true,
+      summary: 'test: replies with its argument after a shared timer',
+      group: 'server',
+      handler: (ctx, args) =>
+        new Promise<void>((resolve) => {
+          if (batch.length === 0) setTimeout(() => {
+            const b = batch;
+            batch = [];
+            for (let i = 0; i < b.length; i += 2) b[i]!();
+            for (let i = 1; i < b.length; i += 2) b[i]!();
+          }, 20);
+          const n = Number(args[1]!.toString());
+          batch.push(() => {
+            ctx.reply.integer(n);
+            resolve();
+          });
+        }),
+    },
+  ]);
+  const raw = await RawClient.connect(node.port);
+  t.teardown(() => raw.close());
+  const N = 200;
+  const writesBefore = node.server.stats.writes;
+  let req = '';
+  for (let i = 0; i < N; i++) req += `*2\r\n$7\r\ndelayed\r\n$${String(i).length}\r\n${i}\r\n`;
+  raw.write(req);
+  const expected = Array.from({ length: N }, (_, i) => `:${i}\r\n`).join('');
+  const got = await raw.until((b) => b.length >= expected.length);
+  t.equal(got.toString(), expected, 'every reply, in request order');
+  const writes = node.server.stats.writes - writesBefore;
+  t.ok(writes >= 1 && writes <= 3, `replies settled in one turn left in ${writes} write(s) for ${N} replies`);
+  const info = await new Promise<string>((resolve) => {
+    raw.write('INFO stats\r\n');
+    void raw.until((b) => b.includes('total_writes_processed')).then((b) => resolve(b.toString()));
+  });
+  t.match(info, /total_reads_processed:\d+/, 'INFO stats counts socket reads');
+  t.match(info, /total_writes_processed:\d+/, 'and socket writes');
+});

@@ -153,6 +153,8 @@ export function serverCommands(deps: ServerCommandDeps): CommandSpec[] {
         `protocol_errors:${s.protocolErrors}`,
         `client_output_buffer_limit_disconnections:${s.outputLimitDisconnects}`,
         `client_reads_paused:${s.pausedReads}`,
+        `total_reads_processed:${s.reads}`,
+        `total_writes_processed:${s.writes}`,
         `keyspace_hits:${c.hits}`,
         `keyspace_misses:${c.misses}`,
         `evicted_keys:${c.evictions}`,
