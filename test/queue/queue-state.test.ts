@@ -5,6 +5,7 @@ import {
   QUEUE_CONFIG_DEFAULT,
   QUEUE_LIMITS_DEFAULT,
   QUEUE_SNAPSHOT_VERSION,
+  queueSnapshotRecords,
   QueueState,
   QueueStateError,
   formatMessageId,
@@ -360,7 +361,7 @@ t.test('ack drops in-flight messages for good; unknown, malformed, repeated or n
   );
   t.equal(h.ack(...all.map((d) => d.id)), 2);
   t.same(h.s.info(Q, 0), { ...h.s.info(Q, 0), ready: 0, inflight: 0, delayed: 0, dead: 0 });
-  const parts = (unpackr.unpack(h.snap()) as unknown[])[4] as unknown[][];
+  const parts = queueSnapshotRecords(h.snap())[4] as unknown[][];
   t.same((parts[0] as unknown[])[5], [], 'acked messages leave the state: memory is bounded by the unacked');
   t.equal(h.s.planExpiry(h.t + 10 ** 9, 10).length, 0, 'no timers left');
 });
@@ -374,8 +375,8 @@ t.test('nack and extend answer 0 for a message not in flight and change nothing'
   t.equal(h.nack('1-9'), 0, 'unknown');
   t.equal(h.nack('zzz'), 0, 'malformed');
   t.equal(h.s.nack(h.t, h.next(), b('other'), 0, a as string, 0), 0, 'unknown queue');
-  const after = unpackr.unpack(h.snap()) as unknown[];
-  const expect = unpackr.unpack(before) as unknown[];
+  const after = queueSnapshotRecords(h.snap());
+  const expect = queueSnapshotRecords(before);
   t.same(after[4], expect[4], 'partitions unchanged (only the clock moved)');
   h.pop(1);
   t.equal(h.ack(a as string), 1);
@@ -925,10 +926,20 @@ t.test('restore refuses corrupt or newer snapshots and leaves the state as it wa
   const other = new H();
   other.ids('keep');
   const before = other.snap();
-  const root = unpackr.unpack(good) as unknown[];
+  const root = queueSnapshotRecords(good);
+  // Record-level damage is written as a version 1 snapshot (one msgpack array per record); restore() puts both
+  // versions' records through the same checks.
   const mutate = (f: (r: unknown[]) => void): Buffer => {
-    const r = unpackr.unpack(good) as unknown[];
+    const r = queueSnapshotRecords(good);
+    r[1] = 1;
     f(r);
+    return Buffer.from(unpackr.pack(r));
+  };
+  // Damage inside a version 2 blob (the frame as written, blobs as bytes).
+  const mutateBlob = (field: 5 | 6 | 7, f: (b: Buffer) => Buffer): Buffer => {
+    const r = unpackr.unpack(good) as unknown[];
+    const pt = (r[4] as unknown[][]).find((p) => Buffer.from(p[field] as Uint8Array).length > 0)!;
+    pt[field] = f(Buffer.from(pt[field] as Uint8Array));
     return Buffer.from(unpackr.pack(r));
   };
   const part0 = (r: unknown[]): unknown[] => (r[4] as unknown[][])[1] as unknown[]; // jobs/0 (q2/1 was created first)
@@ -947,6 +958,10 @@ t.test('restore refuses corrupt or newer snapshots and leaves the state as it wa
     ['payload not bytes', mutate((r) => (((part0(r)[5] as unknown[][])[0] as unknown[])[1] = 'x')), 'QUEUE_CORRUPT'],
     ['head seq not below headNext', mutate((r) => (part0(r)[3] = -2)), 'QUEUE_CORRUPT'],
     ['dead reason', mutate((r) => ((((r[4] as unknown[][])[0] as unknown[][])[6] as unknown[][])[0]![7] = 'x')), 'QUEUE_CORRUPT'],
+    ['v2 message blob truncated', mutateBlob(5, (b) => b.subarray(0, b.length - 1)), 'QUEUE_CORRUPT'],
+    ['v2 message flags unknown', mutateBlob(5, (b) => Buffer.concat([Buffer.from([0xf0]), b.subarray(1)])), 'QUEUE_CORRUPT'],
+    ['v2 dead reason code unknown', mutateBlob(6, (b) => Buffer.concat([b.subarray(0, b.length - 1), Buffer.from([9])])), 'QUEUE_CORRUPT'],
+    ['v2 dedup blob truncated', mutateBlob(7, (b) => b.subarray(0, b.length - 2)), 'QUEUE_CORRUPT'],
   ];
   t.ok(Array.isArray(root[4]) && (root[4] as unknown[]).length === 2, 'two partitions in the scripted state');
   for (const [what, data, code] of cases) {
@@ -955,6 +970,11 @@ t.test('restore refuses corrupt or newer snapshots and leaves the state as it wa
   t.equal(Buffer.compare(other.snap(), before), 0, 'the state is as it was');
   other.s.restore(good);
   t.equal(Buffer.compare(other.snap(), good), 0, 'a good snapshot still restores');
+  t.equal((unpackr.unpack(good) as unknown[])[1], QUEUE_SNAPSHOT_VERSION, 'written as the current version');
+  const v1 = Buffer.from(unpackr.pack([...root.slice(0, 1), 1, ...root.slice(2)]));
+  const fromV1 = new H();
+  fromV1.s.restore(v1);
+  t.equal(Buffer.compare(fromV1.snap(), good), 0, 'a version 1 snapshot (older nodes) restores to the same state');
 });
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -1291,7 +1311,7 @@ function runModel(seed: number, ops: number): { snapshot: Buffer; stats: Record<
     // Full checks now and then: the exact state of every message.
     if (op % 500 === 499 || op === ops - 1) {
       const snap = Buffer.from(st.snapshot());
-      const root = unpackr.unpack(snap) as unknown[];
+      const root = queueSnapshotRecords(snap);
       const parts = root[4] as unknown[][];
       for (let pi = 0; pi < PARTS.length; pi++) {
         const pt = parts[pi] as unknown[];
