@@ -173,7 +173,7 @@ interface Req {
 export type PostToEdge = (msg: WorkerToEdge, transfer?: ArrayBuffer[]) => void;
 
 export class ShardWorker {
-  readonly stats: WorkerStats = { requests: 0, batches: 0, writes: 0, reads: 0, errors: 0, forwarded: 0, forwardedIn: 0, fsyncs: 0, raftRounds: 0, appendsBeforeSync: 0, appliedBeforeSync: 0, snapshotsTaken: 0, snapshotsToUnpin: 0, walSegments: 0, walSegmentsDeleted: 0, emptyPopBarriers: 0, emptyPopsAnswered: 0, peersUp: [] };
+  readonly stats: WorkerStats = { requests: 0, batches: 0, writes: 0, reads: 0, errors: 0, forwarded: 0, forwardedIn: 0, fsyncs: 0, raftRounds: 0, appendsBeforeSync: 0, appliedBeforeSync: 0, snapshotsTaken: 0, snapshotsToUnpin: 0, tickGapMaxMs: 0, stalls: 0, snapshotEncodeMaxMs: 0, leaderships: 0, stepDowns: 0, walSegments: 0, walSegmentsDeleted: 0, emptyPopBarriers: 0, emptyPopsAnswered: 0, peersUp: [] };
   private readonly shards = new Map<number, Shard>();
   /** Requests not yet answered, in arrival order (for the timeout scan). */
   private readonly inflight = new Map<number, Req>();
@@ -1231,6 +1231,11 @@ export class ShardWorker {
       appliedBeforeSync: h.appliedBeforeSync,
       snapshotsTaken: h.snapshotsTaken,
       snapshotsToUnpin: h.snapshotsToUnpin,
+      tickGapMaxMs: Math.round(h.tickGapMaxMs),
+      stalls: h.stalls,
+      snapshotEncodeMaxMs: Math.round(h.snapshotEncodeMaxMs),
+      leaderships: h.leaderships,
+      stepDowns: h.stepDowns,
       walSegments: this.wal.stats.segments,
       walSegmentsDeleted: this.wal.stats.segmentsDeleted,
       peersUp: [...this.upPeers],

@@ -201,6 +201,13 @@ export interface WorkerStats {
   /** RaftHost: snapshots taken, and of them those taken because the group kept the WAL's oldest segment alive. */
   snapshotsTaken: number;
   snapshotsToUnpin: number;
+  /** RaftHost: longest gap between ticks and gaps of half an election timeout or more; longest snapshot encode (ms). */
+  tickGapMaxMs: number;
+  stalls: number;
+  snapshotEncodeMaxMs: number;
+  /** RaftHost: groups this worker came to lead / stopped leading. */
+  leaderships: number;
+  stepDowns: number;
   /** WAL segments on disk, and deleted by compaction so far. */
   walSegments: number;
   walSegmentsDeleted: number;

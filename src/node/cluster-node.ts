@@ -175,7 +175,7 @@ export async function startClusterNode(options: NodeOptions, logger: Logger, hoo
           const posts = edge.batches[i] ?? 0;
           const perBatch = posts > 0 ? (sent / posts).toFixed(2) : '0';
           if (w === null) out.push(`worker${i}:state=down,edge_requests=${sent},edge_batches=${posts}`);
-          else out.push(`worker${i}:state=up,edge_requests=${sent},edge_batches=${posts},requests_per_batch=${perBatch},requests=${w.requests},batches=${w.batches},writes=${w.writes},reads=${w.reads},forwarded=${w.forwarded},forwarded_in=${w.forwardedIn},errors=${w.errors},fsyncs=${w.fsyncs},raft_rounds=${w.raftRounds},appends_before_sync=${w.appendsBeforeSync},applied_before_sync=${w.appliedBeforeSync},snapshots=${w.snapshotsTaken},snapshots_unpin=${w.snapshotsToUnpin},wal_segments=${w.walSegments},wal_segments_deleted=${w.walSegmentsDeleted},empty_pops=${w.emptyPopsAnswered},empty_pop_barriers=${w.emptyPopBarriers}`);
+          else out.push(`worker${i}:state=up,edge_requests=${sent},edge_batches=${posts},requests_per_batch=${perBatch},requests=${w.requests},batches=${w.batches},writes=${w.writes},reads=${w.reads},forwarded=${w.forwarded},forwarded_in=${w.forwardedIn},errors=${w.errors},fsyncs=${w.fsyncs},raft_rounds=${w.raftRounds},appends_before_sync=${w.appendsBeforeSync},applied_before_sync=${w.appliedBeforeSync},snapshots=${w.snapshotsTaken},snapshots_unpin=${w.snapshotsToUnpin},snapshot_encode_max_ms=${w.snapshotEncodeMaxMs},tick_gap_max_ms=${w.tickGapMaxMs},stalls=${w.stalls},leaderships=${w.leaderships},step_downs=${w.stepDowns},wal_segments=${w.walSegments},wal_segments_deleted=${w.walSegmentsDeleted},empty_pops=${w.emptyPopsAnswered},empty_pop_barriers=${w.emptyPopBarriers}`);
         });
         return out;
       },

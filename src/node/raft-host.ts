@@ -55,6 +55,7 @@
  * - Entries are applied exactly once per process lifetime in index order; after a restart, the state machine is
  *   rebuilt from the latest snapshot plus the committed entries after it (the WAL holds them).
  */
+import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 import { RaftCore } from '../raft/core.js';
 import {
@@ -136,6 +137,8 @@ interface Group {
   /** Read barriers whose index is known, waiting for `applied` to reach it (sorted by index as they arrive). */
   readWaits: { index: number; resolve(): void }[];
   snapshotting: boolean;
+  /** This node led the group at its last soft state (noteRole). */
+  leading: boolean;
   /** Its Ready is being handled by a round (the core hands out one at a time). */
   inRound: boolean;
   /** A durable snapshot whose log prefix the core may now drop (done between rounds, never mid-Ready). */
@@ -184,6 +187,19 @@ export interface RaftHostStats {
   snapshotsInstalled: number;
   /** Of snapshotsTaken, those taken because the group kept the WAL's oldest segment alive (unpinOldestSegment). */
   snapshotsToUnpin: number;
+  /**
+   * Stalls: the longest gap between two ticks (ms), and how many gaps reached half the election timeout. The thread
+   * did something else meanwhile (a snapshot encode, a long apply, GC): a leader sends no heartbeat during it, and
+   * a stall past the election timeout lets its followers elect another (a term bump under load).
+   */
+  tickGapMaxMs: number;
+  stalls: number;
+  /** Time the last / longest synchronous snapshot encode (StateMachine.snapshot) held the thread, ms. */
+  snapshotEncodeMs: number;
+  snapshotEncodeMaxMs: number;
+  /** This node became leader of a group / stopped leading one. */
+  leaderships: number;
+  stepDowns: number;
 }
 
 export class RaftHost {
@@ -199,7 +215,17 @@ export class RaftHost {
     snapshotsTaken: 0,
     snapshotsInstalled: 0,
     snapshotsToUnpin: 0,
+    tickGapMaxMs: 0,
+    stalls: 0,
+    snapshotEncodeMs: 0,
+    snapshotEncodeMaxMs: 0,
+    leaderships: 0,
+    stepDowns: 0,
   };
+  /** Half the lower bound of the election timeout: a tick gap or snapshot encode this long is worth a warning. */
+  private readonly stallWarnMs: number;
+  private lastTickAt = 0;
+  private lastStallWarnAt = Number.NEGATIVE_INFINITY;
   private readonly groups = new Map<GroupId, Group>();
   private ticker: NodeJS.Timeout | undefined;
   /** A timer callback's ticks are waiting for the check phase (see onTimer). */
@@ -211,7 +237,9 @@ export class RaftHost {
   private readCounter = 0;
   private ticksSincePinCheck = 0;
 
-  private constructor(private readonly opts: RaftHostOptions) {}
+  private constructor(private readonly opts: RaftHostOptions) {
+    this.stallWarnMs = (opts.raft.electionTicksMin * opts.tickMs) / 2;
+  }
 
   /** Recovers every group from the WAL and snapshots, then starts ticking. */
   static async start(opts: RaftHostOptions): Promise<RaftHost> {
@@ -239,6 +267,7 @@ export class RaftHost {
         reads: new Map(),
         readWaits: [],
         snapshotting: false,
+        leading: false,
         inRound: false,
         pendingCompact: null,
         syncedTerm: boot.hardState.term,
@@ -354,6 +383,22 @@ export class RaftHost {
   /** One tick for every core (see the header: never more, however late the timer came). */
   private tick(): void {
     if (this.stopped) return;
+    const now = performance.now();
+    if (this.lastTickAt > 0) {
+      const gap = now - this.lastTickAt;
+      if (gap > this.stats.tickGapMaxMs) this.stats.tickGapMaxMs = gap;
+      if (gap >= this.stallWarnMs) {
+        this.stats.stalls++;
+        if (now - this.lastStallWarnAt >= 1000) {
+          this.lastStallWarnAt = now;
+          this.opts.logger.warn(
+            { gapMs: Math.round(gap), electionTimeoutMs: 2 * this.stallWarnMs, lastSnapshotEncodeMs: Math.round(this.stats.snapshotEncodeMs) },
+            'raft ticks stalled: this thread was busy elsewhere (followers of groups it leads may call an election)',
+          );
+        }
+      }
+    }
+    this.lastTickAt = now;
     for (const g of this.groups.values()) g.core.tick();
     if (++this.ticksSincePinCheck >= PIN_CHECK_TICKS) {
       this.ticksSincePinCheck = 0;
@@ -505,11 +550,26 @@ export class RaftHost {
         else g.readWaits.push({ index: rs.index, resolve: waiting.resolve });
       }
       this.releaseReads(g);
+      if (rd.softState) this.noteRole(g, rd.softState.role);
       if (rd.softState && rd.softState.role !== Role.Leader) this.failReadsOnLeaderLoss(g);
     }
     // 6. Advance.
     for (const [g, rd] of readies) g.core.advance(rd);
     for (const [g] of readies) this.maybeSnapshot(g);
+  }
+
+  /** Logs leadership changes of this node (an election it won, a leadership it lost). */
+  private noteRole(g: Group, role: Role): void {
+    const leading = role === Role.Leader;
+    if (leading === g.leading) return;
+    g.leading = leading;
+    if (leading) {
+      this.stats.leaderships++;
+      this.opts.logger.info({ group: g.id, term: g.core.term }, 'leading group');
+    } else {
+      this.stats.stepDowns++;
+      this.opts.logger.info({ group: g.id, term: g.core.term, leader: g.core.leader }, 'no longer leading group');
+    }
   }
 
   private installSnapshot(g: Group, snap: Snapshot): void {
@@ -618,7 +678,17 @@ export class RaftHost {
       g.snapshotting = false;
       return false; // already compacted past it (a snapshot was installed meanwhile)
     }
+    const t0 = performance.now();
     const snap: Snapshot = { meta: { index, term, conf: g.core.confAt(index) }, data: g.sm.snapshot() };
+    const ms = performance.now() - t0;
+    this.stats.snapshotEncodeMs = ms;
+    if (ms > this.stats.snapshotEncodeMaxMs) this.stats.snapshotEncodeMaxMs = ms;
+    if (ms >= this.stallWarnMs) {
+      this.opts.logger.warn(
+        { group: g.id, ms: Math.round(ms), bytes: snap.data.length, electionTimeoutMs: 2 * this.stallWarnMs },
+        'snapshot encode held the thread (no heartbeats from it meanwhile)',
+      );
+    }
     snapshotAt(g, snap);
     void (async () => {
       try {

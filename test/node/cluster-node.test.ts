@@ -190,12 +190,14 @@ t.test('INFO has raft, cluster and replication sections', async (t) => {
   // Per worker: the Raft host's counters (appends sent before their fdatasync, snapshots, WAL segments, empty pops).
   const workerLines = (await Promise.all(clients.map((c) => c.info('raft')))).flatMap((r) => r.split('\r\n').filter((l) => /^worker\d+:state=up/.test(l)));
   t.ok(workerLines.length >= 3, `worker lines: ${workerLines.length}`);
-  const fields = ['appends_before_sync', 'applied_before_sync', 'snapshots', 'snapshots_unpin', 'wal_segments', 'wal_segments_deleted', 'empty_pops', 'empty_pop_barriers'];
+  const fields = ['appends_before_sync', 'applied_before_sync', 'snapshots', 'snapshots_unpin', 'snapshot_encode_max_ms', 'tick_gap_max_ms', 'stalls', 'leaderships', 'step_downs', 'wal_segments', 'wal_segments_deleted', 'empty_pops', 'empty_pop_barriers'];
   t.ok(workerLines.every((l) => fields.every((f) => new RegExp(`[:,]${f}=\\d+`).test(l))), `every worker line has ${fields.join(', ')}`);
   t.ok(workerLines.every((l) => Number(/wal_segments=(\d+)/.exec(l)![1]) >= 1), 'each worker has a WAL segment');
   const sum = (f: string) => workerLines.reduce((n, l) => n + Number(new RegExp(`[:,]${f}=(\\d+)`).exec(l)![1]), 0);
   // The leaders replicated the writes of the earlier tests (and every shard's first no-op entry) while syncing them.
   t.ok(sum('appends_before_sync') > 0, `appends sent before their fdatasync: ${sum('appends_before_sync')}`);
+  t.ok(sum('leaderships') >= SHARDS, `every shard was led by some worker (leaderships ${sum('leaderships')}, shards ${SHARDS})`);
+  t.ok(workerLines.every((l) => Number(/tick_gap_max_ms=(\d+)/.exec(l)![1]) >= 5), 'the gap between ticks is measured (they are 10 ms apart)');
   t.match(await c2.info('cluster'), /cluster_enabled:1/);
   t.match(await c3.info('replication'), /role:master/);
   t.match(await c3.info('replication'), /slave0:ip=127\.0\.0\.1,port=\d+,state=online,node=\d/);
