@@ -1274,26 +1274,30 @@ export class QueueState {
         return seq;
       };
       let prev = -Infinity;
-      for (const [mi, mraw] of (version === 1 ? array(pt[5], `${what} messages`) : decodeMessages(pt[5], `${what} messages`)).entries()) {
-        const w = `${what} message ${mi}`;
-        const mt = tuple(mraw, 8, w);
-        const seq = checkSeq(mt[0], w);
-        if (seq <= prev) corrupt(`${w} out of seq order`);
+      // Per message: the same checks for both versions; labels for errors are built only when one fails (this loop
+      // runs once per message of a state that can hold millions).
+      const mlist = `${what} message`;
+      const addMessage = (mi: number, seqV: unknown, payloadV: unknown, stateV: unknown, delV: unknown, firstV: unknown, lastV: unknown, consumerV: unknown, deadlineV: unknown): void => {
+        const seq = intAt(seqV, headNext + 1, seqLimit - 1, mlist, mi, 'seq');
+        if (seq < 0 ? false : seq < MESSAGE_IDS_PER_ENTRY) corrupt(`${mlist} ${mi} seq ${seq} names index 0`);
+        if (seq <= prev) corrupt(`${mlist} ${mi} out of seq order`);
         prev = seq;
-        const state = int(mt[2], READY, INFLIGHT, `${w} state`) as MsgState;
+        const state = intAt(stateV, READY, INFLIGHT, mlist, mi, 'state') as MsgState;
+        if (!(payloadV instanceof Uint8Array)) corrupt(`${mlist} ${mi} payload is not bytes`);
+        if (typeof consumerV !== 'string') corrupt(`${mlist} ${mi} consumer is not a string`);
         const m: Msg = {
           seq,
-          payload: bytes(mt[1], `${w} payload`),
+          payload: Buffer.from(payloadV), // a copy: the view shares the snapshot's memory
           state,
-          deliveries: int(mt[3], 0, Number.MAX_SAFE_INTEGER, `${w} deliveries`),
-          firstDeliveredAt: int(mt[4], 0, lastStamp, `${w} firstDeliveredAt`),
-          lastDeliveredAt: int(mt[5], 0, lastStamp, `${w} lastDeliveredAt`),
-          consumer: str(mt[6], `${w} consumer`),
-          deadline: int(mt[7], 0, Number.MAX_SAFE_INTEGER, `${w} deadline`),
+          deliveries: intAt(delV, 0, Number.MAX_SAFE_INTEGER, mlist, mi, 'deliveries'),
+          firstDeliveredAt: intAt(firstV, 0, lastStamp, mlist, mi, 'firstDeliveredAt'),
+          lastDeliveredAt: intAt(lastV, 0, lastStamp, mlist, mi, 'lastDeliveredAt'),
+          consumer: consumerV,
+          deadline: intAt(deadlineV, 0, Number.MAX_SAFE_INTEGER, mlist, mi, 'deadline'),
           timer: null,
         };
-        if (state === INFLIGHT && m.deliveries < 1) corrupt(`${w} is in flight with no delivery`);
-        if (state === READY && m.deadline !== 0) corrupt(`${w} is ready with a deadline`);
+        if (state === INFLIGHT && m.deliveries < 1) corrupt(`${mlist} ${mi} is in flight with no delivery`);
+        if (state === READY && m.deadline !== 0) corrupt(`${mlist} ${mi} is ready with a deadline`);
         p.messages.set(seq, m);
         if (state === READY) {
           p.ready.insert(m);
@@ -1307,6 +1311,14 @@ export class QueueState {
             p.consumers.set(m.consumer, (p.consumers.get(m.consumer) ?? 0) + 1);
           }
         }
+      };
+      if (version === 1) {
+        for (const [mi, mraw] of array(pt[5], `${what} messages`).entries()) {
+          const mt = tuple(mraw, 8, `${mlist} ${mi}`);
+          addMessage(mi, mt[0], mt[1], mt[2], mt[3], mt[4], mt[5], mt[6], mt[7]);
+        }
+      } else {
+        forEachMessageRecord(pt[5], `${what} messages`, addMessage);
       }
       for (const [di, draw] of (version === 1 ? array(pt[6], `${what} dead letters`) : decodeDead(pt[6], `${what} dead letters`)).entries()) {
         const w = `${what} dead letter ${di}`;
@@ -1525,28 +1537,30 @@ function blob(v: unknown, what: string): BlobReader {
   return new BlobReader(Buffer.from(v.buffer, v.byteOffset, v.byteLength), what);
 }
 
-/** Version 2 message records as version 1's field tuples, so both go through the same checks. */
-function decodeMessages(v: unknown, what: string): unknown[][] {
+type MessageFields = (mi: number, seq: number, payload: Buffer, state: number, deliveries: number, first: number, last: number, consumer: string, deadline: number) => void;
+
+/** Reads version 2 message records in order (the layout is QueueState.snapshot()'s); fields are not range-checked. */
+function forEachMessageRecord(v: unknown, what: string, fn: MessageFields): void {
   const r = blob(v, what);
-  const out: unknown[][] = [];
-  while (r.more) {
+  for (let mi = 0; r.more; mi++) {
     const flags = r.u8();
-    if ((flags & ~(M_STATE | M_DELIVERED | M_DEADLINE)) !== 0) corrupt(`${what}: bad flags ${flags}`);
+    if ((flags & ~(M_STATE | M_DELIVERED | M_DEADLINE)) !== 0) corrupt(`${what} ${mi}: bad flags ${flags}`);
     const seq = r.f64();
     const payload = r.bytes();
-    let deliveries = 0;
-    let first = 0;
-    let last = 0;
-    let consumer = '';
-    if ((flags & M_DELIVERED) !== 0) {
-      deliveries = r.f64();
-      first = r.f64();
-      last = r.f64();
-      consumer = r.text('utf8');
-    }
+    const d = (flags & M_DELIVERED) !== 0;
+    const deliveries = d ? r.f64() : 0;
+    const first = d ? r.f64() : 0;
+    const last = d ? r.f64() : 0;
+    const consumer = d ? r.text('utf8') : '';
     const deadline = (flags & M_DEADLINE) !== 0 ? r.f64() : 0;
-    out.push([seq, payload, flags & M_STATE, deliveries, first, last, consumer, deadline]);
+    fn(mi, seq, payload, flags & M_STATE, deliveries, first, last, consumer, deadline);
   }
+}
+
+/** Version 2 message records as version 1's field tuples (queueSnapshotRecords). */
+function decodeMessages(v: unknown, what: string): unknown[][] {
+  const out: unknown[][] = [];
+  forEachMessageRecord(v, what, (_mi, ...fields) => out.push(fields));
   return out;
 }
 
@@ -1591,6 +1605,12 @@ function tuple(v: unknown, n: number, what: string): unknown[] {
   const a = array(v, what);
   if (a.length !== n) corrupt(`${what} has ${a.length} fields, not ${n}`);
   return a;
+}
+
+/** int() for field `field` of record `i` of `list`, building the label only for the error. */
+function intAt(v: unknown, min: number, max: number, list: string, i: number, field: string): number {
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max) corrupt(`bad ${list} ${i} ${field} ${String(v)}`);
+  return v;
 }
 
 function int(v: unknown, min: number, max: number, what: string): number {
