@@ -1192,9 +1192,10 @@ export class QueueState {
    *            (len + UTF-8), then if deadline: deadline
    *   dead:    seq, payload, deliveries, firstDeliveredAt, lastDeliveredAt, consumer, deadAt, reason u8 (1 maxdeliver)
    *   dedup:   dedup id (len + latin1), seq, expiresAt
-   * Version 1 had one msgpack array per record; msgpack encoded them at ~50 MB/s and restored at ~20 MB/s (a 52 MB
-   * state: 1 s and 2-3 s, on the shard worker's thread, where a leader's stall runs its followers' election timers
-   * out), which the blobs cut several-fold (bench/snapshot.ts). restore() still reads version 1.
+   * Version 1 had one msgpack array per record: a 52 MB state encoded in 1.1-1.25 s and restored in 2.4-2.5 s, on
+   * the shard worker's thread, where a leader's stall runs its followers' election timers out; version 2 encodes it
+   * about 4x faster and restores it 1.3-1.6x faster (bench/snapshot.ts). restore() still reads version 1; a node
+   * with older code refuses a version 2 snapshot (QUEUE_VERSION), so upgrade followers first.
    * The limits are not in it (they are configuration, the same on every replica); the timer index, per-consumer
    * counts and ready order are derived and rebuilt by restore().
    */
