@@ -103,6 +103,8 @@ export function raftFlowLimits(r: RaftLimits): Pick<RaftLimits, 'inflightMsgsMax
 
 export const RAFT_LIMITS_DEFAULT: RaftLimits = {
   tickMs: 10,
+  // A node takes these two from --election-timeout (default 500 ms: 50 and 16 ticks; docs/cluster-runtime.md says
+  // why); these values serve runtimes started without it (tests, embedding), where fast elections keep tests short.
   heartbeatTicks: 5,
   electionTicksMin: 15,
   inflightMsgsMax: 256,

@@ -313,6 +313,13 @@ t.test('with RF 1 a node forwards requests for shards only another node holds, a
     const all = [...(await rt.status()), ...(await rts[1]!.status())];
     return all.filter((s) => s.role === 'leader').length === S ? true : undefined;
   });
+  // Node 1 learns the leader of a shard it does not host from node 2, some time after node 2 elected it: a request
+  // sent before that waits leaderWaitMs (500 ms here) and fails, which a loaded CI box once hit. Forwarding is what
+  // is tested, so wait for what it needs.
+  await waitFor('node 1 to know the remote shard\'s leader', 10_000, async () => {
+    const st = (await rt.status()).find((s) => s.shard === other.shard);
+    return st !== undefined && st.role === 'remote' && st.leader === 2 ? true : undefined;
+  });
   t.match(await rt.execute(shard, 'write', [b('SET'), b('a'), b('1')]), { ok: true }, 'a single-replica shard takes writes');
   const got = await rt.execute(shard, 'read', [b('GET'), b('a')]);
   t.ok(got.ok && Buffer.from(got.record).equals(record((r) => r.bulk('1'))), 'and reads them back');
