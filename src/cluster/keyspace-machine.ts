@@ -495,8 +495,9 @@ export class KeyspaceMachine implements StateMachine {
     const count = db.size;
     if (count > 0xffffffff) throw new RangeError('snapshot: too many entries');
     const locks = this.lockTable.snapshot();
-    const queues = this.queueState.snapshot();
-    let size = SNAPSHOT_HEADER_BYTES + 4 + locks.length + 4 + queues.length;
+    // Written straight into this buffer (a large queue state is not built twice).
+    const queues = this.queueState.prepareSnapshot();
+    let size = SNAPSHOT_HEADER_BYTES + 4 + locks.length + 4 + queues.size;
     for (const e of db.entries()) {
       const kl = e.keyLatin1.length;
       const vl = e.value.length;
@@ -538,9 +539,8 @@ export class KeyspaceMachine implements StateMachine {
     buf.writeUInt32LE(locks.length, p);
     buf.set(locks, p + 4);
     p += 4 + locks.length;
-    buf.writeUInt32LE(queues.length, p);
-    buf.set(queues, p + 4);
-    p += 4 + queues.length;
+    buf.writeUInt32LE(queues.size, p);
+    p = queues.write(buf, p + 4);
     if (p !== size || n !== count) throw new Error(`keyspace invariant: snapshot wrote ${p} of ${size} bytes`);
     return buf;
   }

@@ -1200,25 +1200,57 @@ export class QueueState {
    * counts and ready order are derived and rebuilt by restore().
    */
   snapshot(): Uint8Array {
-    const parts: unknown[] = [];
+    const prepared = this.prepareSnapshot();
+    const buf = Buffer.allocUnsafeSlow(prepared.size);
+    prepared.write(buf, 0);
+    return buf;
+  }
+
+  /**
+   * snapshot() in two steps, so a caller embedding it (KeyspaceMachine) writes it straight into its own buffer:
+   * `size` bytes, written at `offset` by write(). The msgpack frame is written by hand around the blobs (bin 32
+   * headers, an array 32 of partitions), so every byte is written once, into the caller's buffer: building the blobs
+   * and then handing them to msgpack copied a large state twice more and allocated as much again each time.
+   * The state must not change between the two calls.
+   */
+  prepareSnapshot(): { size: number; write(buf: Buffer, offset: number): number } {
+    const head = [SNAPSHOT_MAGIC, QUEUE_SNAPSHOT_VERSION, this.lastStamp, this.lastIdx].map((v) => packr.pack(v));
+    let size = 1 + head.reduce((n, b) => n + b.length, 0) + 5;
+    const parts: { fields: Buffer[]; msgs: Msg[]; msgBytes: number; dead: Dead[]; deadBytes: number; dedup: DedupEntry[]; dedupBytes: number }[] = [];
     for (const p of this.parts.values()) {
       // Pushes insert in seq order; only head pushes (LPUSH) and restores can leave the map out of it.
       const msgs = [...p.messages.values()];
       if (!inOrder(msgs)) msgs.sort(compareMsgs);
       const dedup = [...p.dedup.values()].sort((a, b) => a.seq - b.seq);
+      const dead = [...p.dead.values()];
       const c = p.config;
-      parts.push([
-        p.queue,
-        p.partition,
-        [c.maxDeliver, c.visibilityMs, c.dedupWindowMs, c.partitions],
-        p.headNext,
-        p.deadDropped,
-        encodeMessages(msgs),
-        encodeDead([...p.dead.values()]),
-        encodeDedup(dedup),
-      ]);
+      const fields = [p.queue, p.partition, [c.maxDeliver, c.visibilityMs, c.dedupWindowMs, c.partitions], p.headNext, p.deadDropped].map((v) => packr.pack(v));
+      const part = { fields, msgs, msgBytes: messagesBytes(msgs), dead, deadBytes: deadBytes(dead), dedup, dedupBytes: dedupBytes(dedup) };
+      size += 1 + fields.reduce((n, b) => n + b.length, 0) + 3 * 5 + part.msgBytes + part.deadBytes + part.dedupBytes;
+      parts.push(part);
     }
-    return packr.pack([SNAPSHOT_MAGIC, QUEUE_SNAPSHOT_VERSION, this.lastStamp, this.lastIdx, parts]);
+    return {
+      size,
+      write(buf: Buffer, offset: number): number {
+        const w = new BlobWriter(buf, offset);
+        w.u8(0x95); // fixarray of 5
+        for (const b of head) w.raw(b);
+        w.u8(0xdd); // array 32
+        w.u32be(parts.length);
+        for (const part of parts) {
+          w.u8(0x98); // fixarray of 8
+          for (const b of part.fields) w.raw(b);
+          w.bin32(part.msgBytes);
+          writeMessages(w, part.msgs);
+          w.bin32(part.deadBytes);
+          writeDead(w, part.dead);
+          w.bin32(part.dedupBytes);
+          writeDedup(w, part.dedup);
+        }
+        if (w.pos !== offset + size) throw new Error(`queue snapshot: wrote ${w.pos - offset} of ${size} bytes`);
+        return w.pos;
+      },
+    };
   }
 
   /**
@@ -1404,15 +1436,27 @@ const M_DELIVERED = 4;
 const M_DEADLINE = 8;
 const REASON_CODES: Record<DeadReason, number> = { maxdeliver: 1 };
 
-/** Writes records into one buffer sized up front. */
+/** Writes a snapshot into a buffer sized up front. */
 class BlobWriter {
-  readonly buf: Buffer;
-  private pos = 0;
-  constructor(size: number) {
-    this.buf = Buffer.allocUnsafe(size);
-  }
+  constructor(
+    readonly buf: Buffer,
+    public pos: number,
+  ) {}
   u8(v: number): void {
     this.buf[this.pos++] = v;
+  }
+  u32be(v: number): void {
+    this.buf.writeUInt32BE(v, this.pos);
+    this.pos += 4;
+  }
+  /** A msgpack bin 32 header. */
+  bin32(n: number): void {
+    this.u8(0xc6);
+    this.u32be(n);
+  }
+  raw(b: Uint8Array): void {
+    this.buf.set(b, this.pos);
+    this.pos += b.length;
   }
   f64(v: number): void {
     this.buf.writeDoubleLE(v, this.pos);
@@ -1428,10 +1472,6 @@ class BlobWriter {
     this.buf.writeUInt32LE(n, this.pos);
     this.pos += 4 + n;
   }
-  done(): Buffer {
-    if (this.pos !== this.buf.length) throw new Error(`queue snapshot: wrote ${this.pos} of ${this.buf.length} bytes`);
-    return this.buf;
-  }
 }
 
 function inOrder(msgs: readonly Msg[]): boolean {
@@ -1443,14 +1483,17 @@ function delivered(m: Msg): boolean {
   return m.deliveries !== 0 || m.firstDeliveredAt !== 0 || m.lastDeliveredAt !== 0 || m.consumer !== '';
 }
 
-function encodeMessages(msgs: readonly Msg[]): Buffer {
+function messagesBytes(msgs: readonly Msg[]): number {
   let size = 0;
   for (const m of msgs) {
     size += 1 + 8 + 4 + m.payload.length;
     if (delivered(m)) size += 24 + 4 + Buffer.byteLength(m.consumer);
     if (m.deadline !== 0) size += 8;
   }
-  const w = new BlobWriter(size);
+  return size;
+}
+
+function writeMessages(w: BlobWriter, msgs: readonly Msg[]): void {
   for (const m of msgs) {
     const d = delivered(m);
     w.u8(m.state | (d ? M_DELIVERED : 0) | (m.deadline !== 0 ? M_DEADLINE : 0));
@@ -1464,13 +1507,15 @@ function encodeMessages(msgs: readonly Msg[]): Buffer {
     }
     if (m.deadline !== 0) w.f64(m.deadline);
   }
-  return w.done();
 }
 
-function encodeDead(dead: readonly Dead[]): Buffer {
+function deadBytes(dead: readonly Dead[]): number {
   let size = 0;
   for (const d of dead) size += 8 + 4 + d.payload.length + 24 + 4 + Buffer.byteLength(d.consumer) + 8 + 1;
-  const w = new BlobWriter(size);
+  return size;
+}
+
+function writeDead(w: BlobWriter, dead: readonly Dead[]): void {
   for (const d of dead) {
     w.f64(d.seq);
     w.bytes(d.payload);
@@ -1481,19 +1526,20 @@ function encodeDead(dead: readonly Dead[]): Buffer {
     w.f64(d.deadAt);
     w.u8(REASON_CODES[d.reason]);
   }
-  return w.done();
 }
 
-function encodeDedup(entries: readonly DedupEntry[]): Buffer {
+function dedupBytes(entries: readonly DedupEntry[]): number {
   let size = 0;
   for (const e of entries) size += 4 + e.key.length + 16;
-  const w = new BlobWriter(size);
+  return size;
+}
+
+function writeDedup(w: BlobWriter, entries: readonly DedupEntry[]): void {
   for (const e of entries) {
     w.text(e.key, 'latin1');
     w.f64(e.seq);
     w.f64(e.expiresAt);
   }
-  return w.done();
 }
 
 /** Reads records of a blob; any read past its end is a corrupt snapshot. */
