@@ -1611,32 +1611,25 @@ function decodeMessages(v: unknown, what: string): unknown[][] {
   return out;
 }
 
-function decodeDead(v: unknown, what: string): unknown[][] {
+/** Reads a version 2 blob record by record (`read` takes one record's fields) into version 1's field tuples. */
+function readRecords(v: unknown, what: string, read: (r: BlobReader) => unknown[]): unknown[][] {
   const r = blob(v, what);
   const out: unknown[][] = [];
-  while (r.more) {
-    const seq = r.f64();
-    const payload = r.bytes();
-    const deliveries = r.f64();
-    const first = r.f64();
-    const last = r.f64();
-    const consumer = r.text('utf8');
-    const deadAt = r.f64();
-    const code = r.u8();
-    const reason = (Object.keys(REASON_CODES) as DeadReason[]).find((k) => REASON_CODES[k] === code) ?? `code ${code}`;
-    out.push([seq, payload, deliveries, first, last, consumer, deadAt, reason]);
-  }
+  while (r.more) out.push(read(r));
   return out;
 }
 
+function decodeDead(v: unknown, what: string): unknown[][] {
+  return readRecords(v, what, (r) => {
+    const fields: unknown[] = [r.f64(), r.bytes(), r.f64(), r.f64(), r.f64(), r.text('utf8'), r.f64()];
+    const code = r.u8();
+    fields.push((Object.keys(REASON_CODES) as DeadReason[]).find((k) => REASON_CODES[k] === code) ?? `code ${code}`);
+    return fields; // [seq, payload, deliveries, firstDeliveredAt, lastDeliveredAt, consumer, deadAt, reason]
+  });
+}
+
 function decodeDedup(v: unknown, what: string): unknown[][] {
-  const r = blob(v, what);
-  const out: unknown[][] = [];
-  while (r.more) {
-    const id = r.bytes();
-    out.push([id, r.f64(), r.f64()]);
-  }
-  return out;
+  return readRecords(v, what, (r) => [r.bytes(), r.f64(), r.f64()]); // [dedup id, seq, expiresAt]
 }
 
 function corrupt(what: string): never {
