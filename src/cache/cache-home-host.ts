@@ -34,8 +34,13 @@ export interface HomeHostDeps {
   /** This replica's role for the shard: its term when it leads, else null. */
   leaderTerm(shard: number): number | null;
   readBarrier(shard: number): Promise<unknown>;
-  /** Proposes an encoded keyspace entry; resolves with the apply result (a reply record) after it applied. */
-  propose(shard: number, data: Uint8Array): Promise<unknown>;
+  /**
+   * Proposes an encoded keyspace entry; resolves with the apply result (a reply record) after it applied. `onIndex`
+   * gets the entry's log index at once.
+   */
+  propose(shard: number, data: Uint8Array, onIndex?: (index: number) => void): Promise<unknown>;
+  /** The last log index applied to the shard's state machine here. */
+  appliedIndex(shard: number): number;
   machine(shard: number): KeyspaceMachine | null;
   /** The external Redis below memory (--cache-backing), or null. */
   backing: BackingStore | null;
@@ -93,6 +98,16 @@ export class CacheHomeHost {
     for (const [n, st] of holders) out.set(n, st);
     for (const n of invalidating) out.set(n, `${out.get(n) ?? ''}+inv`);
     return out;
+  }
+
+  /**
+   * Write-through: may a read outside the cache protocol of `keys` ('all': a keyless read) run now on this shard's
+   * memory? See CacheHome.readGate. True when this replica has no home for the shard (it does not lead it: the read
+   * fails or is routed elsewhere anyway).
+   */
+  readGate(shard: number, keys: string[] | 'all', retry: (ok: boolean) => void): boolean {
+    const home = this.homeFor(shard);
+    return home === null ? true : home.readGate(keys, retry);
   }
 
   onAck(ack: InvAck): void {
@@ -233,6 +248,12 @@ export class CacheHomeHost {
           (err: unknown) => cb(failure(err)),
         );
       },
+      peekMemory: (key) => {
+        const p = peek(key);
+        // Not hosted, or a miss the backing store may fill (that takes a write): readMemory does those.
+        if (p === null || (p.value === null && d.backing !== null)) return null;
+        return { ok: true, value: p.value, cacheable: p.cacheable };
+      },
       confirm: (cb) => {
         d.readBarrier(shard).then(
           () => cb({ ok: true }),
@@ -258,7 +279,12 @@ export class CacheHomeHost {
         );
       },
       writeMemory: (data, want, cb: (r: MemoryWrite<CachedValue, Uint8Array>) => void) => {
-        d.propose(shard, data).then(
+        // The probe compares the entry's index with what the state machine has applied: a read in the same turn as
+        // the apply sees the write before this promise's callback runs (a later microtask).
+        let index = Number.POSITIVE_INFINITY;
+        d.propose(shard, data, (i) => {
+          index = i;
+        }).then(
           (result) => {
             if (d.backing !== null) this.sendToBacking(shard, writtenKeys(data));
             const record = result instanceof Uint8Array ? result : new Uint8Array(0);
@@ -269,6 +295,8 @@ export class CacheHomeHost {
           },
           (err: unknown) => cb(failure(err)),
         );
+        // (A refused proposal gets no index: never applied, its probe stays false.)
+        return () => d.appliedIndex(shard) >= index;
       },
     };
   }

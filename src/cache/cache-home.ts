@@ -2,7 +2,7 @@
  * CacheHome: the home of one shard's cache lines, living beside the shard's Raft leader (one per leadership term:
  * a new leader is a new home, `epoch` = its term). Pure: no timers, sockets or clock of its own; time comes from
  * `io.now()`, memory (the replicated keyspace) is reached through `io.readMemory` / `io.writeMemory`, and
- * invalidations leave through `io.send`. docs/cache-coherence.md is the protocol this implements (write-through).
+ * invalidations leave through `io.send`. docs/cache-coherence.md is the protocol this implements.
  *
  * What it owns:
  *   - the directory: for each key some node may hold, the holders (node -> state E/S, or F while its fill is being
@@ -10,17 +10,22 @@
  *     not yet acknowledged, and the requests waiting on the key;
  *   - the node leases as the home sees them: node -> the time until which that node may serve lines of this shard
  *     (receipt time of its last confirmed request + leaseMs + marginMs);
- *   - the takeover wait: no line is granted and no write is performed before `readyAt` = start + leaseMs + marginMs,
- *     so every line a previous home granted has lapsed before this home changes anything.
+ *   - the takeover wait: no line is granted, no write is performed and no read answered before `readyAt` = start +
+ *     leaseMs + marginMs, so every line a previous home granted has lapsed before this home changes or shows anything.
  *
  * Invariants (tests: test/cache/cache-home.test.ts, test/cache/coherence-sim.test.ts):
- *   - A write is handed to memory only when no other node holds a live line of any key it touches: every holder was
- *     invalidated and acknowledged, or its lease lapsed (its node dropped its lines itself). The writer is
- *     invalidated too when the directory still lists a granted line of it (see revokeOthers).
+ *   - Write-through, a keyed write (commitThenInvalidate): memory takes it at once; it is answered only when no other
+ *     node holds a live line of any key it touches from before it: once memory applied it, every holder (the writer
+ *     too) was invalidated and acknowledged, or its lease lapsed (its node dropped its lines itself). While memory
+ *     may hold it unanswered (its probe says applied), nothing shows memory's value of its keys: fills and uncached
+ *     reads wait or start again, readGate holds other reads.
+ *   - Write-back, and keyless writes: a write is handed to memory only when no other node holds a live line of any key
+ *     it touches (invalidated and acknowledged, or lapsed first). The writer is invalidated too when the directory
+ *     still lists a granted line of it other than one the request names as dropped (see revokeOthers).
  *   - A node stays listed while it may hold a line: a fill that ends without a grant puts back the node's earlier
  *     grant, and only the key's current entry is ever forgotten.
- *   - No fill reads memory while a write of its key is in flight (it waits), and a fill that a write overtook (its
- *     holder entry was revoked while memory was being read) is answered without a grant.
+ *   - A fill that a write overtook (its holder entry was revoked while memory was being read) is answered without a
+ *     grant. Write-back: no fill reads memory while a write of its key is in flight (it waits).
  *   - A grant is made only to a node whose holder entry still carries the gen the grant was prepared with.
  *   - An E grant is made only when no other node is listed for the key.
  *   - Every request is answered exactly once.
@@ -76,8 +81,18 @@ export interface HomeIO<V, Op, R> {
   readMemory(key: CacheKey, cb: (r: MemoryRead<V>) => void): void;
   /** Confirms leadership only. */
   confirm(cb: (r: { ok: true } | CoherenceFailure) => void): void;
-  /** Replicates and applies the write; with `want`, also returns that key's value after it. */
-  writeMemory(op: Op, want: CacheKey | undefined, cb: (r: MemoryWrite<V, R>) => void): void;
+  /**
+   * Optional: the key's value in memory now, without confirming leadership (null: cannot tell synchronously; use
+   * readMemory). Only called for a request that arrived before a confirmation (readMemory or confirm) that was
+   * asked for and succeeded since: that one proved this replica led after the request arrived.
+   */
+  peekMemory?(key: CacheKey): MemoryRead<V> | null;
+  /**
+   * Replicates and applies the write; with `want`, also returns that key's value after it. Returns, at once, a probe
+   * that tells whether memory has applied the write yet: true from the moment a read of memory could see it, which may
+   * be before `cb` runs (a Raft entry applies, then its promise settles in a later microtask).
+   */
+  writeMemory(op: Op, want: CacheKey | undefined, cb: (r: MemoryWrite<V, R>) => void): () => boolean;
   /** Write-back: replicates "key := value" (null: delete it) into memory. Calls are replicated in call order. */
   writeBack(key: CacheKey, value: V | null, cb: (r: { ok: true } | CoherenceFailure) => void): void;
 }
@@ -105,6 +120,13 @@ export interface HomeStats {
   flushesRefused: number;
   leaseRenewals: number;
   leaseRefusals: number;
+  /**
+   * Write-through: reads that had to wait because memory held a write whose invalidations were still out (fills and
+   * uncached reads that read it, and reads outside the cache protocol through readGate), or because of the takeover.
+   */
+  readsHeld: number;
+  /** Write-through: memory reads done by a peek, a confirmation after the request having proved leadership. */
+  peekedReads: number;
 }
 
 /** Every counter at zero. */
@@ -128,6 +150,8 @@ export function emptyHomeStats(): HomeStats {
     flushesRefused: 0,
     leaseRenewals: 0,
     leaseRefusals: 0,
+    readsHeld: 0,
+    peekedReads: 0,
   };
 }
 
@@ -153,24 +177,34 @@ interface PendingInv {
 
 interface PendingWrite<Op, V, R> {
   req: WriteRequest<Op>;
+  /** Write-through, keyed: memory has applied it (set when it is handed to memory). */
+  applied?: () => boolean;
+  /** Write-through, keyed: memory's answer, kept while the write waits for its invalidations. */
+  done?: MemoryWrite<V, R>;
   arrivedAt: number;
   reply: (a: WrittenAnswer<V, R> | CoherenceFailure) => void;
   keys: CacheKey[];
   all: boolean;
   /** Keys (and the 'all' barrier) whose invalidations it still waits for. */
   blockers: number;
+  /** Write-through, keyed: the grants the writer said it dropped (key -> gen), used when the write invalidates. */
+  dropped?: Map<CacheKey, number> | undefined;
 }
 
 interface PendingFill<V> {
   req: GetSRequest;
+  /** Answered without a line (uncachedRead), also when it waits and starts again. */
+  uncached?: boolean;
   arrivedAt: number;
   reply: (a: DataAnswer<V> | CoherenceFailure) => void;
 }
 
 interface DirEntry<Op, V, R> {
   holders: Map<NodeId, Holder>;
-  /** Writes accepted on this key and not yet applied (or failed). */
+  /** Writes accepted on this key and not yet applied (or failed); write-through: not yet answered. */
   writes: number;
+  /** Write-through: keyed writes of this key handed to memory and not yet answered (commit-then-invalidate). */
+  live: PendingWrite<Op, V, R>[];
   inv: Map<NodeId, PendingInv>;
   /** Write-back: downgrades sent to an E holder and not yet answered (fills of the key wait for them). */
   down: Map<NodeId, PendingInv>;
@@ -197,11 +231,27 @@ export class CacheHome<V, Op, R> {
   private readonly fillsWaitingAll: PendingFill<V>[] = [];
   /** Writes that arrived during the takeover wait. */
   private readonly takeoverQueue: PendingWrite<Op, V, R>[] = [];
-  /** Write-back: reads that arrived during the takeover wait (memory may lack data nodes still hold). */
+  /**
+   * Reads that arrived during the takeover wait: under write-back memory may lack data nodes still hold; under
+   * write-through memory may hold a write the previous home committed whose invalidations never finished, while
+   * nodes still serve the value before it (they stop when their leases lapse, which the wait outlasts).
+   */
   private readonly takeoverFills: PendingFill<V>[] = [];
+  /** Write-through: keyed writes handed to memory and not yet answered, over every key. */
+  private readonly liveWrites = new Set<PendingWrite<Op, V, R>>();
+  /** Reads outside the cache protocol waiting until no applied write is still invalidating (readGate). */
+  private gateWaiters: ((ok: boolean) => void)[] = [];
   private readonly writeBackMode: boolean;
   private gen = 0;
   private closed = false;
+  /**
+   * Write-through: the home's clock when the latest successful leadership confirmation was asked for. A fill that
+   * arrived before it may read memory by peekMemory (no new Raft round): fills held while a write invalidates are
+   * answered the moment it is answered.
+   */
+  private confirmedFrom = Number.NEGATIVE_INFINITY;
+  /** A confirmation asked for by held fills is out. */
+  private confirming = false;
   /** Invalidations to send this turn, per node (flushed at the end of each public call). */
   private readonly outbox = new Map<NodeId, [CacheKey, number][]>();
   /** Downgrades (E -> S) to send this turn, per node. */
@@ -237,13 +287,20 @@ export class CacheHome<V, Op, R> {
 
   getS(req: GetSRequest, reply: (a: DataAnswer<V> | CoherenceFailure) => void, arrivedAt = this.io.now()): void {
     const fill: PendingFill<V> = { req, arrivedAt, reply };
-    if (this.writeBackMode && !this.ready()) {
+    if (!this.ready()) {
+      this.stats.readsHeld++;
       this.takeoverFills.push(fill);
       return;
     }
-    if (!req.cacheable || !this.ready() || (!this.dir.has(req.key) && this.dir.size >= this.cfg.directoryEntriesMax)) {
+    if (!req.cacheable || (!this.dir.has(req.key) && this.dir.size >= this.cfg.directoryEntriesMax)) {
       if (!this.writeBackMode) {
-        this.uncachedRead(fill);
+        fill.uncached = true;
+        const held = this.dir.get(req.key);
+        if (held !== undefined && this.fillBlocked(held)) {
+          this.stats.readsHeld++;
+          held.waitingFills.push(fill);
+          this.confirmAhead();
+        } else this.uncachedRead(fill);
         return;
       }
       // Under write-back even a read that installs nothing must see a Modified copy's data: it takes the fill path
@@ -255,9 +312,43 @@ export class CacheHome<V, Op, R> {
     }
     const de = this.entry(req.key);
     if (this.allWrites > 0) this.fillsWaitingAll.push(fill);
-    else if (de.writes > 0 || de.down.size > 0) de.waitingFills.push(fill);
-    else this.startFill(de, fill);
+    else if (this.fillBlocked(de)) {
+      de.waitingFills.push(fill);
+      this.confirmAhead();
+    } else this.startFill(de, fill);
     this.flush();
+  }
+
+  /**
+   * Write-through: may a read outside the cache protocol (the shard worker's MGET, EXISTS, STRLEN, TTL, ... of `keys`;
+   * KEYS, SCAN, DBSIZE with 'all') read memory now? Call it in the same turn as the read. False while memory may hold
+   * a write that is still invalidating cached copies of those keys (reading it would show a value some node still
+   * serves the old one of), or during the takeover wait: `retry` is then called once (ok: true, check again; ok:
+   * false, this home closed: route the read again). Write-back: always true (docs/cache-coherence.md).
+   */
+  readGate(keys: CacheKey[] | 'all', retry: (ok: boolean) => void): boolean {
+    if (this.writeBackMode || this.closed) return true;
+    let blocked = !this.ready();
+    if (!blocked && keys === 'all') {
+      for (const w of this.liveWrites) {
+        if (w.applied !== undefined && w.applied()) {
+          blocked = true;
+          break;
+        }
+      }
+    } else if (!blocked) {
+      for (const key of keys as CacheKey[]) {
+        const de = this.dir.get(key);
+        if (de !== undefined && this.appliedLive(de)) {
+          blocked = true;
+          break;
+        }
+      }
+    }
+    if (!blocked) return true;
+    this.stats.readsHeld++;
+    this.gateWaiters.push(retry);
+    return false;
   }
 
   write(req: WriteRequest<Op>, reply: (a: WrittenAnswer<V, R> | CoherenceFailure) => void, arrivedAt = this.io.now()): void {
@@ -377,6 +468,8 @@ export class CacheHome<V, Op, R> {
     if (this.takeoverFills.length > 0 && this.ready(now)) {
       for (const f of this.takeoverFills.splice(0)) this.getS(f.req, f.reply, f.arrivedAt);
     }
+    // Reads held by readGate for the takeover wait (those held by a write are let go when it is answered).
+    if (this.gateWaiters.length > 0 && this.ready(now)) this.releaseGate();
     for (const key of [...this.downKeys]) {
       const de = this.dir.get(key);
       if (de === undefined) {
@@ -404,6 +497,17 @@ export class CacheHome<V, Op, R> {
     const lapsed: NodeId[] = [];
     for (const [node, until] of this.leases) if (until < now) lapsed.push(node);
     for (const node of lapsed) this.leases.delete(node);
+    // Before the invalidations below: one that lapses can let a write finish here and now, granting its writer (maybe
+    // a lapsed node, whose lease the grant renews) a line that must stay listed.
+    if (lapsed.length > 0) {
+      for (const [key, de] of this.dir) {
+        for (const node of lapsed) {
+          const h = de.holders.get(node);
+          if (h !== undefined && h.state !== 'F') de.holders.delete(node);
+        }
+        this.maybeForget(key, de);
+      }
+    }
     const stuckAfter = now - this.cfg.leaseMs / 2;
     const stuck = new Set<NodeId>();
     for (const key of [...this.invKeys]) {
@@ -429,15 +533,6 @@ export class CacheHome<V, Op, R> {
       if (de.inv.size === 0) this.invCleared(key, de);
     }
     this.stuck = stuck;
-    if (lapsed.length > 0) {
-      for (const [key, de] of this.dir) {
-        for (const node of lapsed) {
-          const h = de.holders.get(node);
-          if (h !== undefined && h.state !== 'F') de.holders.delete(node);
-        }
-        this.maybeForget(key, de);
-      }
-    }
     this.flush();
   }
 
@@ -451,10 +546,16 @@ export class CacheHome<V, Op, R> {
     for (const de of this.dir.values()) {
       for (const w of de.blockedWrites.splice(0)) if (w.blockers > 0) {
         w.blockers = 0;
-        w.reply(failure);
+        // A write-through write waiting for its invalidations is in memory already: routing it again would apply it
+        // twice, so its caller learns that its outcome is unknown.
+        if (w.done !== undefined) {
+          this.liveWrites.delete(w);
+          w.reply(w.done.ok ? unknownOutcome(this.cfg.shard, this.epoch) : w.done);
+        } else w.reply(failure);
       }
       for (const f of de.waitingFills.splice(0)) f.reply(failure);
     }
+    for (const retry of this.gateWaiters.splice(0)) retry(false);
     this.dir.clear();
     this.invKeys.clear();
     this.downKeys.clear();
@@ -465,7 +566,7 @@ export class CacheHome<V, Op, R> {
   private entry(key: CacheKey): DirEntry<Op, V, R> {
     let de = this.dir.get(key);
     if (de === undefined) {
-      de = { holders: new Map(), writes: 0, inv: new Map(), down: new Map(), blockedWrites: [], waitingFills: [] };
+      de = { holders: new Map(), writes: 0, live: [], inv: new Map(), down: new Map(), blockedWrites: [], waitingFills: [] };
       this.dir.set(key, de);
     }
     return de;
@@ -497,10 +598,52 @@ export class CacheHome<V, Op, R> {
     return true;
   }
 
-  private uncachedRead(fill: PendingFill<V>): void {
-    this.stats.uncachedReads++;
-    this.io.readMemory(fill.req.key, (r) => {
+  /** Reads memory for a request that arrived at `arrivedAt`: a peek when a confirmation since allows it, else readMemory. */
+  private read(key: CacheKey, arrivedAt: number, cb: (r: MemoryRead<V>) => void): void {
+    if (!this.writeBackMode && arrivedAt < this.confirmedFrom && this.io.peekMemory !== undefined && !this.closed) {
+      const r = this.io.peekMemory(key);
+      if (r !== null) {
+        this.stats.peekedReads++;
+        cb(r);
+        return;
+      }
+    }
+    const askedAt = this.io.now();
+    this.io.readMemory(key, (r) => {
+      if (r.ok && askedAt > this.confirmedFrom) this.confirmedFrom = askedAt;
+      cb(r);
+    });
+  }
+
+  /**
+   * Write-through: a fill held while a write invalidates asks for a leadership confirmation now, so that once the write
+   * is answered it can read memory at once (read: a peek) instead of waiting for a Raft round then.
+   */
+  private confirmAhead(): void {
+    if (this.writeBackMode || this.confirming || this.io.peekMemory === undefined) return;
+    this.confirming = true;
+    const askedAt = this.io.now();
+    this.io.confirm((r) => {
+      this.confirming = false;
+      if (r.ok && askedAt > this.confirmedFrom) this.confirmedFrom = askedAt;
+    });
+  }
+
+  private uncachedRead(fill: PendingFill<V>, count = true): void {
+    if (count) this.stats.uncachedReads++;
+    this.read(fill.req.key, fill.arrivedAt, (r) => {
       if (!r.ok) return fill.reply(r);
+      if (!this.writeBackMode) {
+        // Write-through: what memory holds may be a write still invalidating (see commitThenInvalidate).
+        if (this.closed) return fill.reply(readAgain(this.cfg.shard, this.epoch));
+        const de = this.dir.get(fill.req.key);
+        if (de !== undefined && this.appliedLive(de)) {
+          this.stats.readsHeld++;
+          de.waitingFills.push(fill);
+          this.confirmAhead();
+          return;
+        }
+      }
       const lease = this.grantLease(fill.req.from, fill.arrivedAt);
       fill.reply({ t: 'data', ok: true, epoch: this.epoch, home: this.cfg.self, lease, value: r.value, grant: null, gen: 0 });
     });
@@ -521,7 +664,7 @@ export class CacheHome<V, Op, R> {
       if (shadow === undefined) de.holders.delete(from);
       else de.holders.set(from, { state: 'S', gen: shadow });
     };
-    this.io.readMemory(key, (r) => {
+    this.read(key, fill.arrivedAt, (r) => {
       const h = de.holders.get(from);
       const current = h !== undefined && h.gen === gen && this.dir.get(key) === de && !this.closed;
       if (!r.ok) {
@@ -529,6 +672,24 @@ export class CacheHome<V, Op, R> {
         this.maybeForget(key, de);
         fill.reply(r);
         return;
+      }
+      if (!this.writeBackMode) {
+        // Write-through: the value read may be a write still invalidating (commitThenInvalidate): it may not be shown
+        // yet, so the fill starts again once that write is answered. A home that closed cannot tell: read elsewhere.
+        if (this.closed) {
+          fill.reply(readAgain(this.cfg.shard, this.epoch));
+          return;
+        }
+        const cur = this.dir.get(key);
+        if (cur !== undefined && this.appliedLive(cur)) {
+          if (current) ungranted();
+          this.stats.readsHeld++;
+          cur.waitingFills.push(fill);
+          this.confirmAhead();
+          this.maybeForget(key, de);
+          this.flush();
+          return;
+        }
       }
       const lease = this.grantLease(from, fill.arrivedAt);
       let grant: 'E' | 'S' | null = null;
@@ -578,6 +739,18 @@ export class CacheHome<V, Op, R> {
     } else {
       const d = w.req.dropped;
       const dropped = d !== undefined && d.epoch === this.epoch && !this.writeBackMode ? new Map(d.items) : undefined;
+      if (!this.writeBackMode) {
+        // Write-through: commit first, then invalidate (see commitThenInvalidate).
+        w.dropped = dropped;
+        for (const key of w.keys) {
+          const de = this.entry(key);
+          de.writes++;
+          de.live.push(w);
+        }
+        this.liveWrites.add(w);
+        this.commitThenInvalidate(w);
+        return;
+      }
       for (const key of w.keys) {
         const de = this.entry(key);
         de.writes++;
@@ -589,6 +762,99 @@ export class CacheHome<V, Op, R> {
       }
     }
     if (w.blockers === 0) this.perform(w);
+  }
+
+  /**
+   * Write-through, a keyed write: memory takes it at once, while the other nodes go on serving the value before it
+   * (the write has not completed, so a read may still return that value). When memory has applied it, every holder
+   * of its keys is invalidated, and the write is answered once every invalidation of those keys is acknowledged (or
+   * its node's lease lapsed): nobody serves the old value when the write completes. Meanwhile no read may show what
+   * memory holds (fills and uncached reads that read it start again, readGate holds the rest), since a node may still
+   * serve the old value. The window in which other nodes miss shrinks from the Raft commit to one invalidation round
+   * trip (docs/cache-coherence.md, "Hit rate under hot-key writes").
+   */
+  private commitThenInvalidate(w: PendingWrite<Op, V, R>): void {
+    w.applied = this.io.writeMemory(w.req.op, w.req.want, (r) => {
+      w.done = r;
+      if (!r.ok || this.closed) {
+        this.finishWrite(w);
+        return;
+      }
+      const now = this.io.now();
+      for (const key of w.keys) {
+        const de = this.dir.get(key);
+        if (de === undefined) continue; // (kept while the write is live: never expected)
+        this.revokeOthers(key, de, w.req.from, now, w.dropped?.get(key));
+        if (de.inv.size > 0) {
+          w.blockers++;
+          de.blockedWrites.push(w);
+        }
+      }
+      if (w.blockers === 0) this.finishWrite(w);
+      this.flush();
+    });
+  }
+
+  /** Write-through: answers a keyed write that memory has applied (or refused) and no invalidation holds back. */
+  private finishWrite(w: PendingWrite<Op, V, R>): void {
+    const r = w.done!;
+    this.liveWrites.delete(w);
+    let grant: WrittenAnswer<V, R>['grant'] = null;
+    let lease = false;
+    if (r.ok && !this.closed) lease = this.grantLease(w.req.from, w.arrivedAt);
+    const want = w.req.want;
+    for (const key of w.keys) {
+      const de = this.dir.get(key);
+      if (de === undefined) continue;
+      de.writes--;
+      const i = de.live.indexOf(w);
+      if (i >= 0) de.live.splice(i, 1);
+      // `r.value` was read when the write's callback ran; a later write of the key applied before that is still
+      // live (de.writes > 0), so no grant is made from a value that may be newer than this write.
+      if (
+        r.ok &&
+        lease &&
+        key === want &&
+        r.value !== undefined &&
+        de.writes === 0 &&
+        this.allWrites === 0 &&
+        de.holders.size === 0 &&
+        de.inv.size === 0 &&
+        !this.closed
+      ) {
+        const gen = ++this.gen;
+        de.holders.set(w.req.from, { state: 'E', gen });
+        this.stats.grantsE++;
+        grant = { key, value: r.value, gen };
+      }
+      if (this.allWrites === 0) this.drainFills(de);
+      this.maybeForget(key, de);
+    }
+    this.releaseGate();
+    if (!r.ok) w.reply(r);
+    else if (this.closed) w.reply(unknownOutcome(this.cfg.shard, this.epoch));
+    else w.reply({ t: 'written', ok: true, epoch: this.epoch, home: this.cfg.self, lease, result: r.result, grant });
+    this.flush();
+  }
+
+  /** Lets the reads held by readGate check again. */
+  private releaseGate(): void {
+    if (this.gateWaiters.length === 0) return;
+    const waiters = this.gateWaiters;
+    this.gateWaiters = [];
+    for (const retry of waiters) retry(true);
+  }
+
+  /** Write-through: memory holds a write of this key that is still invalidating (or about to). */
+  private appliedLive(de: DirEntry<Op, V, R>): boolean {
+    for (const w of de.live) if (w.applied !== undefined && w.applied()) return true;
+    return false;
+  }
+
+  /** A fill of this key must wait before it reads memory. */
+  private fillBlocked(de: DirEntry<Op, V, R>): boolean {
+    if (this.writeBackMode) return de.writes > 0 || de.down.size > 0;
+    return this.appliedLive(de);
   }
 
   /**
@@ -634,7 +900,10 @@ export class CacheHome<V, Op, R> {
     const blocked = de.blockedWrites.splice(0);
     for (const w of blocked) {
       w.blockers--;
-      if (w.blockers === 0) this.perform(w);
+      if (w.blockers === 0) {
+        if (w.done !== undefined) this.finishWrite(w);
+        else this.perform(w);
+      }
     }
     this.maybeForget(key, de);
   }
@@ -683,8 +952,12 @@ export class CacheHome<V, Op, R> {
 
   /** Starts the fills waiting on `de` once no write, write-back or downgrade of the key is in flight. */
   private drainFills(de: DirEntry<Op, V, R>): void {
-    if (de.waitingFills.length === 0 || de.writes > 0 || de.down.size > 0 || this.allWrites > 0) return;
+    if (de.waitingFills.length === 0 || this.allWrites > 0 || this.fillBlocked(de)) return;
     for (const f of de.waitingFills.splice(0)) {
+      if (f.uncached) {
+        this.uncachedRead(f, false);
+        continue;
+      }
       // A fill may start downgrades again (a holder granted E meanwhile): the rest wait with it.
       if (de.down.size > 0) de.waitingFills.push(f);
       else this.startFill(de, f);
@@ -761,4 +1034,14 @@ export class CacheHome<V, Op, R> {
     for (const [node, items] of this.outbox) this.io.send(node, { t: 'inv', shard: this.cfg.shard, epoch: this.epoch, items });
     this.outbox.clear();
   }
+}
+
+/** Write-through: a write memory applied whose home closed before its invalidations were acknowledged. */
+function unknownOutcome(shard: number, epoch: number): CoherenceFailure {
+  return { ok: false, code: 'TRYAGAIN', message: `shard ${shard}: leadership of term ${epoch} ended while the write invalidated cached copies; its outcome is unknown` };
+}
+
+/** Write-through: a read whose home closed after it read memory (what it read may not be shown yet): route it again. */
+function readAgain(shard: number, epoch: number): CoherenceFailure {
+  return { ok: false, code: 'NOTLEADER', message: `shard ${shard}: leadership of term ${epoch} ended during the read` };
 }

@@ -297,12 +297,14 @@ export class CacheNode<V, Op, R> {
   }
 
   /**
-   * May a line of `key` be served locally now (the shard's lease is live and no write of the key from this node is in
-   * flight)? The edge's hit path checks this, then looks the line up itself and calls countHit (no Line object).
+   * May a line of `key` be served locally now (the shard's lease is live; under write-back, no write of the key from
+   * this node is in flight)? The edge's hit path checks this, then looks the line up itself and calls countHit (no
+   * Line object).
    */
   mayHit(shard: number, key: CacheKey): boolean {
     const lease = this.shards.get(shard);
     if (lease === undefined || lease.until <= this.io.now()) return false;
+    if (!this.writeBack) return true; // (a write of the key from this node may be out: see write())
     const p = this.pend.get(key);
     return p === undefined || p.writes === 0;
   }
@@ -401,7 +403,8 @@ export class CacheNode<V, Op, R> {
     if (this.writeBack && keys !== 'all' && keys.length === 1 && want === keys[0] && this.writeLocal(shard, keys[0]!, op, cb)) return;
     const lease = this.lease(shard);
     const seq = ++this.writeSeq;
-    let dropped: [CacheKey, number][] | undefined;
+    /** Write-through: the lines of the written keys, kept (and served) while the write is out. */
+    let kept: Map<CacheKey, { shard: number; gen: number }> | undefined;
     if (keys === 'all') {
       for (const key of [...lease.keys]) this.drop(key, 'write-wt');
       // Fills of this shard in flight captured the old incarnation: none of them will install.
@@ -409,10 +412,18 @@ export class CacheNode<V, Op, R> {
       lease.allWrites++;
     } else {
       for (const key of keys) {
-        // A clean line of the current home dropped here is named in the request, so the home need not invalidate it.
-        const line = this.writeBack ? undefined : this.store.peek(key);
-        if (line !== undefined && line.shard === shard && (line.state === LineState.S || line.state === LineState.E)) (dropped ??= []).push([key, line.gen]);
-        this.drop(key, 'write-wt');
+        // Write-through: the line stays and is served while the write is out (reading the value before a write that
+        // has not completed is linearizable). The home commits the write first, then invalidates every listed copy,
+        // this one too, and answers after the acknowledgements (cache-home.ts commitThenInvalidate). The line is not
+        // named as dropped: only an acknowledged invalidation may end it before the write completes, since the
+        // answer may be lost or late while other nodes already read the new value (test/cache/coherence-sim.test.ts,
+        // "a writer keeps serving its line until its own write invalidates it"). Write-back: the line goes now (a
+        // Modified one is flushed first).
+        if (this.writeBack) this.drop(key, 'write-wt');
+        else {
+          const line = this.store.peek(key);
+          if (line !== undefined) (kept ??= new Map()).set(key, { shard: line.shard, gen: line.gen });
+        }
         const p = this.pending(key);
         p.writes++;
         p.lastWrite = seq;
@@ -424,7 +435,6 @@ export class CacheNode<V, Op, R> {
     this.stats.writesSent++;
     const req: WriteRequest<Op> = { t: 'write', from: this.cfg.self, shard, keys, op };
     if (want !== undefined) req.want = want;
-    if (dropped !== undefined) req.dropped = { epoch: lease.epoch, items: dropped };
     this.io.request(shard, req, (a) => {
       let installable = false;
       let revoked: [epoch: number, gen: number] | null = null;
@@ -445,6 +455,15 @@ export class CacheNode<V, Op, R> {
             p.writeInv = null;
           }
           this.forgetIfIdle(key, p);
+        }
+      }
+      // A kept line goes with the answer (whatever it says: a write that failed or timed out may still reach memory);
+      // a line that replaced it since stays, and the grant below may replace it.
+      if (kept !== undefined) {
+        for (const [key, line] of kept) {
+          // (By grant, not object: a downgrade E -> S replaces the line object.)
+          const cur = this.store.peek(key);
+          if (cur !== undefined && cur.shard === line.shard && cur.gen === line.gen) this.drop(key, 'write-wt');
         }
       }
       if (!a.ok) return cb(a);

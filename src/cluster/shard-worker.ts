@@ -305,7 +305,8 @@ export class ShardWorker {
           return core !== undefined && core.role === Role.Leader && core.transferee === 0 ? core.term : null;
         },
         readBarrier: (id) => this.host.readBarrier(id),
-        propose: (id, data) => this.host.propose(id, data),
+        propose: (id, data, onIndex) => this.host.propose(id, data, onIndex),
+        appliedIndex: (id) => this.host.appliedIndex(id),
         machine: (id) => this.shards.get(id)?.machine ?? null,
         sendInv: (to, msg) => this.sendCacheMessage(to, msg),
         backing: this.backing,
@@ -728,7 +729,9 @@ export class ShardWorker {
     this.cacheHomes.serve(req.shard.id, creq, (a) => {
       if (req.done) return;
       if (!a.ok) {
-        if (a.cause !== undefined) this.onError(req, a.cause);
+        // A home's own NOTLEADER (a read to route again) or TRYAGAIN (a write's outcome unknown) acts like the host's.
+        const cause = a.cause ?? (a.code === 'NOTLEADER' || a.code === 'TRYAGAIN' ? new HostError(a.code, a.message) : undefined);
+        if (cause !== undefined) this.onError(req, cause);
         else this.fail(req, ShardErrorIndex.Err, 0, a.message);
         return;
       }
@@ -843,6 +846,18 @@ export class ShardWorker {
 
   private serveRead(req: Req): void {
     if (req.done) return;
+    // Write-through: memory may hold a write whose invalidations are still out (cache-home.ts commitThenInvalidate);
+    // a keyspace read waits until it is answered, or for the takeover wait of a new home.
+    const keys = keyspaceReadKeys(req.args);
+    if (
+      keys !== null &&
+      !this.cacheHomes.readGate(req.shard.id, keys, (ok) => {
+        if (ok) this.serveRead(req);
+        else this.onError(req, new HostError('NOTLEADER', `shard ${req.shard.id}: leadership ended`));
+      })
+    ) {
+      return;
+    }
     try {
       req.shard.machine!.read(req.args, Date.now(), this.recorder);
     } catch (err) {
@@ -1305,4 +1320,11 @@ export function runShardWorker(port: { on(ev: 'message', cb: (m: EdgeToWorker) =
       (err: unknown) => post({ t: 'fatal', message: err instanceof Error ? `${err.name}: ${err.message}` : String(err) }),
     );
   });
+}
+
+/** The keys a keyspace read names ('all' for a keyless one: KEYS, SCAN, DBSIZE, ...); null for other reads. */
+function keyspaceReadKeys(args: Buffer[]): string[] | 'all' | null {
+  if (isLockCommand(args) || isQueueCommand(args)) return null;
+  const spec = lookupRead(args[0]);
+  return spec === undefined ? null : writeKeysOf(spec, args);
 }

@@ -307,9 +307,10 @@ export class RaftHost {
 
   /**
    * Proposes `data` to a group. Resolves with the state machine's apply result once the entry is committed and
-   * applied here; rejects with NOTLEADER (with the leader's id when known) or TRYAGAIN.
+   * applied here; rejects with NOTLEADER (with the leader's id when known) or TRYAGAIN. `onIndex`, when given, is
+   * called at once with the log index the entry was given (not when the proposal is refused).
    */
-  propose(groupId: GroupId, data: Uint8Array): Promise<unknown> {
+  propose(groupId: GroupId, data: Uint8Array, onIndex?: (index: number) => void): Promise<unknown> {
     const g = this.groups.get(groupId);
     if (!g) return Promise.reject(new HostError('TRYAGAIN', `group ${groupId} is not hosted here`));
     if (this.stopped) return Promise.reject(new HostError('STOPPED', 'node is stopping'));
@@ -318,6 +319,7 @@ export class RaftHost {
       if (r.code === 'NOTLEADER') return Promise.reject(new HostError('NOTLEADER', 'not the leader', r.leader));
       return Promise.reject(new HostError(r.code === 'BUSY' ? 'BUSY' : 'TRYAGAIN', `proposal refused: ${r.code}`));
     }
+    onIndex?.(r.index);
     this.schedule();
     return new Promise((resolve, reject) => {
       // An earlier proposal at this index (of an older term: this node lost leadership and got it back, and its
@@ -334,6 +336,11 @@ export class RaftHost {
     if (!g || this.stopped) return;
     g.core.transferLeader(to);
     this.schedule();
+  }
+
+  /** The index of the last entry applied to a group's state machine here (0 for a group not hosted). */
+  appliedIndex(groupId: GroupId): number {
+    return this.groups.get(groupId)?.applied ?? 0;
   }
 
   /** A linearizable read barrier: resolves once this node has applied everything committed before the call. */

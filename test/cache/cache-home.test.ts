@@ -1,7 +1,8 @@
 // CacheHome alone, driven by a scripted IO: every memory call and invalidation is recorded and completed by hand,
-// time moves only when the test moves it. Checks the directory's rules: the takeover wait, E/S grants, invalidate
-// and acknowledge before a write reaches memory, lapsed leases, invalidation retries and stuck nodes, fills overtaken
-// by writes, and the regressions found by test/cache/coherence-sim.test.ts.
+// time moves only when the test moves it. Checks the directory's rules: the takeover wait, E/S grants, a write-through
+// write committed first and answered only once every other copy is invalidated (write-back: invalidated before it
+// reaches memory), reads held while memory holds a write still invalidating, lapsed leases, invalidation retries and
+// stuck nodes, fills overtaken by writes, and the regressions found by test/cache/coherence-sim.test.ts.
 import t from 'tap';
 import { CacheHome, type HomeConfig, type HomeIO, type MemoryRead, type MemoryWrite } from '../../src/cache/cache-home.js';
 import type { CacheKey, CoherenceFailure, DataAnswer, DownMessage, FlushAnswer, InvMessage, LeaseAnswer, WrittenAnswer } from '../../src/cache/coherence-types.js';
@@ -22,7 +23,7 @@ class ScriptedIO implements HomeIO<string, Op, string> {
   readonly sent: { to: NodeId; msg: InvMessage | DownMessage }[] = [];
   readonly reads: { key: CacheKey; cb: (r: MemoryRead<string>) => void }[] = [];
   readonly confirms: ((r: { ok: true } | CoherenceFailure) => void)[] = [];
-  readonly writes: { op: Op; want: CacheKey | undefined; cb: (r: MemoryWrite<string, string>) => void }[] = [];
+  readonly writes: { op: Op; want: CacheKey | undefined; cb: (r: MemoryWrite<string, string>) => void; applied: boolean }[] = [];
 
   now(): number {
     return this.t;
@@ -38,9 +39,17 @@ class ScriptedIO implements HomeIO<string, Op, string> {
   }
   /** Memory calls in the order they were made ('write:<value>' / 'wb:<key>=<value>'): Raft replicates in that order. */
   readonly calls: string[] = [];
-  writeMemory(op: Op, want: CacheKey | undefined, cb: (r: MemoryWrite<string, string>) => void): void {
+  writeMemory(op: Op, want: CacheKey | undefined, cb: (r: MemoryWrite<string, string>) => void): () => boolean {
     this.calls.push(`write:${op.value}`);
-    this.writes.push({ op, want, cb });
+    const w = { op, want, cb, applied: false };
+    this.writes.push(w);
+    return () => w.applied;
+  }
+  /** Memory applies the oldest write not applied yet, without calling back (its callback comes later). */
+  applyOnly(): void {
+    const w = this.writes.find((x) => !x.applied);
+    if (w === undefined) throw new Error('no unapplied write');
+    w.applied = true;
   }
   readonly writeBacks: { key: CacheKey; value: string | null; cb: (r: { ok: true } | CoherenceFailure) => void }[] = [];
   writeBack(key: CacheKey, value: string | null, cb: (r: { ok: true } | CoherenceFailure) => void): void {
@@ -64,6 +73,7 @@ class ScriptedIO implements HomeIO<string, Op, string> {
   write(value?: string | null): void {
     const w = this.writes.shift();
     if (w === undefined) throw new Error('no memory write pending');
+    w.applied = true;
     w.cb({ ok: true, result: `ok:${w.op.value}`, ...(value !== undefined ? { value } : {}) });
   }
   confirmAll(): void {
@@ -146,23 +156,29 @@ t.test('the takeover wait: nothing is granted and no write reaches memory before
   const { home, io } = setup();
   t.equal(home.readyAt, READY);
   t.notOk(home.ready());
+  // A read waits too: memory may hold a write the previous home committed and never finished invalidating.
   const r = getS(home, 2, 'k');
-  t.equal(io.reads.length, 1, 'a read during the wait still reads memory');
-  io.read('v');
-  const d = r.one() as DataAnswer<string>;
-  t.same([d.ok, d.grant, d.value, d.lease, d.epoch], [true, null, 'v', true, EPOCH], 'answered with the value and a lease, without a line');
-  t.equal(home.stats.uncachedReads, 1);
-  t.same(home.holdersOf('k').holders, [], 'the directory lists nobody');
+  const gated: boolean[] = [];
+  t.notOk(home.readGate(['k'], (ok) => gated.push(ok)), 'a read outside the cache protocol is held as well');
+  t.equal(io.reads.length, 0, 'a read during the wait does not read memory');
   const w = write(home, 3, 'k', 'x');
   t.equal(io.writes.length, 0, 'a write waits');
   io.t = READY - 1;
   home.tick();
-  t.equal(io.writes.length, 0, 'still waiting 1 ms before readyAt');
+  t.same([io.writes.length, io.reads.length, gated], [0, 0, []], 'still waiting 1 ms before readyAt');
   io.t = READY;
   home.tick();
   t.ok(home.ready());
-  t.equal(io.writes.length, 1, 'the first tick after readyAt hands it to memory');
+  t.same(gated, [true], 'the held read is let go');
+  t.equal(io.writes.length, 1, 'the first tick after readyAt hands the write to memory');
+  t.equal(io.reads.length, 1, 'and the fill to memory');
+  t.equal(home.stats.readsHeld, 2);
+  io.read('v');
+  t.equal((r.one() as DataAnswer<string>).grant, 'E', 'the fill read before the write applied: granted');
   io.write('x');
+  t.same(io.invs(), ['2:k@' + (r.one() as DataAnswer<string>).gen], 'the write, applied, invalidates the fresh line');
+  t.equal(w.all.length, 0, 'and waits for its acknowledgement');
+  ack(home, 2, 'k', (r.one() as DataAnswer<string>).gen);
   const wa = w.one() as WrittenAnswer<string, string>;
   t.same([wa.ok, wa.result, wa.grant?.key, wa.grant?.value], [true, 'ok:x', 'k', 'x'], 'answered, with an E line of the written value');
 });
@@ -195,41 +211,82 @@ t.test('E for a sole reader, S once another node holds the key (the first is dow
   t.equal((c.one() as DataAnswer<string>).grant, null, 'a read the node will not cache gets no line');
 });
 
-t.test('a write invalidates every other holder and reaches memory only after all acknowledged', async (t) => {
+t.test('write-through: memory takes a write at once; once applied it invalidates every other holder, and is answered after all acknowledged', async (t) => {
   const { home, io } = setup();
   ready(home, io);
   const g2 = hold(home, io, 2, 'k');
   const g3 = hold(home, io, 3, 'k');
   const w = write(home, 4, 'k', 'x');
+  t.equal(io.writes.length, 1, 'handed to memory at once');
+  t.same(io.writes[0]!.want, 'k');
+  t.same(io.invs(), [], 'nobody is invalidated before memory applied it: the holders go on serving the old value');
+  io.write('x');
   t.same(io.invs().sort(), [`2:k@${g2}`, `3:k@${g3}`], 'each holder is sent the gen of its grant');
   t.same(home.holdersOf('k').invalidating.sort(), [2, 3]);
-  t.equal(io.writes.length, 0, 'memory is not written yet');
+  t.equal(w.all.length, 0, 'not answered yet');
   ack(home, 2, 'k', g2 + 100);
   ack(home, 3, 'k', g3, EPOCH - 1);
-  t.equal(io.writes.length, 0, 'acks naming another gen or epoch do not count');
+  t.equal(w.all.length, 0, 'acks naming another gen or epoch do not count');
   ack(home, 2, 'k', g2);
-  t.equal(io.writes.length, 0, 'one holder left');
+  t.equal(w.all.length, 0, 'one holder left');
   ack(home, 3, 'k', g3);
-  t.equal(io.writes.length, 1, 'all acknowledged: handed to memory');
-  t.same(io.writes[0]!.want, 'k');
-  io.write('x');
   const wa = w.one() as WrittenAnswer<string, string>;
   t.equal(wa.grant?.value, 'x');
   t.same(home.holdersOf('k').holders, [[4, 'E']], 'the writer is the only holder');
   t.same([home.stats.invalidationsSent, home.stats.invalidationsAcked], [2, 2]);
 });
 
-t.test('no fill reads memory while a write of its key is in flight; it reads after the write', async (t) => {
+t.test('write-through: a fill reads memory while a write is not applied yet; none reads it while an applied write is unanswered', async (t) => {
   const { home, io } = setup();
   ready(home, io);
   const w = write(home, 3, 'k', 'x', undefined);
   const f = getS(home, 2, 'k');
-  t.equal(io.reads.length, 0, 'the fill waits');
+  t.equal(io.reads.length, 1, 'the fill reads memory at once: the write is not applied');
+  io.read('old');
+  const d = f.one() as DataAnswer<string>;
+  t.same([d.value, d.grant], ['old', 'E'], 'and is granted the value before the write');
   io.write();
-  t.equal(w.all.length, 1);
-  t.equal(io.reads.length, 1, 'the write done, the fill reads memory');
+  t.same(io.invs(), [`2:k@${d.gen}`], 'the write, applied, invalidates that line');
+  const f2 = getS(home, 4, 'k');
+  t.equal(io.reads.length, 0, 'a fill now waits: memory holds a write not yet answered');
+  const gated: boolean[] = [];
+  t.notOk(home.readGate(['k'], (ok) => gated.push(ok)), 'so does a read outside the cache protocol');
+  t.ok(home.readGate(['other'], () => t.fail('not held')), 'a read of another key is not held');
+  t.notOk(home.readGate('all', (ok) => gated.push(ok)), 'a keyless read is');
+  ack(home, 2, 'k', d.gen);
+  t.equal(w.all.length, 1, 'acknowledged: the write is answered');
+  t.same(gated, [true, true], 'the held reads are let go');
+  t.equal(io.reads.length, 1, 'and the fill reads memory');
   io.read('x');
-  t.equal((f.one() as DataAnswer<string>).grant, 'E');
+  t.equal((f2.one() as DataAnswer<string>).grant, 'E');
+  t.ok(home.readGate('all', () => t.fail('not held')), 'nothing is held any more');
+});
+
+t.test('write-through: a read that may have seen an applied write before its callback ran is held and starts again', async (t) => {
+  // A Raft entry applies, and its promise settles in a later microtask: a read in between sees the write while the
+  // home does not know yet that memory holds it. The write's probe (writeMemory's return) tells.
+  const { home, io } = setup();
+  ready(home, io);
+  const g2 = hold(home, io, 2, 'k');
+  const w = write(home, 3, 'k', 'x', undefined);
+  const f = getS(home, 4, 'k');
+  t.equal(io.reads.length, 1);
+  io.applyOnly();
+  io.read('x');
+  t.equal(f.all.length, 0, 'the fill that read it is not answered');
+  t.equal(home.stats.readsHeld, 1);
+  const u = getS(home, 5, 'k', false);
+  t.equal(io.reads.length, 0, 'an uncached read waits too');
+  t.equal(home.stats.readsHeld, 2);
+  io.write();
+  t.equal(io.invs()[0], `2:k@${g2}`, 'the callback invalidates');
+  for (const [to, , gen] of io.sent.filter((x) => x.msg.t === 'inv').flatMap((x) => x.msg.items.map(([k, g]) => [x.to, k, g] as const))) ack(home, to, 'k', gen);
+  t.equal(w.all.length, 1, 'the write is answered');
+  t.equal(io.reads.length, 2, 'the fill and the uncached read read memory again');
+  io.read('x');
+  io.read('x');
+  t.same([(f.one() as DataAnswer<string>).value, (u.one() as DataAnswer<string>).value], ['x', 'x']);
+  t.equal((u.one() as DataAnswer<string>).grant, null, 'the uncached read gets no line');
 });
 
 t.test('a fill overtaken by a write is answered without a grant', async (t) => {
@@ -239,21 +296,21 @@ t.test('a fill overtaken by a write is answered without a grant', async (t) => {
     if (withLease) hold(home, io, 2, 'other'); // node 2 has a live lease: its filling entry gets an invalidation
     const f = getS(home, 2, 'k');
     const w = write(home, 3, 'k', 'x');
+    t.equal(io.writes.length, 1);
+    io.write('x');
     if (withLease) {
       t.same(
         io.sent.map((s) => [s.to, s.msg.items[0]![0]]),
         [[2, 'k']],
         'the filling node is invalidated',
       );
-      t.equal(io.writes.length, 0, 'the write waits for its ack');
+      t.equal(w.all.length, 0, 'the write waits for its ack');
       ack(home, 2, 'k', io.sent[0]!.msg.items[0]![1]);
     } else t.same(io.invs(), [], 'a node without a live lease is not sent anything');
-    t.equal(io.writes.length, 1);
-    io.write('x');
     t.equal(w.all.length, 1);
-    io.read('old');
+    io.read('old'); // read before the write applied
     const d = f.one() as DataAnswer<string>;
-    t.same([d.ok, d.grant, d.gen], [true, null, 0], `no grant (${withLease ? 'with' : 'without'} a lease)`);
+    t.same([d.ok, d.value, d.grant, d.gen], [true, 'old', null, 0], `no grant (${withLease ? 'with' : 'without'} a lease)`);
     t.same(home.holdersOf('k').holders, [[3, 'E']], 'the directory lists only the writer');
   }
 });
@@ -264,16 +321,16 @@ t.test('a lapsed lease releases a waiting write', async (t) => {
   const arrived = io.t;
   hold(home, io, 2, 'k');
   const w = write(home, 3, 'k', 'x');
-  t.equal(io.writes.length, 0);
+  io.write('x');
+  t.equal(w.all.length, 0);
   io.t = arrived + LEASE + MARGIN;
   home.tick();
-  t.equal(io.writes.length, 0, 'the lease still runs at its last ms');
+  t.equal(w.all.length, 0, 'the lease still runs at its last ms');
   io.t = arrived + LEASE + MARGIN + 1;
   home.tick();
-  t.equal(io.writes.length, 1, 'lapsed: the node dropped its lines itself, the write goes on');
+  t.equal(w.all.length, 1, 'lapsed: the node dropped its lines itself, the write is answered');
   t.equal(home.stats.invalidationsLapsed, 1);
-  io.write('x');
-  t.equal(w.all.length, 1);
+  t.same(home.holdersOf('k').holders, [[3, 'E']], "the writer's grant, made during that tick, stays listed");
 });
 
 t.test('unacknowledged invalidations are sent again; a node sitting on one gets no lease renewal', async (t) => {
@@ -281,7 +338,8 @@ t.test('unacknowledged invalidations are sent again; a node sitting on one gets 
   ready(home, io);
   const t0 = io.t;
   const g2 = hold(home, io, 2, 'k');
-  write(home, 3, 'k', 'x');
+  const w = write(home, 3, 'k', 'x');
+  io.write('x');
   t.equal(io.invs().length, 1);
   io.t = t0 + RETRY - 1;
   home.tick();
@@ -305,7 +363,7 @@ t.test('unacknowledged invalidations are sent again; a node sitting on one gets 
   t.same([d.lease, d.grant], [false, null], 'and no line either');
   t.equal(home.stats.leaseRefusals, 2);
   ack(home, 2, 'k', g2);
-  t.equal(io.writes.length, 1, 'the late ack releases the write');
+  t.equal(w.all.length, 1, 'the late ack releases the write');
 });
 
 t.test('the writer is invalidated too when the directory still lists a line of it', async (t) => {
@@ -313,18 +371,17 @@ t.test('the writer is invalidated too when the directory still lists a line of i
   const { home, io } = setup();
   ready(home, io);
   const g2 = hold(home, io, 2, 'k');
-  write(home, 2, 'k', 'x');
+  const w1 = write(home, 2, 'k', 'x');
+  io.write('x');
   t.same(io.invs(), [`2:k@${g2}`], 'the writer gets an invalidation of its listed line');
-  t.equal(io.writes.length, 0);
+  t.equal(w1.all.length, 0);
   ack(home, 2, 'k', g2);
-  t.equal(io.writes.length, 1);
+  t.equal(w1.all.length, 1);
   // A writer whose fill is still out (no earlier grant) needs none: that fill is answered without a grant.
   const f = getS(home, 3, 'j');
   const w = write(home, 3, 'j', 'y');
-  t.equal(io.invs().length, 1, 'no invalidation for a filling writer');
-  t.equal(io.writes.length, 2);
-  io.write('x');
   io.write('y');
+  t.equal(io.invs().length, 1, 'no invalidation for a filling writer');
   t.equal(w.all.length, 1);
   io.read('old');
   t.equal((f.one() as DataAnswer<string>).grant, null);
@@ -337,21 +394,21 @@ t.test('a writer that names the grant it dropped is not invalidated for it; any 
   const g3 = hold(home, io, 3, 'k');
   const w = answers<WrittenAnswer<string, string>>();
   home.write({ t: 'write', from: 2, shard: 0, keys: ['k'], op: { key: 'k', value: 'x' }, want: 'k', dropped: { epoch: EPOCH, items: [['k', g]] } }, w.cb);
+  io.write('x');
   t.same(io.invs(), [`3:k@${g3}`], 'only the other holder is invalidated');
   t.equal(home.stats.writerInvalidationsSkipped, 1);
   ack(home, 3, 'k', g3);
-  t.equal(io.writes.length, 1, 'the write goes ahead once the other holder answered');
-  io.write('x');
   const grant = (w.one() as WrittenAnswer<string, string>).grant!;
   t.equal(grant.key, 'k', 'the writer gets its E line');
   // The same write naming a grant from another epoch, or a gen the directory does not list, is not trusted.
   const stale = answers<WrittenAnswer<string, string>>();
   home.write({ t: 'write', from: 2, shard: 0, keys: ['k'], op: { key: 'k', value: 'y' }, want: 'k', dropped: { epoch: EPOCH - 1, items: [['k', grant.gen]] } }, stale.cb);
+  io.write('y');
   t.same(io.invs().slice(-1), [`2:k@${grant.gen}`], 'a dropped grant of another epoch: invalidated');
   ack(home, 2, 'k', grant.gen);
-  io.write('y');
   const g2 = (stale.one() as WrittenAnswer<string, string>).grant!.gen;
   home.write({ t: 'write', from: 2, shard: 0, keys: ['k'], op: { key: 'k', value: 'z' }, want: 'k', dropped: { epoch: EPOCH, items: [['k', g2 - 1]] } }, answers<WrittenAnswer<string, string>>().cb);
+  io.write('z');
   t.same(io.invs().slice(-1), [`2:k@${g2}`], 'a newer grant than the one dropped (a fill after a lost write): invalidated');
   t.equal(home.stats.writerInvalidationsSkipped, 1);
 });
@@ -378,6 +435,7 @@ t.test("a fill answered without a grant keeps the node's earlier grant listed", 
   t.equal((f.one() as DataAnswer<string>).grant, null, 'uncacheable: no grant');
   t.same(home.holdersOf('k').holders, [[2, 'S']], 'the earlier grant is still listed');
   write(home, 3, 'k', 'y');
+  io.write('y');
   t.same(io.invs(), [`2:k@${g}`], 'so the next write invalidates it');
 });
 
@@ -386,19 +444,21 @@ t.test("a late fill answer does not delete the key's newer directory entry", asy
   const { home, io } = setup();
   ready(home, io);
   const f = getS(home, 2, 'k'); // reads memory (pending)
-  const w1 = write(home, 3, 'k', 'p', undefined); // revokes the fill, no lease: no invalidation
+  const w1 = write(home, 3, 'k', 'p', undefined); // applied, it revokes the fill; no lease: no invalidation
   io.write();
   t.equal(w1.all.length, 1);
   t.equal(home.directorySize, 0, 'the entry is forgotten');
-  write(home, 3, 'k', 'q', undefined);
+  const w2 = write(home, 3, 'k', 'q', undefined);
   t.equal(io.writes.length, 1, 'a second write is in flight (a new entry)');
-  io.read('p'); // the first fill's answer
-  t.equal((f.one() as DataAnswer<string>).grant, null);
+  io.applyOnly();
+  io.read('p'); // the first fill's answer, read before the second write applied
+  t.equal(f.all.length, 0, 'held: the newer entry has a write memory applied');
   t.equal(home.directorySize, 1, 'the newer entry survives');
   getS(home, 4, 'k');
-  t.equal(io.reads.length, 0, 'a new fill still waits for the write in flight');
+  t.equal(io.reads.length, 0, 'a new fill waits for that write too');
   io.write();
-  t.equal(io.reads.length, 1);
+  t.equal(w2.all.length, 1);
+  t.equal(io.reads.length, 2, 'both read memory once it is answered');
 });
 
 t.test('a renewal forgets the evicted lines it names (matching gen, not a fill)', async (t) => {
@@ -460,19 +520,27 @@ t.test('close() answers everything waiting, and memory answers still come once',
   const queued = write(home, 2, 'k', 'x'); // in the takeover queue
   ready(home, io);
   t.equal(io.writes.length, 1, 'the queued write was handed to memory at readyAt');
+  io.write('x');
+  t.equal(queued.all.length, 1);
   const g = hold(home, io, 2, 'j');
-  const blocked = write(home, 3, 'j', 'y'); // waits for node 2's ack
-  const waiting = getS(home, 4, 'k'); // waits behind the write of k
+  const blocked = write(home, 3, 'j', 'y');
+  io.write('y'); // applied; waits for node 2's ack
+  const waiting = getS(home, 4, 'j'); // waits behind the applied write of j
+  const gated: boolean[] = [];
+  home.readGate(['j'], (ok) => gated.push(ok));
   const late = write(home, 3, 'z', 'w');
+  const unapplied = write(home, 3, 'u', 'v');
   t.equal(io.writes.length, 2);
   home.close({ ok: false, code: 'NOTLEADER', message: 'term ended' });
-  t.same(blocked.one(), { ok: false, code: 'NOTLEADER', message: 'term ended' }, 'a write blocked on invalidations fails');
+  const b = blocked.one() as CoherenceFailure;
+  t.same([b.ok, b.code], [false, 'TRYAGAIN'], 'a write in memory still invalidating: its outcome is unknown (routing it again would apply it twice)');
   t.same(waiting.one(), { ok: false, code: 'NOTLEADER', message: 'term ended' }, 'a waiting fill fails');
-  io.write('x');
+  t.same(gated, [false], 'a held read is told to route again');
   io.write('w');
-  t.equal(queued.all.length, 1, 'a write already in memory is answered by memory');
-  t.equal(late.all.length, 1);
-  t.equal((late.one() as WrittenAnswer<string, string>).grant, null, 'no grant from a closed home');
+  const l = late.one() as CoherenceFailure;
+  t.same([l.ok, l.code], [false, 'TRYAGAIN'], 'a write memory applies after the close: outcome unknown, no grant');
+  io.writes.shift()!.cb({ ok: false, code: 'NOTLEADER', message: 'overwritten' });
+  t.same(unapplied.one(), { ok: false, code: 'NOTLEADER', message: 'overwritten' }, "memory's own failure is passed on");
   ack(home, 2, 'j', g);
   home.tick();
   t.equal(blocked.all.length, 1, 'nothing is answered twice');

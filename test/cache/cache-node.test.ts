@@ -142,21 +142,32 @@ t.test('no install when an invalidation of the key arrived while the fill was ou
   t.equal(node.stats.invalidationsReceived, 2);
 });
 
-t.test('no hit while the node has a write of the key in flight; the write grant installs after', async (t) => {
+t.test('write-through: the writer serves its line while its write is out, until the write invalidates it; the write grant installs after', async (t) => {
   const { node, io, store } = setup();
   fill(node, io, 'k', 'v', 1);
   const w = write(node, 'k', 'x');
-  t.equal(store.peek('k'), undefined, 'the writer drops its copy when it sends the write');
+  const req = io.take('write', 'k');
+  t.equal((req.req as { dropped?: unknown }).dropped, undefined, 'the request names no dropped grant');
+  t.same(read(node, 'k'), [{ ok: true, value: 'v', hit: true }], 'the line still serves the value before the write');
+  // The home commits the write, then invalidates every listed copy, this one too, before it answers.
+  node.onInvalidate({ t: 'inv', shard: SHARD, epoch: EPOCH, items: [['k', 1]] });
+  t.equal(store.peek('k'), undefined, 'invalidated, the line goes');
   const r = read(node, 'k');
   const gets = io.take('gets', 'k');
   t.equal((gets.req as { cacheable: boolean }).cacheable, false, 'a read meanwhile asks for an uncached value');
   gets.cb(data('v', 'E', 2));
   t.same(r, [{ ok: true, value: 'v', hit: false }]);
   t.equal(store.peek('k'), undefined, 'and installs nothing even if granted');
-  io.take('write', 'k').cb(written('OK', { key: 'k', value: 'x', gen: 3 }));
+  req.cb(written('OK', { key: 'k', value: 'x', gen: 3 }));
   t.same(w, [{ ok: true, result: 'OK' }]);
   t.same(node.stateOf('k', SHARD), LineState.E, "the write's grant installs");
   t.same(read(node, 'k'), [{ ok: true, value: 'x', hit: true }]);
+  // A line the home did not invalidate (it no longer listed it) goes with the answer, whatever the answer says.
+  fill(node, io, 'm', 'v', 4);
+  const wm = write(node, 'm', 'y', undefined);
+  io.take('write', 'm').cb({ ok: false, code: 'TRYAGAIN', message: 'outcome unknown' });
+  t.same(wm, [{ ok: false, code: 'TRYAGAIN', message: 'outcome unknown' }]);
+  t.equal(store.peek('m'), undefined, 'the kept line is gone once the write is answered');
   // A fill in flight when the write is sent is poisoned.
   const r2 = read(node, 'j');
   write(node, 'j', 'y', undefined);

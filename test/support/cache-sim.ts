@@ -333,6 +333,8 @@ interface HomeSlot {
 
 interface WriteRec {
   op: SimOp | WbOp;
+  /** The term of the home that handed it to memory. */
+  term: number;
   want: CacheKey | undefined;
   state: 'proposed' | 'applied' | 'applied-late' | 'dropped';
   result: SimResult | undefined;
@@ -498,6 +500,15 @@ export class CacheSim {
   private nextClientId = 1000;
   /** Write-back: per key, the global time a leading home last handed a write (not a write-back) of it to memory. */
   private readonly lastHandoffAt = new Map<string, number>();
+  /**
+   * Write-through: keyed writes memory applied that no home has answered yet, per key in apply order, with the value
+   * memory held before each. While one is there, other nodes may still serve the value before the first of them
+   * (the home commits first, then invalidates). An answer (ok) removes the write; a write whose home ended unanswered
+   * stays until a home of a newer term has finished its takeover wait (every line granted before has lapsed by then).
+   */
+  private readonly unanswered = new Map<string, { id: number; term: number; before: string | null }[]>();
+  /** Write-through: when each applied keyed write left `unanswered` (answered, or its home's successor was ready). */
+  private readonly settledAt = new Map<number, number>();
   /** Write-back: the sources of the data a home may write back during the current delivery (key -> source). */
   private wbCtx: Map<string, WbSource> | null = null;
 
@@ -848,9 +859,10 @@ export class CacheSim {
    * The client history for the checker. Failed reads are left out (no effect). A write whose outcome its client does
    * not know is left out when memory never applied it; when memory applied it, `unknown` decides:
    *   'pending'  ret = Infinity, output unknown: the client's view (the checker may place it anywhere after its call);
-   *   'applied'  ret = the time memory applied it, output = what memory computed. Exact for this protocol, whose
-   *              linearization order of writes is memory's apply order (every copy is invalidated before a write
-   *              applies), and it keeps the search small when many writes are unknown (leader changes, timeouts).
+   *   'applied'  output = what memory computed; ret = under write-back the time memory applied it (every copy is
+   *              invalidated before a write applies), under write-through the time it left `unanswered` (its home
+   *              answered it, or the next home's takeover wait ended: no old copy is left then). Keeps the search
+   *              small when many writes are unknown (leader changes, timeouts).
    * Write-back: a local write enters at its execution (call = ret); local writes that never reached memory (lost:
    * see lossReport) are left out, with the reads that saw them (hits on the writer's node of that grant): the
    * documented loss makes them vanish after only their node saw them.
@@ -876,7 +888,9 @@ export class CacheSim {
       if (unknown === 'pending') push(h, {}, Infinity);
       else {
         const output: KvOutput = h.input.kind !== 'incr' ? {} : result.error !== undefined ? { error: result.error } : { value: result.value! };
-        push(h, output, this.appliedAt.get(h.id)!);
+        // Write-through: other nodes may serve the value before a write until it is answered, or until every line of
+        // its ended home has lapsed (commit first, then invalidate), so it completes then, not at its apply.
+        push(h, output, this.cfg.writeBack ? this.appliedAt.get(h.id)! : (this.settledAt.get(h.id) ?? Infinity));
       }
     }
     return out;
@@ -1444,6 +1458,7 @@ export class CacheSim {
       if (answered) throw new SimViolation('answered-once', `home of shard ${shard} term ${slot.term} answered a ${req.t} of node ${from.id} twice`);
       answered = true;
       slot.outstanding.delete(reqId);
+      if (a.ok && req.t === 'write' && !this.cfg.writeBack) this.answeredWrite(req.op);
       this.trace(() => `home ${shard}@${slot.term} on ${at} answers ${req.t} ${key ?? ''} of node ${from.id}: ${describeAnswer(a)}`);
       this.send(`ans-${req.t}`, at, from.id, shard, key, fromInc, () => finish(a));
     };
@@ -1609,6 +1624,10 @@ export class CacheSim {
           return () => cb(r);
         }, { kind: 'read', key });
       },
+      // A deposed home would peek its own (older) state; the simulator's memory may already hold a newer home's
+      // writes, which no read of the old home may show: it peeks only while it leads.
+      peekMemory: (key: CacheKey): MemoryRead<string> | null =>
+        this.isLeader(slot) ? { ok: true, value: s.mem.get(key) ?? null, cacheable: !this.rng.chance(this.cfg.uncacheableRate) } : null,
       confirm: (cb: (r: { ok: true } | CoherenceFailure) => void) => {
         this.memoryCall(slot, false, () => {
           const r: { ok: true } | CoherenceFailure = this.isLeader(slot) ? { ok: true } : fail('TRYAGAIN', `home ${s.id}@${slot.term} is not the leader`);
@@ -1621,7 +1640,7 @@ export class CacheSim {
         if (src === undefined) throw new SimViolation('write-back-data', `home ${s.id}@${slot.term} writes back ${key}=${JSON.stringify(value)} that no flush or answer being handled carries`);
         this.checkWbHandoff(key, value, src, slot);
         const op: WbOp = { kind: 'wb', key, value, gk: src.gk, index: src.index, id: 0, from: src.node };
-        const rec: WriteRec = { op, want: undefined, state: this.isLeader(slot) ? 'proposed' : 'dropped', result: undefined, value: undefined };
+        const rec: WriteRec = { op, term: slot.term, want: undefined, state: this.isLeader(slot) ? 'proposed' : 'dropped', result: undefined, value: undefined };
         if (rec.state === 'proposed') slot.proposed.add(rec);
         this.trace(() => `home ${s.id}@${slot.term} hands write-back ${key}=${JSON.stringify(value)} (${src.gk} #${src.index}) to memory`);
         this.memoryCall(slot, true, () => {
@@ -1637,7 +1656,7 @@ export class CacheSim {
       },
       writeMemory: (op: SimOp, want: CacheKey | undefined, cb: (r: MemoryWrite<string, SimResult>) => void) => {
         this.checkHandoff(op, slot);
-        const rec: WriteRec = { op, want, state: this.isLeader(slot) ? 'proposed' : 'dropped', result: undefined, value: undefined };
+        const rec: WriteRec = { op, term: slot.term, want, state: this.isLeader(slot) ? 'proposed' : 'dropped', result: undefined, value: undefined };
         if (rec.state === 'proposed') slot.proposed.add(rec);
         this.memoryCall(slot, true, () => {
           slot.proposed.delete(rec);
@@ -1652,6 +1671,7 @@ export class CacheSim {
           }
           return () => cb(r);
         }, { kind: 'write', key: op.key });
+        return () => rec.state === 'applied' || rec.state === 'applied-late';
       },
     });
     s.slots.push(slot);
@@ -1673,6 +1693,11 @@ export class CacheSim {
     for (const n of this.nodes) {
       if (op.kind === 'flush') for (const k of this.keysOf(op.shard)) n.handed.delete(k);
       else n.handed.delete(op.key);
+    }
+    if (!this.cfg.writeBack && op.kind !== 'flush') {
+      let list = this.unanswered.get(op.key);
+      if (list === undefined) this.unanswered.set(op.key, (list = []));
+      list.push({ id: op.id, term: rec.term, before: s.mem.get(op.key) ?? null });
     }
     if (op.kind === 'set') {
       s.mem.set(op.key, op.value);
@@ -1793,12 +1818,14 @@ export class CacheSim {
       }
       return;
     }
-    for (const key of op.kind === 'flush' ? this.keysOf(op.shard) : [op.key]) {
+    // Write-through: a keyed write goes to memory first and invalidates after it applied (checkNoStaleHit allows the
+    // old value while it is unanswered); a keyless one (FLUSHALL) still invalidates first.
+    if (op.kind !== 'flush') return;
+    for (const key of this.keysOf(op.shard)) {
       for (const n of this.nodes) {
         if (!n.alive) continue;
         const line = n.store.peek(key);
         if (line === undefined || n.cache.stateOf(key, line.shard) === LineState.I) continue;
-        if (op.kind !== 'flush' && n.id === op.from && (n.writesInFlight.get(key) ?? 0) > 0) continue;
         throw new SimViolation(
           'write-handoff',
           `home ${slot.shard}@${slot.term} hands ${op.kind}(${op.key})#${op.id} from node ${op.from} to memory while node ${n.id} holds a servable ` +
@@ -1910,8 +1937,38 @@ export class CacheSim {
     }
   }
 
-  /** no-stale-hit: every line a node would serve now equals memory. */
+  /** A home answered a write-through write: from now on no node may serve the value before it. */
+  private answeredWrite(op: SimOp): void {
+    if (op.kind === 'flush') return;
+    const list = this.unanswered.get(op.key);
+    if (list === undefined) return;
+    const i = list.findIndex((u) => u.id === op.id);
+    if (i >= 0) {
+      list.splice(i, 1);
+      this.settledAt.set(op.id, this.now);
+    }
+    if (list.length === 0) this.unanswered.delete(op.key);
+  }
+
+  /** Drops unanswered writes of ended homes once a home of a newer term finished its takeover wait. */
+  private settleUnanswered(): void {
+    for (const [key, list] of this.unanswered) {
+      const s = this.shards[this.shardOf(key)]!;
+      const slot = s.slots.find((x) => x.term === s.term && x.node === s.leader && !x.closed && !x.crashed);
+      if (slot === undefined || !slot.home.ready(this.clock(slot.node))) continue;
+      const keep = list.filter((u) => u.term >= slot.term);
+      for (const u of list) if (u.term < slot.term) this.settledAt.set(u.id, this.now);
+      if (keep.length === 0) this.unanswered.delete(key);
+      else if (keep.length !== list.length) this.unanswered.set(key, keep);
+    }
+  }
+
+  /**
+   * no-stale-hit: every line a node would serve now equals memory, or, while memory holds writes of its key that no
+   * home has answered, the value memory held before the first of them (commit first, then invalidate).
+   */
   private checkNoStaleHit(): void {
+    if (this.unanswered.size > 0) this.settleUnanswered();
     for (const n of this.nodes) {
       if (!n.alive || n.store.size === 0) continue;
       for (const [key, line] of n.store.entries()) {
@@ -1919,11 +1976,13 @@ export class CacheSim {
         if ((n.writesInFlight.get(key) ?? 0) > 0) continue;
         const s = this.shards[line.shard]!;
         const mem = s.mem.get(key) ?? null;
-        if (line.value !== mem) {
+        const first = this.unanswered.get(key)?.[0];
+        if (line.value !== mem && (first === undefined || line.value !== first.before)) {
           throw new SimViolation(
             'no-stale-hit',
             `node ${n.id} would serve ${key}=${JSON.stringify(line.value)} (${LINE_STATE_NAMES[line.state]}, gen ${line.gen}, lease epoch ` +
-              `${n.cache.leaseOf(line.shard)?.epoch} until ${n.cache.leaseOf(line.shard)?.until.toFixed(1)}, node clock ${this.clock(n.id).toFixed(1)}) but memory holds ${JSON.stringify(mem)}`,
+              `${n.cache.leaseOf(line.shard)?.epoch} until ${n.cache.leaseOf(line.shard)?.until.toFixed(1)}, node clock ${this.clock(n.id).toFixed(1)}) but memory holds ${JSON.stringify(mem)}` +
+              (first === undefined ? '' : ` (before unanswered write #${first.id} of term ${first.term}: ${JSON.stringify(first.before)})`),
           );
         }
       }
