@@ -324,12 +324,28 @@ export class CacheHome<V, Op, R> {
    * KEYS, SCAN, DBSIZE with 'all') read memory now? Call it in the same turn as the read. False while memory may hold
    * a write that is still invalidating cached copies of those keys (reading it would show a value some node still
    * serves the old one of), or during the takeover wait: `retry` is then called once (ok: true, check again; ok:
-   * false, this home closed: route the read again). Write-back: always true (docs/cache-coherence.md).
+   * false, this home closed: route the read again). Write-back: false while a node may hold one of those keys
+   * Modified (E holders are asked to downgrade, as for a fill: their answers carry the data) or while data is on its
+   * way to memory, so a read there never misses a local write that completed; a keyless read snoops every key.
    */
   readGate(keys: CacheKey[] | 'all', retry: (ok: boolean) => void): boolean {
-    if (this.writeBackMode || this.closed) return true;
+    if (this.closed) return true;
     let blocked = !this.ready();
-    if (!blocked && keys === 'all') {
+    if (this.writeBackMode) {
+      if (!blocked) {
+        const snoop = (key: CacheKey, de: DirEntry<Op, V, R>): void => {
+          if (this.askDowngrades(key, de) || de.writes > 0) blocked = true;
+        };
+        if (keys === 'all') for (const [key, de] of this.dir) snoop(key, de);
+        else {
+          for (const key of keys) {
+            const de = this.dir.get(key);
+            if (de !== undefined) snoop(key, de);
+          }
+        }
+        this.flush();
+      }
+    } else if (!blocked && keys === 'all') {
       for (const w of this.liveWrites) {
         if (w.applied !== undefined && w.applied()) {
           blocked = true;
@@ -410,6 +426,7 @@ export class CacheHome<V, Op, R> {
       this.drainFills(de);
       this.maybeForget(key, de);
     }
+    this.releaseGate();
     this.flush();
   }
 
@@ -468,7 +485,8 @@ export class CacheHome<V, Op, R> {
     if (this.takeoverFills.length > 0 && this.ready(now)) {
       for (const f of this.takeoverFills.splice(0)) this.getS(f.req, f.reply, f.arrivedAt);
     }
-    // Reads held by readGate for the takeover wait (those held by a write are let go when it is answered).
+    // Reads held by readGate check again on every tick once the takeover wait is over (those held by a write or a
+    // snoop are also let go when it is answered; a downgrade given up on below lets them through on the next tick).
     if (this.gateWaiters.length > 0 && this.ready(now)) this.releaseGate();
     for (const key of [...this.downKeys]) {
       const de = this.dir.get(key);
@@ -944,6 +962,7 @@ export class CacheHome<V, Op, R> {
           for (const [, de] of this.dir) this.drainFills(de);
         }
       }
+      this.releaseGate();
       if (!r.ok) w.reply(r);
       else w.reply({ t: 'written', ok: true, epoch: this.epoch, home: this.cfg.self, lease, result: r.result, grant });
       this.flush();
@@ -996,6 +1015,7 @@ export class CacheHome<V, Op, R> {
       de.writes--;
       this.drainFills(de);
       this.maybeForget(key, de);
+      this.releaseGate();
       done?.(r);
       this.flush();
     });

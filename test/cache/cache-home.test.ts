@@ -610,6 +610,29 @@ t.test('write-back: a holder that never answers the downgrade is given up after 
   t.same((r.one() as DataAnswer<string>).grant, 'E', 'node 2 is forgotten: node 3 is alone');
 });
 
+t.test('write-back: a read outside the cache protocol snoops the E holders of its keys first (a keyless one: of every key)', async (t) => {
+  const { home, io } = setup({ writeBack: true });
+  ready(home, io);
+  const g = hold(home, io, 2, 'k');
+  const gated: boolean[] = [];
+  t.notOk(home.readGate(['k'], (ok) => gated.push(ok)), 'held: node 2 may hold k Modified');
+  t.same(io.sent.filter((x) => x.msg.t === 'down').map((x) => [x.to, x.msg.items]), [[2, [['k', g]]]], 'node 2 is asked to downgrade');
+  t.ok(home.readGate(['other'], () => t.fail('not held')), 'a read of a key nobody holds goes on');
+  home.onDownAck({ t: 'downack', from: 2, shard: 0, epoch: EPOCH, items: [['k', g]], data: [['k', g, 'dirty']] });
+  t.same(gated, [true], 'the answer lets it check again');
+  t.notOk(home.readGate(['k'], (ok) => gated.push(ok)), "held again while node 2's data is on its way to memory");
+  t.same(io.writeBacks.map((w) => [w.key, w.value]), [['k', 'dirty']]);
+  io.wbDone();
+  t.same(gated, [true, true]);
+  t.ok(home.readGate(['k'], () => t.fail('not held')), 'memory has the data: the read goes on');
+  const g3 = hold(home, io, 3, 'j');
+  t.notOk(home.readGate('all', (ok) => gated.push(ok)), 'a keyless read snoops every E holder');
+  t.same(io.sent.filter((x) => x.msg.t === 'down').map((x) => x.to).slice(-1), [3]);
+  home.onDownAck({ t: 'downack', from: 3, shard: 0, epoch: EPOCH, items: [['j', g3]] });
+  t.same(gated, [true, true, true]);
+  t.ok(home.readGate('all', () => t.fail('not held')), 'clean: the keyless read goes on');
+});
+
 t.test('write-back: the data in an invalidation answer is written back before the write that waited for it', async (t) => {
   const { home, io } = setup({ writeBack: true });
   ready(home, io);
