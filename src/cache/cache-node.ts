@@ -65,7 +65,16 @@ export interface NodeCacheConfig {
    * downgrades it for the reader), so it is off there.
    */
   refillMax?: number;
+  /**
+   * Write-through: a writer keeps serving its line while its write is out (and the home invalidates it, one message
+   * more) only if the line served a hit within this many ms; otherwise it drops the line when it sends the write and
+   * names it, which spares that invalidation. Default 100 (KEEP_LINE_READ_WITHIN_MS). 0: never keep.
+   */
+  keepLineReadWithinMs?: number;
 }
+
+/** Default of NodeCacheConfig.keepLineReadWithinMs: a key read this recently is likely read again during a write. */
+export const KEEP_LINE_READ_WITHIN_MS = 100;
 
 export interface NodeIO<V, Op, R> {
   now(): number;
@@ -245,11 +254,13 @@ export class CacheNode<V, Op, R> {
   private readonly refillMax: number;
   private refillsInFlight = 0;
   /**
-   * Keys whose line served a hit since it was installed: only those are refilled after an invalidation (a line
-   * nobody read since its last fill is not worth a background read: at most one refill per hit). Cleared with the
-   * line.
+   * Write-through: keys whose line served a hit since it was installed, with the time of the last hit. Only those are
+   * refilled after an invalidation (a line nobody read since its last fill is not worth a background read: at most
+   * one refill per hit), and only those read within keepLineReadWithinMs are kept by a writer while its write is out
+   * (write()). Cleared with the line.
    */
-  private readonly readSince = new Set<CacheKey>();
+  private readonly readSince = new Map<CacheKey, number>();
+  private readonly keepLineReadWithinMs: number;
   private readonly dirty = new Map<CacheKey, Dirty>();
   private readonly wb = new Map<CacheKey, WbEntry<V>>();
   /**
@@ -269,6 +280,7 @@ export class CacheNode<V, Op, R> {
     this.writeBack = cfg.writeBack === true;
     this.flushMs = cfg.flushMs ?? 100;
     this.refillMax = this.writeBack ? 0 : Math.max(0, cfg.refillMax ?? 0);
+    this.keepLineReadWithinMs = Math.max(0, cfg.keepLineReadWithinMs ?? KEEP_LINE_READ_WITHIN_MS);
   }
 
   /** Write-back: Modified lines in the store, and Modified data waiting outside it (INFO). */
@@ -312,7 +324,7 @@ export class CacheNode<V, Op, R> {
   /** Counts a hit the caller served from a line it found after mayHit said yes. */
   countHit(key: CacheKey): void {
     this.stats.hits++;
-    if (this.refillMax > 0) this.readSince.add(key);
+    if (!this.writeBack) this.readSince.set(key, this.io.now());
   }
 
   read(shard: number, key: CacheKey, cb: (r: ReadResult<V>) => void): void {
@@ -405,6 +417,7 @@ export class CacheNode<V, Op, R> {
     const seq = ++this.writeSeq;
     /** Write-through: the lines of the written keys, kept (and served) while the write is out. */
     let kept: Map<CacheKey, { shard: number; gen: number }> | undefined;
+    let dropped: [CacheKey, number][] | undefined;
     if (keys === 'all') {
       for (const key of [...lease.keys]) this.drop(key, 'write-wt');
       // Fills of this shard in flight captured the old incarnation: none of them will install.
@@ -412,17 +425,20 @@ export class CacheNode<V, Op, R> {
       lease.allWrites++;
     } else {
       for (const key of keys) {
-        // Write-through: the line stays and is served while the write is out (reading the value before a write that
-        // has not completed is linearizable). The home commits the write first, then invalidates every listed copy,
-        // this one too, and answers after the acknowledgements (cache-home.ts commitThenInvalidate). The line is not
-        // named as dropped: only an acknowledged invalidation may end it before the write completes, since the
-        // answer may be lost or late while other nodes already read the new value (test/cache/coherence-sim.test.ts,
-        // "a writer keeps serving its line until its own write invalidates it"). Write-back: the line goes now (a
-        // Modified one is flushed first).
-        if (this.writeBack) this.drop(key, 'write-wt');
+        // Write-through, a line that served a hit lately (keepLineReadWithinMs): it stays and is served while the write is
+        // out (reading the value before a write that has not completed is linearizable). The home commits the write
+        // first, then invalidates every listed copy, this one too, and answers after the acknowledgements
+        // (cache-home.ts commitThenInvalidate). Only an acknowledged invalidation may end it before the write
+        // completes, since the answer may be lost or late while other nodes already read the new value
+        // (test/cache/coherence-sim.test.ts, "a writer keeps serving its line until its own write invalidates it").
+        // A line not read lately goes now and is named in the request (`dropped`), which spares the home that
+        // invalidation (write-heavy keys). Write-back: the line goes now (a Modified one is flushed first).
+        const line = this.writeBack ? undefined : this.store.peek(key);
+        const lastHit = this.readSince.get(key);
+        if (line !== undefined && lastHit !== undefined && this.io.now() - lastHit < this.keepLineReadWithinMs) (kept ??= new Map()).set(key, { shard: line.shard, gen: line.gen });
         else {
-          const line = this.store.peek(key);
-          if (line !== undefined) (kept ??= new Map()).set(key, { shard: line.shard, gen: line.gen });
+          if (line !== undefined && line.shard === shard && (line.state === LineState.S || line.state === LineState.E)) (dropped ??= []).push([key, line.gen]);
+          this.drop(key, 'write-wt');
         }
         const p = this.pending(key);
         p.writes++;
@@ -435,6 +451,7 @@ export class CacheNode<V, Op, R> {
     this.stats.writesSent++;
     const req: WriteRequest<Op> = { t: 'write', from: this.cfg.self, shard, keys, op };
     if (want !== undefined) req.want = want;
+    if (dropped !== undefined) req.dropped = { epoch: lease.epoch, items: dropped };
     this.io.request(shard, req, (a) => {
       let installable = false;
       let revoked: [epoch: number, gen: number] | null = null;

@@ -142,9 +142,10 @@ t.test('no install when an invalidation of the key arrived while the fill was ou
   t.equal(node.stats.invalidationsReceived, 2);
 });
 
-t.test('write-through: the writer serves its line while its write is out, until the write invalidates it; the write grant installs after', async (t) => {
+t.test('write-through: the writer serves a line it read while its write is out, until the write invalidates it; the write grant installs after', async (t) => {
   const { node, io, store } = setup();
   fill(node, io, 'k', 'v', 1);
+  t.same(read(node, 'k'), [{ ok: true, value: 'v', hit: true }]);
   const w = write(node, 'k', 'x');
   const req = io.take('write', 'k');
   t.equal((req.req as { dropped?: unknown }).dropped, undefined, 'the request names no dropped grant');
@@ -164,10 +165,16 @@ t.test('write-through: the writer serves its line while its write is out, until 
   t.same(read(node, 'k'), [{ ok: true, value: 'x', hit: true }]);
   // A line the home did not invalidate (it no longer listed it) goes with the answer, whatever the answer says.
   fill(node, io, 'm', 'v', 4);
+  read(node, 'm');
   const wm = write(node, 'm', 'y', undefined);
   io.take('write', 'm').cb({ ok: false, code: 'TRYAGAIN', message: 'outcome unknown' });
   t.same(wm, [{ ok: false, code: 'TRYAGAIN', message: 'outcome unknown' }]);
   t.equal(store.peek('m'), undefined, 'the kept line is gone once the write is answered');
+  // A line nobody read since its fill goes when the write is sent, named in the request (the home skips it).
+  fill(node, io, 'n', 'v', 5, 'S');
+  write(node, 'n', 'z', undefined);
+  t.equal(store.peek('n'), undefined, 'dropped at once');
+  t.same((io.take('write', 'n').req as { dropped?: unknown }).dropped, { epoch: EPOCH, items: [['n', 5]] }, 'and named as dropped');
   // A fill in flight when the write is sent is poisoned.
   const r2 = read(node, 'j');
   write(node, 'j', 'y', undefined);
