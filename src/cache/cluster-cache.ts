@@ -40,6 +40,8 @@ export interface ClusterCacheOptions {
   flushMs?: number;
   /** Write-through: background re-reads after invalidations in flight at most (0 = off; see NodeCacheConfig). */
   refillMax?: number;
+  /** Write-through: see NodeCacheConfig.keepLineReadWithinMs. */
+  keepLineReadWithinMs?: number;
 }
 
 const SHARD_BITS = 16384;
@@ -134,6 +136,7 @@ export class ClusterCache {
         writeBack: this.writePolicy === 'write-back',
         flushMs: opts.flushMs ?? 100,
         refillMax: opts.refillMax ?? 0,
+        ...(opts.keepLineReadWithinMs !== undefined ? { keepLineReadWithinMs: opts.keepLineReadWithinMs } : {}),
       },
       lines,
       {

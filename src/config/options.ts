@@ -78,6 +78,7 @@ export const NODE_OPTIONS: readonly OptionSpec[] = [
   { name: 'cache-lease', kind: 'int', default: 1000, min: 20, max: 600_000, unit: 'ms', help: 'coherent cache line lease: a node cut off from a shard\'s home stops serving its lines within this time, and a new home waits this long before its first write; the same on every node' },
   { name: 'cache-write-policy', kind: 'enum', default: 'write-through', choices: ['write-through', 'write-back'], help: 'write-through: a write completes once replicated; write-back: a write to a line this node owns completes locally and is written back within --cache-flush-ms (a node crash can lose such writes nobody else read yet); the same on every node' },
   { name: 'cache-flush-ms', kind: 'int', default: 100, min: 1, max: 600_000, unit: 'ms', help: 'write-back: a Modified line is written back at most this long after its first unflushed write' },
+  { name: 'cache-keep-read-ms', kind: 'int', default: 100, min: 0, max: 600_000, unit: 'ms', help: 'write-through: a node writing a key keeps serving its line while the write is out if the line served a hit within this time (the write then invalidates it); otherwise it drops the line at once (0 = always drop)' },
   { name: 'cache-refill-max', kind: 'int', default: 256, min: 0, max: 1_000_000, help: 'write-through: after an invalidation, re-read the key in the background so the next read on this node hits; at most this many in flight per node (0 = off)' },
   { name: 'cache-backing', kind: 'string', default: '', help: 'an external Redis below the replicated keyspace (redis://host:port/db): GET misses load from it, writes are sent to it (docs/cache-coherence.md); empty = none' },
   { name: 'election-timeout', kind: 'int', default: 500, min: 20, max: 60_000, unit: 'ms', help: 'lower bound of the randomized Raft election timeout (heartbeat = a third of it)' },
@@ -117,6 +118,7 @@ export interface ClusterOptions {
   /** '' = no backing store. */
   cacheBacking: string;
   cacheRefillMax: number;
+  cacheKeepReadMs: number;
 }
 
 export interface NodeOptions {
@@ -348,6 +350,7 @@ export function loadNodeOptions(
       cacheFlushMs: num('cache-flush-ms'),
       cacheBacking: str('cache-backing'),
       cacheRefillMax: num('cache-refill-max'),
+      cacheKeepReadMs: num('cache-keep-read-ms'),
     },
   };
   options.cluster.members = parseMembers(str('peers'), { id: num('id'), host: str('host'), port: num('port'), peerPort: num('peer-port') });

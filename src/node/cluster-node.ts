@@ -147,6 +147,7 @@ export async function startClusterNode(options: NodeOptions, logger: Logger, hoo
     writePolicy: c.cacheWritePolicy,
     flushMs: c.cacheFlushMs,
     refillMax: c.cacheRefillMax,
+    keepLineReadWithinMs: c.cacheKeepReadMs,
   });
   const server = new RespServer(
     { host: options.host, port: options.port, resp: options.resp, server: options.server, protectedMode: options.protectedMode },

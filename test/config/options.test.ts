@@ -12,6 +12,8 @@ t.test('defaults apply when nothing is given', async (t) => {
   t.equal(options.host, '127.0.0.1');
   t.equal(options.protectedMode, true);
   t.equal(options.resp.bulkBytesMax, 512 * 1024 * 1024);
+  t.equal(options.cluster.cacheKeepReadMs, 100);
+  t.equal(loadNodeOptions(['--cache-keep-read-ms', '0'], {}, noEnvFile).options.cluster.cacheKeepReadMs, 0);
 });
 
 t.test('flags beat the environment, which beats .env, which beats the default', async (t) => {
