@@ -105,9 +105,9 @@ export class CacheHomeHost {
    * memory? See CacheHome.readGate. True when this replica has no home for the shard (it does not lead it: the read
    * fails or is routed elsewhere anyway).
    */
-  readGate(shard: number, keys: string[] | 'all', retry: (ok: boolean) => void): boolean {
+  readGate(shard: number, keys: string[] | 'all', retry: (ok: boolean) => void, again = false): boolean {
     const home = this.homeFor(shard);
-    return home === null ? true : home.readGate(keys, retry);
+    return home === null ? true : home.readGate(keys, retry, again);
   }
 
   onAck(ack: InvAck): void {

@@ -328,7 +328,7 @@ export class CacheHome<V, Op, R> {
    * Modified (E holders are asked to downgrade, as for a fill: their answers carry the data) or while data is on its
    * way to memory, so a read there never misses a local write that completed; a keyless read snoops every key.
    */
-  readGate(keys: CacheKey[] | 'all', retry: (ok: boolean) => void): boolean {
+  readGate(keys: CacheKey[] | 'all', retry: (ok: boolean) => void, again = false): boolean {
     if (this.closed) return true;
     let blocked = !this.ready();
     if (this.writeBackMode) {
@@ -362,7 +362,7 @@ export class CacheHome<V, Op, R> {
       }
     }
     if (!blocked) return true;
-    this.stats.readsHeld++;
+    if (!again) this.stats.readsHeld++; // (`again`: the same read checking again after a retry)
     this.gateWaiters.push(retry);
     return false;
   }

@@ -844,17 +844,23 @@ export class ShardWorker {
     );
   }
 
-  private serveRead(req: Req): void {
+  /** `again`: the read checks readGate again after it was held (counted once in INFO). */
+  private serveRead(req: Req, again = false): void {
     if (req.done) return;
     // Write-through: memory may hold a write whose invalidations are still out (cache-home.ts commitThenInvalidate);
     // a keyspace read waits until it is answered, or for the takeover wait of a new home.
     const keys = keyspaceReadKeys(req.args);
     if (
       keys !== null &&
-      !this.cacheHomes.readGate(req.shard.id, keys, (ok) => {
-        if (ok) this.serveRead(req);
-        else this.onError(req, new HostError('NOTLEADER', `shard ${req.shard.id}: leadership ended`));
-      })
+      !this.cacheHomes.readGate(
+        req.shard.id,
+        keys,
+        (ok) => {
+          if (ok) this.serveRead(req, true);
+          else this.onError(req, new HostError('NOTLEADER', `shard ${req.shard.id}: leadership ended`));
+        },
+        again,
+      )
     ) {
       return;
     }

@@ -620,7 +620,9 @@ t.test('write-back: a read outside the cache protocol snoops the E holders of it
   t.ok(home.readGate(['other'], () => t.fail('not held')), 'a read of a key nobody holds goes on');
   home.onDownAck({ t: 'downack', from: 2, shard: 0, epoch: EPOCH, items: [['k', g]], data: [['k', g, 'dirty']] });
   t.same(gated, [true], 'the answer lets it check again');
-  t.notOk(home.readGate(['k'], (ok) => gated.push(ok)), "held again while node 2's data is on its way to memory");
+  const held = home.stats.readsHeld;
+  t.notOk(home.readGate(['k'], (ok) => gated.push(ok), true), "held again while node 2's data is on its way to memory");
+  t.equal(home.stats.readsHeld, held, 'a read checking again is counted once');
   t.same(io.writeBacks.map((w) => [w.key, w.value]), [['k', 'dirty']]);
   io.wbDone();
   t.same(gated, [true, true]);
