@@ -5,15 +5,10 @@
  * snapshot every snapshotEntries while large ones do. A restart recovers the state from snapshot + WAL either way.
  */
 import t from 'tap';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { pino } from 'pino';
-import { RaftHost, type StateMachine } from '../../src/node/raft-host.js';
+import type { RaftHost, StateMachine } from '../../src/node/raft-host.js';
 import type { Entry } from '../../src/raft/types.js';
-import { SnapshotStore } from '../../src/storage/snapshot-store.js';
-import { Wal } from '../../src/storage/wal.js';
-import { RAFT_LIMITS_DEFAULT, raftFlowLimits, WAL_LIMITS_DEFAULT } from '../../src/config/limits.js';
+import type { Wal } from '../../src/storage/wal.js';
+import { openOneVoterHost, tempDir } from '../support/one-voter-host.js';
 
 const STATE_BYTES = 16 * 1024;
 
@@ -42,49 +37,19 @@ interface Opened {
 }
 
 async function open(dir: string, percent: number | undefined, o: { groups?: number[]; segmentBytes?: number } = {}): Promise<Opened> {
-  const logger = pino({ level: 'silent' });
-  const limits = { ...WAL_LIMITS_DEFAULT, ...(o.segmentBytes !== undefined ? { segmentBytes: o.segmentBytes } : {}) };
-  const wal = await Wal.open(join(dir, 'wal'), { limits, fsync: 'never', logger });
-  const snapshots = await SnapshotStore.open(join(dir, 'snapshots'), { fsync: 'never', logger });
   const sm = new Padded();
-  const groups = o.groups ?? [1];
-  const host = await RaftHost.start({
-    nodeId: 1,
-    groups: groups.map((id) => ({ id, conf: { voters: [1], learners: [] }, stateMachine: id === groups[0] ? sm : new Padded() })),
-    raft: {
-      heartbeatTicks: 1,
-      electionTicksMin: 3,
-      preVote: false,
-      checkQuorum: false,
-      readMode: 'safe',
-      ...raftFlowLimits(RAFT_LIMITS_DEFAULT),
-    },
+  const ids = o.groups ?? [1];
+  const { host, wal, close } = await openOneVoterHost(dir, {
+    groups: new Map(ids.map((id): [number, StateMachine] => [id, id === ids[0] ? sm : new Padded()])),
     tickMs: 5,
-    wal,
-    snapshots,
-    // One voter: nothing is ever sent.
-    transport: { send: () => undefined },
-    logger,
+    heartbeatTicks: 1,
+    electionTicksMin: 3,
+    seed: 7,
     snapshotEntries: 10,
     ...(percent !== undefined ? { snapshotLogPercent: percent } : {}),
-    seed: 7,
+    ...(o.segmentBytes !== undefined ? { segmentBytes: o.segmentBytes } : {}),
   });
-  const deadline = performance.now() + 10_000;
-  while (!groups.every((g) => host.group(g)!.leader === 1)) {
-    if (performance.now() > deadline) throw new Error('the one voter did not elect itself');
-    await new Promise((r) => setTimeout(r, 5));
-  }
-  // Everything committed before the restart is applied once a read barrier passes.
-  for (const g of groups) await host.readBarrier(g);
-  return {
-    host,
-    wal,
-    sm,
-    async close() {
-      await host.stop();
-      await wal.close();
-    },
-  };
+  return { host, wal, sm, close };
 }
 
 /** Proposes `n` entries of `bytes` bytes to `group`, one after another (each applied before the next). */
@@ -98,8 +63,7 @@ async function settle(): Promise<void> {
 }
 
 t.test('small entries: snapshots follow the log volume, not the entry count', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'raft-host-snapshot-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const dir = tempDir(t, 'raft-host-snapshot-');
   const a = await open(dir, 100);
   await write(a.host, 200, 16);
   await settle();
@@ -116,8 +80,7 @@ t.test('small entries: snapshots follow the log volume, not the entry count', as
 });
 
 t.test('percent 0 (or unset): a snapshot every snapshotEntries entries, as before', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'raft-host-snapshot-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const dir = tempDir(t, 'raft-host-snapshot-');
   const a = await open(dir, undefined);
   await write(a.host, 200, 16);
   await settle();
@@ -131,8 +94,7 @@ t.test('percent 0 (or unset): a snapshot every snapshotEntries entries, as befor
 });
 
 t.test('a quiet group that pins the oldest WAL segment is snapshotted, so the WAL stays bounded', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'raft-host-snapshot-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const dir = tempDir(t, 'raft-host-snapshot-');
   // Group 2 gets 3 entries and goes quiet: far below snapshotEntries (10). Group 1 then writes ~40 segments.
   const a = await open(dir, 100, { groups: [1, 2], segmentBytes: 16 * 1024 });
   await write(a.host, 3, 64, 2);

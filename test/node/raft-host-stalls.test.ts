@@ -5,16 +5,11 @@
  * encode is a state machine whose snapshot() takes a set time.
  */
 import t from 'tap';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
-import { RaftHost, type StateMachine } from '../../src/node/raft-host.js';
+import type { StateMachine } from '../../src/node/raft-host.js';
 import type { Entry } from '../../src/raft/types.js';
-import { SnapshotStore } from '../../src/storage/snapshot-store.js';
-import { Wal } from '../../src/storage/wal.js';
-import { RAFT_LIMITS_DEFAULT, raftFlowLimits, WAL_LIMITS_DEFAULT } from '../../src/config/limits.js';
+import { openOneVoterHost, tempDir } from '../support/one-voter-host.js';
 
 const TICK_MS = 5;
 const ELECTION_TICKS = 8; // election timeout 40 ms: stalls of 20 ms or more are reported
@@ -44,8 +39,7 @@ class SlowSnapshot implements StateMachine {
 }
 
 t.test('tick gaps, slow snapshot encodes and leadership changes are counted and logged', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'lockstep-stalls-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const dir = tempDir(t, 'lockstep-stalls-');
   const lines: { level: number; msg: string; [k: string]: unknown }[] = [];
   const sink = new Writable({
     write(chunk: Buffer, _enc, cb) {
@@ -54,30 +48,16 @@ t.test('tick gaps, slow snapshot encodes and leadership changes are counted and 
     },
   });
   const logger = pino({ level: 'info' }, sink);
-  const wal = await Wal.open(join(dir, 'wal'), { limits: WAL_LIMITS_DEFAULT, fsync: 'never', logger });
-  const snapshots = await SnapshotStore.open(join(dir, 'snapshots'), { fsync: 'never', logger });
-  const host = await RaftHost.start({
-    nodeId: 1,
-    groups: [{ id: 1, conf: { voters: [1], learners: [] }, stateMachine: new SlowSnapshot() }],
-    raft: { heartbeatTicks: 2, electionTicksMin: ELECTION_TICKS, preVote: false, checkQuorum: false, readMode: 'safe', ...raftFlowLimits(RAFT_LIMITS_DEFAULT) },
+  const { host, close } = await openOneVoterHost(dir, {
+    groups: new Map([[1, new SlowSnapshot()]]),
     tickMs: TICK_MS,
-    wal,
-    snapshots,
-    transport: { send: () => undefined },
+    heartbeatTicks: 2,
+    electionTicksMin: ELECTION_TICKS,
+    seed: 3,
     logger,
     snapshotEntries: 20,
-    seed: 3,
   });
-  t.teardown(async () => {
-    await host.stop();
-    await wal.close();
-  });
-  const deadline = performance.now() + 10_000;
-  while (host.group(1)!.leader !== 1) {
-    if (performance.now() > deadline) throw new Error('the one voter did not elect itself');
-    await new Promise((r) => setTimeout(r, 5));
-  }
-  await host.readBarrier(1);
+  t.teardown(close);
   const wait = (ms: number) => new Promise((r) => setTimeout(r, ms));
   // Stall warnings are rate-limited to one a second: start from a quiet second (start-up may have had a short one).
   await wait(1_100);
