@@ -296,11 +296,8 @@ export class CacheHome<V, Op, R> {
       if (!this.writeBackMode) {
         fill.uncached = true;
         const held = this.dir.get(req.key);
-        if (held !== undefined && this.fillBlocked(held)) {
-          this.stats.readsHeld++;
-          held.waitingFills.push(fill);
-          this.confirmAhead();
-        } else this.uncachedRead(fill);
+        if (held !== undefined && this.fillBlocked(held)) this.holdFill(held, fill);
+        else this.uncachedRead(fill);
         return;
       }
       // Under write-back even a read that installs nothing must see a Modified copy's data: it takes the fill path
@@ -312,10 +309,8 @@ export class CacheHome<V, Op, R> {
     }
     const de = this.entry(req.key);
     if (this.allWrites > 0) this.fillsWaitingAll.push(fill);
-    else if (this.fillBlocked(de)) {
-      de.waitingFills.push(fill);
-      this.confirmAhead();
-    } else this.startFill(de, fill);
+    else if (this.fillBlocked(de)) this.holdFill(de, fill);
+    else this.startFill(de, fill);
     this.flush();
   }
 
@@ -647,6 +642,17 @@ export class CacheHome<V, Op, R> {
     });
   }
 
+  /**
+   * A read that may not read memory yet waits on `de` (drainFills starts it again). Write-through: it is counted
+   * (readsHeld), and a leadership confirmation is asked for ahead (confirmAhead).
+   */
+  private holdFill(de: DirEntry<Op, V, R>, fill: PendingFill<V>): void {
+    de.waitingFills.push(fill);
+    if (this.writeBackMode) return;
+    this.stats.readsHeld++;
+    this.confirmAhead();
+  }
+
   private uncachedRead(fill: PendingFill<V>, count = true): void {
     if (count) this.stats.uncachedReads++;
     this.read(fill.req.key, fill.arrivedAt, (r) => {
@@ -656,9 +662,7 @@ export class CacheHome<V, Op, R> {
         if (this.closed) return fill.reply(readAgain(this.cfg.shard, this.epoch));
         const de = this.dir.get(fill.req.key);
         if (de !== undefined && this.appliedLive(de)) {
-          this.stats.readsHeld++;
-          de.waitingFills.push(fill);
-          this.confirmAhead();
+          this.holdFill(de, fill);
           return;
         }
       }
@@ -670,7 +674,7 @@ export class CacheHome<V, Op, R> {
   private startFill(de: DirEntry<Op, V, R>, fill: PendingFill<V>): void {
     const { from, key } = fill.req;
     if (this.writeBackMode && this.askDowngrades(key, de)) {
-      de.waitingFills.push(fill);
+      this.holdFill(de, fill);
       return;
     }
     const gen = ++this.gen;
@@ -701,9 +705,7 @@ export class CacheHome<V, Op, R> {
         const cur = this.dir.get(key);
         if (cur !== undefined && this.appliedLive(cur)) {
           if (current) ungranted();
-          this.stats.readsHeld++;
-          cur.waitingFills.push(fill);
-          this.confirmAhead();
+          this.holdFill(cur, fill);
           this.maybeForget(key, de);
           this.flush();
           return;
@@ -817,9 +819,23 @@ export class CacheHome<V, Op, R> {
   private finishWrite(w: PendingWrite<Op, V, R>): void {
     const r = w.done!;
     this.liveWrites.delete(w);
-    let grant: WrittenAnswer<V, R>['grant'] = null;
     let lease = false;
     if (r.ok && !this.closed) lease = this.grantLease(w.req.from, w.arrivedAt);
+    const grant = this.settleKeys(w, r, lease);
+    this.releaseGate();
+    if (!r.ok) w.reply(r);
+    else if (this.closed) w.reply(unknownOutcome(this.cfg.shard, this.epoch));
+    else w.reply({ t: 'written', ok: true, epoch: this.epoch, home: this.cfg.self, lease, result: r.result, grant });
+    this.flush();
+  }
+
+  /**
+   * Memory answered write `w` (applied, or failed): each of its keys has one write fewer in flight (and, write-through,
+   * one live write fewer), its waiting fills go on, and the writer gets an E line of `want` with the value after the
+   * write when nothing else of the key is in flight or listed. Returns that grant, or null.
+   */
+  private settleKeys(w: PendingWrite<Op, V, R>, r: MemoryWrite<V, R>, lease: boolean): WrittenAnswer<V, R>['grant'] {
+    let grant: WrittenAnswer<V, R>['grant'] = null;
     const want = w.req.want;
     for (const key of w.keys) {
       const de = this.dir.get(key);
@@ -827,15 +843,15 @@ export class CacheHome<V, Op, R> {
       de.writes--;
       const i = de.live.indexOf(w);
       if (i >= 0) de.live.splice(i, 1);
-      // `r.value` was read when the write's callback ran; a later write of the key applied before that is still
-      // live (de.writes > 0), so no grant is made from a value that may be newer than this write.
+      // Write-through: `r.value` was read when the write's callback ran; a later write of the key applied before that
+      // is still live (de.writes > 0), so no grant is made from a value that may be newer than this write.
       if (
         r.ok &&
         lease &&
         key === want &&
         r.value !== undefined &&
         de.writes === 0 &&
-        this.allWrites === 0 &&
+        this.allWrites === (w.all ? 1 : 0) &&
         de.holders.size === 0 &&
         de.inv.size === 0 &&
         !this.closed
@@ -848,11 +864,7 @@ export class CacheHome<V, Op, R> {
       if (this.allWrites === 0) this.drainFills(de);
       this.maybeForget(key, de);
     }
-    this.releaseGate();
-    if (!r.ok) w.reply(r);
-    else if (this.closed) w.reply(unknownOutcome(this.cfg.shard, this.epoch));
-    else w.reply({ t: 'written', ok: true, epoch: this.epoch, home: this.cfg.self, lease, result: r.result, grant });
-    this.flush();
+    return grant;
   }
 
   /** Lets the reads held by readGate check again. */
@@ -929,32 +941,9 @@ export class CacheHome<V, Op, R> {
   private perform(w: PendingWrite<Op, V, R>): void {
     const want = w.req.want;
     this.io.writeMemory(w.req.op, want, (r) => {
-      let grant: WrittenAnswer<V, R>['grant'] = null;
       let lease = false;
       if (r.ok) lease = this.grantLease(w.req.from, w.arrivedAt);
-      for (const key of w.keys) {
-        const de = this.dir.get(key);
-        if (de === undefined) continue;
-        de.writes--;
-        if (
-          r.ok &&
-          lease &&
-          key === want &&
-          r.value !== undefined &&
-          de.writes === 0 &&
-          this.allWrites === (w.all ? 1 : 0) &&
-          de.holders.size === 0 &&
-          de.inv.size === 0 &&
-          !this.closed
-        ) {
-          const gen = ++this.gen;
-          de.holders.set(w.req.from, { state: 'E', gen });
-          this.stats.grantsE++;
-          grant = { key, value: r.value, gen };
-        }
-        if (this.allWrites === 0) this.drainFills(de);
-        this.maybeForget(key, de);
-      }
+      const grant = this.settleKeys(w, r, lease);
       if (w.all) {
         this.allWrites--;
         if (this.allWrites === 0) {
