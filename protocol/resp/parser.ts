@@ -41,6 +41,7 @@
  *     +--+--------------------------------------> INLINE (any first byte other than '*')
  */
 import type { RespLimits } from '../../src/config/limits.js';
+import { bufferView } from '../../src/util/buffer-view.js';
 import { describeByte, RespProtocolError } from './errors.js';
 
 export { RespProtocolError } from './errors.js';
@@ -231,7 +232,7 @@ export class RespParser {
           if (big === null) {
             if (avail >= len + 2 && chunk[pos + len] === CR && chunk[pos + len + 1] === LF) {
               // Hot path: the whole argument and its CRLF are in this chunk.
-              this.args.push(chunk.subarray(pos, pos + len));
+              this.args.push(bufferView(chunk, pos, pos + len));
               pos += len + 2;
               this.cmdBytes += len + 2;
               if (--this.argsLeft === 0) {
@@ -243,7 +244,7 @@ export class RespParser {
               break;
             }
             if (avail >= len) {
-              this.args.push(chunk.subarray(pos, pos + len));
+              this.args.push(bufferView(chunk, pos, pos + len));
               pos += len;
               this.cmdBytes += len;
               this.crlfSeen = 0;
@@ -355,7 +356,7 @@ export class RespParser {
       const stop = p + len;
       if (stop + 2 > end || chunk[stop] !== CR || chunk[stop + 1] !== LF) return -1;
       if (stop + 2 - pos > queryMax) return -1;
-      args.push(chunk.subarray(p, stop));
+      args.push(bufferView(chunk, p, stop));
       p = stop + 2;
     }
     onCommand(args);

@@ -32,6 +32,13 @@ export interface Line<V> {
   value: V | null;
   gen: number;
   shard: number;
+  /**
+   * Write-through: when the line last served a hit (io.now()), absent or 0 if it has not since it was installed. Only
+   * such lines are refilled after an invalidation (a line nobody read since its last fill is not worth a background
+   * read: at most one refill per hit), and only those read within keepLineReadWithinMs are kept by a writer while its
+   * write is out (write()). A new line starts without it; a state change of the same line ({ ...line, state }) keeps it.
+   */
+  readAt?: number;
 }
 
 /** Where lines live. `get` touches LRU and hides lines whose TTL passed; evictions are reported to `onEvicted`. */
@@ -40,6 +47,8 @@ export interface LineStore<V> {
   peek(key: CacheKey): Line<V> | undefined;
   put(key: CacheKey, line: Line<V>): void;
   delete(key: CacheKey): void;
+  /** Sets the line's readAt (Line.readAt), if the store holds a line of the key. */
+  markRead(key: CacheKey, at: number): void;
 }
 
 export interface NodeCacheConfig {
@@ -253,13 +262,6 @@ export class CacheNode<V, Op, R> {
   private readonly flushMs: number;
   private readonly refillMax: number;
   private refillsInFlight = 0;
-  /**
-   * Write-through: keys whose line served a hit since it was installed, with the time of the last hit. Only those are
-   * refilled after an invalidation (a line nobody read since its last fill is not worth a background read: at most
-   * one refill per hit), and only those read within keepLineReadWithinMs are kept by a writer while its write is out
-   * (write()). Cleared with the line.
-   */
-  private readonly readSince = new Map<CacheKey, number>();
   private readonly keepLineReadWithinMs: number;
   private readonly dirty = new Map<CacheKey, Dirty>();
   private readonly wb = new Map<CacheKey, WbEntry<V>>();
@@ -310,8 +312,8 @@ export class CacheNode<V, Op, R> {
 
   /**
    * May a line of `key` be served locally now (the shard's lease is live; under write-back, no write of the key from
-   * this node is in flight)? The edge's hit path checks this, then looks the line up itself and calls countHit (no
-   * Line object).
+   * this node is in flight)? The edge's hit path checks this, then looks the line up itself, calls countHit and
+   * records the time it returns on the store entry (no Line object).
    */
   mayHit(shard: number, key: CacheKey): boolean {
     const lease = this.shards.get(shard);
@@ -321,10 +323,13 @@ export class CacheNode<V, Op, R> {
     return p === undefined || p.writes === 0;
   }
 
-  /** Counts a hit the caller served from a line it found after mayHit said yes. */
-  countHit(key: CacheKey): void {
+  /**
+   * Counts a hit the caller served from a line it found after mayHit said yes. Returns what the caller records as the
+   * line's readAt (the line is in its hands, so this costs no lookup), or 0: nothing to record (write-back).
+   */
+  countHit(): number {
     this.stats.hits++;
-    if (!this.writeBack) this.readSince.set(key, this.io.now());
+    return this.writeBack ? 0 : this.io.now();
   }
 
   read(shard: number, key: CacheKey, cb: (r: ReadResult<V>) => void): void {
@@ -342,7 +347,8 @@ export class CacheNode<V, Op, R> {
       const line = this.store.get(key);
       if (line !== undefined) {
         transition(line.state, 'read');
-        this.countHit(key);
+        const at = this.countHit();
+        if (at !== 0) this.store.markRead(key, at);
         cb({ ok: true, value: line.value, hit: true });
         return;
       }
@@ -434,8 +440,8 @@ export class CacheNode<V, Op, R> {
         // A line not read lately goes now and is named in the request (`dropped`), which spares the home that
         // invalidation (write-heavy keys). Write-back: the line goes now (a Modified one is flushed first).
         const line = this.writeBack ? undefined : this.store.peek(key);
-        const lastHit = this.readSince.get(key);
-        if (line !== undefined && lastHit !== undefined && this.io.now() - lastHit < this.keepLineReadWithinMs) (kept ??= new Map()).set(key, { shard: line.shard, gen: line.gen });
+        const lastHit = line?.readAt ?? 0;
+        if (line !== undefined && lastHit !== 0 && this.io.now() - lastHit < this.keepLineReadWithinMs) (kept ??= new Map()).set(key, { shard: line.shard, gen: line.gen });
         else {
           if (line !== undefined && line.shard === shard && (line.state === LineState.S || line.state === LineState.E)) (dropped ??= []).push([key, line.gen]);
           this.drop(key, 'write-wt');
@@ -609,7 +615,7 @@ export class CacheNode<V, Op, R> {
       // of a newer home: an invalidation from a deposed home that does not know it yet revokes none of the new home's
       // grants, and dropping a Modified line here (its data goes only with an answer to its own home) lost it
       // (test/cache/coherence-sim.test.ts, "an invalidation from a deposed home leaves the new home's lines alone").
-      const dropped = !newer && this.refillMax > 0 && this.readSince.has(key) && this.store.peek(key) !== undefined;
+      const dropped = !newer && this.refillMax > 0 && (this.store.peek(key)?.readAt ?? 0) !== 0;
       if (!newer) this.drop(key, 'inv');
       const p = this.pend.get(key);
       if (dropped) (refill ??= []).push(key);
@@ -654,7 +660,6 @@ export class CacheNode<V, Op, R> {
 
   /** The store evicted a line (LRU or TTL). */
   onEvicted(key: CacheKey, line: Line<V>): void {
-    this.readSince.delete(key);
     const t = transition(line.state, 'evict');
     this.transitions.count(line.state, t.next);
     this.lines[line.state]!--;
@@ -895,7 +900,6 @@ export class CacheNode<V, Op, R> {
     // A line left from a lapsed lease (the tick has not dropped it yet) goes first.
     if (this.store.peek(key) !== undefined) this.drop(key, 'lapse');
     const t = transition(LineState.I, event);
-    this.readSince.delete(key);
     this.store.put(key, { state: t.next, value, gen, shard });
     // The store may refuse a line (too large for its limits): count only what it holds.
     if (this.store.peek(key) === undefined) return false;
@@ -907,7 +911,6 @@ export class CacheNode<V, Op, R> {
   }
 
   private drop(key: CacheKey, event: LineEvent): void {
-    this.readSince.delete(key);
     const line = this.store.peek(key);
     if (line === undefined) return;
     const t = transition(line.state, event);

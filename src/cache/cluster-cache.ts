@@ -19,6 +19,7 @@ import type { CacheKey, CoherenceFailure, HomeAnswer, NodeRequest } from './cohe
 import { decodeAnswer, encodeCacheRequest, type CachedValue, type CacheWriteOp } from './coherence-wire.js';
 import { LineState, LINE_STATE_NAMES } from './mesi.js';
 import { CacheStore, type CacheEntry } from './store.js';
+import { latin1String } from '../util/latin1.js';
 import { KeyspaceMachine, lookupWrite } from '../cluster/keyspace-machine.js';
 import { encodeWrite } from '../cluster/keyspace-codec.js';
 
@@ -113,7 +114,7 @@ export class ClusterCache {
           }
         }
         try {
-          store.set(Buffer.from(key, 'latin1'), v === null ? EMPTY : v.v, { expireAt, state: encodeState(line) });
+          store.set(Buffer.from(key, 'latin1'), v === null ? EMPTY : v.v, { expireAt, state: encodeState(line), mark: line.readAt ?? 0 });
         } catch {
           // Larger than the whole cache: not cached (CacheNode sees it absent and counts nothing). An older line of
           // the key must not stay behind it.
@@ -122,6 +123,10 @@ export class ClusterCache {
       },
       delete: (key) => {
         store.deleteLatin1(key);
+      },
+      markRead: (key, at) => {
+        const e = store.peekLatin1(key);
+        if (e !== undefined) e.mark = at;
       },
     };
     const runtime = opts.runtime;
@@ -177,11 +182,12 @@ export class ClusterCache {
    * directly instead of building a Line.
    */
   peekHit(shard: number, key: Buffer): Buffer | null | undefined {
-    const k = key.toString('latin1');
+    const k = latin1String(key);
     if (!this.node.mayHit(shard, k)) return undefined;
     const e = this.store.getLatin1(k);
     if (e === undefined) return undefined;
-    this.node.countHit(k);
+    const at = this.node.countHit();
+    if (at !== 0) e.mark = at;
     return (e.state & ABSENT) !== 0 ? null : e.value;
   }
 
@@ -251,6 +257,6 @@ export class ClusterCache {
     const rest = Math.floor(st / 8);
     const shard = rest % SHARD_BITS;
     const gen = Math.floor(rest / SHARD_BITS);
-    return { state: mesi, value: absent ? null : { v: e.value, x: e.expireAt === 0 ? 0 : e.expireAt + this.ttlMarginMs }, gen, shard };
+    return { state: mesi, value: absent ? null : { v: e.value, x: e.expireAt === 0 ? 0 : e.expireAt + this.ttlMarginMs }, gen, shard, readAt: e.mark };
   }
 }

@@ -43,6 +43,7 @@
  */
 import type { CacheLimits } from '../config/limits.js';
 import { createRng, type Rng } from '../util/rng.js';
+import { bufferView } from '../util/buffer-view.js';
 import { latin1String } from '../util/latin1.js';
 import { globMatchLatin1 } from './glob.js';
 
@@ -73,6 +74,11 @@ export interface CacheEntry {
   readonly expireAt: number;
   /** Coherence state (MESI), kept but never interpreted by the store. Default 0. */
   state: number;
+  /**
+   * A second number the caller owns, like `state` (the coherent cache keeps the time of the line's last hit here, so
+   * a hit costs no lookup beyond its own). Default 0; set() keeps it on an overwrite unless SetOptions.mark is given.
+   */
+  mark: number;
   /** Accounted size: key length + value length (or append capacity) + ENTRY_OVERHEAD_BYTES. */
   readonly bytes: number;
 }
@@ -114,6 +120,8 @@ export interface SetOptions {
   keepTtl?: boolean;
   /** Coherence state; default: keep the existing entry's state, 0 for a new entry. */
   state?: number;
+  /** The caller's mark (CacheEntry.mark); default: keep the existing entry's mark, 0 for a new entry. */
+  mark?: number;
   /** false: take ownership of `value` without copying. Only for a Buffer the caller made and never touches again. */
   copy?: boolean;
 }
@@ -137,6 +145,7 @@ class Entry implements CacheEntry {
   value: Buffer;
   expireAt: number;
   state: number;
+  mark: number;
   bytes: number;
   /** Insertion sequence: SCAN order and cursor. */
   seq: number;
@@ -154,6 +163,7 @@ class Entry implements CacheEntry {
     this.value = value;
     this.expireAt = expireAt;
     this.state = state;
+    this.mark = 0;
     this.bytes = bytes;
     this.seq = seq;
     this.slot = -1;
@@ -305,6 +315,7 @@ export class CacheStore {
     if (e === undefined) {
       const expireAt = opts?.expireAt ?? 0;
       e = new Entry(ks, stored, expireAt, opts?.state ?? 0, bytes, this.nextSeq++);
+      if (opts?.mark !== undefined) e.mark = opts.mark;
       this.map.set(ks, e);
       this.usedBytes += bytes;
       this.usedContentBytes += bytes;
@@ -319,6 +330,7 @@ export class CacheStore {
       this.usedBytes += bytes - e.bytes;
       e.bytes = bytes;
       if (opts?.state !== undefined) e.state = opts.state;
+      if (opts?.mark !== undefined) e.mark = opts.mark;
       this.changeExpire(e, expireAt);
       this.touch(e);
     }
@@ -626,7 +638,7 @@ export class CacheStore {
       this.slab = Buffer.allocUnsafeSlow(VALUE_SLAB_BYTES);
       this.slabUsed = 0;
     }
-    const b = this.slab.subarray(this.slabUsed, this.slabUsed + n);
+    const b = bufferView(this.slab, this.slabUsed, this.slabUsed + n);
     src.copy(b, 0);
     this.slabUsed += aligned;
     return b;

@@ -87,6 +87,21 @@ t.test('an overwrite keeps the state unless given and clears the TTL unless keep
   db.checkInvariants();
 });
 
+t.test("the caller's mark starts at 0, survives overwrites and state changes unless given, and dies with the entry", async (t) => {
+  const { db } = makeStore();
+  const e = db.set(b('k'), b('v1'));
+  t.equal(e.mark, 0, 'a new entry starts with mark 0');
+  e.mark = 42;
+  t.equal(db.set(b('k'), b('v2'), { state: 2 }).mark, 42, 'an overwrite without mark keeps it');
+  t.equal(db.set(b('k'), b('v3'), { mark: 7 }).mark, 7, 'an overwrite with mark sets it');
+  t.equal(db.set(b('k'), b('v4'), { mark: 0 }).mark, 0, 'mark 0 clears it');
+  db.peek(b('k'))!.mark = 9;
+  db.delete(b('k'));
+  t.equal(db.set(b('k'), b('v5')).mark, 0, 'a key set again after a delete starts over');
+  t.equal(db.set(b('m'), b('x'), { mark: 5 }).mark, 5, 'a new entry takes a given mark');
+  db.checkInvariants();
+});
+
 t.test('values are copied on insert, so the caller may reuse its buffer', async (t) => {
   const { db } = makeStore();
   const net = Buffer.from('hello world, a network buffer of some length well beyond the small-value slab size.......');

@@ -421,6 +421,11 @@ export class LruLineStore implements LineStore<string> {
     this.map.delete(key);
   }
 
+  markRead(key: CacheKey, at: number): void {
+    const line = this.map.get(key);
+    if (line !== undefined) line.readAt = at;
+  }
+
   entries(): IterableIterator<[CacheKey, Line<string>]> {
     return this.map.entries();
   }
