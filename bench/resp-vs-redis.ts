@@ -13,8 +13,14 @@
  * every server runs N times, in alternating order, and the table shows medians.
  *
  * --cpu-prof runs the node under `node --cpu-prof` and leaves the .cpuprofile in bench/results/.
+ *
+ * Each test is its own redis-benchmark run, and the server process's CPU time (user + system, /proc/<pid>/stat) is
+ * sampled around it: the table also gives CPU microseconds per request for each server and their ratio. On this
+ * shared 2-core machine throughput swings by 2-3x between runs minutes apart (neighbours take CPU away); CPU per
+ * request moves far less, and shows which side of a ratio changed. At P1 Redis is usually held back by the client
+ * (redis-benchmark needs a core of its own), so its rps understates what it could serve and the cpu ratio says more.
  */
-import { argValue, printTable, redisBenchmark, startFloorNode, startFrontEndNode, startRedis, writeResult, type Proc } from './lib/procs.js';
+import { argValue, printTable, processCpuSeconds, redisBenchmark, startFloorNode, startFrontEndNode, startRedis, writeResult, type Proc } from './lib/procs.js';
 
 const requests = Number(argValue('requests', '100000'));
 /** Pipeline 16 runs ~10x faster: more requests, so a run lasts seconds, not a few hundred milliseconds. */
@@ -27,7 +33,8 @@ const cpuProf = process.argv.includes('--cpu-prof');
 const tests = 'set,get,incr,mset';
 const targets = ['redis', 'lockstep', 'floor'] as const;
 type Target = (typeof targets)[number];
-type Row = { rps: number; p50Ms: number; p99Ms: number };
+/** cpuUs: the server process's CPU time (user + system, every thread) per request in the measured run, microseconds. */
+type Row = { rps: number; p50Ms: number; p99Ms: number; cpuUs: number };
 
 async function start(target: Target): Promise<Proc> {
   if (target === 'redis') return startRedis();
@@ -58,8 +65,14 @@ async function main(): Promise<void> {
         await redisBenchmark(proc.port, ['-t', 'set', '-n', String(3 * keyspace), '-c', String(clients), '-P', '16', '-r', range]);
         await redisBenchmark(proc.port, ['-t', tests, '-n', '50000', '-c', String(clients), '-P', String(pipeline), '-r', range]);
         const n = pipeline === 1 ? requests : requestsP16;
-        const rows = await redisBenchmark(proc.port, ['-t', tests, '-n', String(n), '-c', String(clients), '-P', String(pipeline), '-r', range]);
-        for (const r of rows) (samples[target][`${r.test} P${pipeline}`] ??= []).push({ rps: r.rps, p50Ms: r.p50Ms, p99Ms: r.p99Ms });
+        // One redis-benchmark run per test, so the server's CPU time can be sampled around each.
+        for (const test of tests.split(',')) {
+          const cpu0 = processCpuSeconds(proc.child.pid);
+          const rows = await redisBenchmark(proc.port, ['-t', test, '-n', String(n), '-c', String(clients), '-P', String(pipeline), '-r', range]);
+          const cpu1 = processCpuSeconds(proc.child.pid);
+          const cpuUs = cpu0 !== undefined && cpu1 !== undefined ? Number((((cpu1 - cpu0) * 1e6) / n).toFixed(2)) : NaN;
+          for (const r of rows) (samples[target][`${r.test} P${pipeline}`] ??= []).push({ rps: r.rps, p50Ms: r.p50Ms, p99Ms: r.p99Ms, cpuUs });
+        }
         await proc.stop();
       }
     }
@@ -67,12 +80,19 @@ async function main(): Promise<void> {
   const results: Record<Target, Record<string, Row>> = { redis: {}, lockstep: {}, floor: {} };
   for (const target of targets) {
     for (const [key, rows] of Object.entries(samples[target])) {
-      results[target][key] = { rps: median(rows.map((r) => r.rps)), p50Ms: median(rows.map((r) => r.p50Ms)), p99Ms: median(rows.map((r) => r.p99Ms)) };
+      results[target][key] = {
+        rps: median(rows.map((r) => r.rps)),
+        p50Ms: median(rows.map((r) => r.p50Ms)),
+        p99Ms: median(rows.map((r) => r.p99Ms)),
+        cpuUs: median(rows.map((r) => r.cpuUs)),
+      };
     }
   }
   const table: (string | number)[][] = [];
   const ratios: Record<string, number> = {};
   const floorRatios: Record<string, number> = {};
+  /** Redis' CPU per request / Lockstep's: the throughput ratio the two would have if each had a core to itself. */
+  const cpuRatios: Record<string, number> = {};
   for (const key of Object.keys(results.redis)) {
     const l = results.lockstep[key];
     const r = results.redis[key]!;
@@ -81,6 +101,8 @@ async function main(): Promise<void> {
     const ratio = l.rps / r.rps;
     ratios[key] = Number(ratio.toFixed(3));
     if (f) floorRatios[key] = Number((f.rps / r.rps).toFixed(3));
+    const cpuRatio = r.cpuUs / l.cpuUs;
+    if (Number.isFinite(cpuRatio)) cpuRatios[key] = Number(cpuRatio.toFixed(3));
     table.push([
       key,
       Math.round(l.rps),
@@ -93,15 +115,27 @@ async function main(): Promise<void> {
       f ? Math.round(f.rps) : '-',
       f ? (f.rps / r.rps).toFixed(2) : '-',
       f ? (l.rps / f.rps).toFixed(2) : '-',
+      l.cpuUs,
+      r.cpuUs,
+      f ? f.cpuUs : '-',
+      Number.isFinite(cpuRatio) ? cpuRatio.toFixed(2) : '-',
     ]);
   }
   console.log(
     `\nLockstep node vs redis-server (no persistence): ${clients} clients, ${requests} requests per test at P1 and ${requestsP16} at P16, ` +
       `${keyspace} keys filled first, median of ${rounds} round(s)`,
   );
-  console.log('floor: bench/lib/floor-node.ts, a Node server that only frames commands and writes constant replies\n');
-  printTable(['test', 'lockstep rps', 'p50 ms', 'p99 ms', 'redis rps', 'p50 ms', 'p99 ms', 'ratio', 'floor rps', 'floor/redis', 'lockstep/floor'], table);
-  writeResult('resp-vs-redis', { when: new Date().toISOString(), requests, requestsP16, keyspace, clients, rounds, results, samples, ratios, floorRatios });
+  console.log('floor: bench/lib/floor-node.ts, a Node server that only frames commands and writes constant replies');
+  console.log(
+    'cpu us: the server process\'s CPU time (user + system) per request in that run; cpu ratio = redis cpu / lockstep cpu, the\n' +
+      'throughput ratio if each server had a core to itself (redis-benchmark shares the 2 cores, so at P1 Redis is often\n' +
+      'limited by the client, not by its own CPU)\n',
+  );
+  printTable(
+    ['test', 'lockstep rps', 'p50 ms', 'p99 ms', 'redis rps', 'p50 ms', 'p99 ms', 'ratio', 'floor rps', 'floor/redis', 'lockstep/floor', 'lockstep cpu us', 'redis cpu us', 'floor cpu us', 'cpu ratio'],
+    table,
+  );
+  writeResult('resp-vs-redis', { when: new Date().toISOString(), requests, requestsP16, keyspace, clients, rounds, results, samples, ratios, floorRatios, cpuRatios });
 }
 
 main().then(

@@ -10,7 +10,7 @@
  * stop() and again on exit. A spawn that fails ('error', e.g. a missing binary) counts as an exit. Limits are named
  * constants below or parameters of the helpers.
  */
-import { spawn, type ChildProcess, execFile, type SpawnOptions } from 'node:child_process';
+import { spawn, type ChildProcess, execFile, execFileSync, type SpawnOptions } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -274,6 +274,37 @@ export async function redisBenchmark(port: number, args: string[]): Promise<Benc
     rows.push({ test: cells[0]!, rps: Number(cells[1]), p50Ms: Number(cells[4]), p99Ms: Number(cells[6]) });
   }
   return rows;
+}
+
+let clockTicksPerSecond: number | undefined;
+
+/**
+ * CPU time (user + system, seconds) process `pid` has used so far, all its threads together, read from
+ * /proc/<pid>/stat (Linux); undefined where there is no /proc or the process is gone. Sampled around a run, it gives a
+ * server's CPU cost per request, a figure that the neighbours of a shared machine disturb far less than throughput
+ * (they take CPU away from the server; they do not make its requests cost more CPU).
+ */
+export function processCpuSeconds(pid: number | undefined): number | undefined {
+  if (pid === undefined) return undefined;
+  let stat: string;
+  try {
+    stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+  } catch {
+    return undefined;
+  }
+  // Fields after the command name, which is in parentheses and may hold spaces: state is field 3, utime 14, stime 15.
+  const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const utime = Number(rest[11]);
+  const stime = Number(rest[12]);
+  if (!Number.isFinite(utime) || !Number.isFinite(stime)) return undefined;
+  if (clockTicksPerSecond === undefined) {
+    try {
+      clockTicksPerSecond = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'latin1' }).trim()) || 100;
+    } catch {
+      clockTicksPerSecond = 100;
+    }
+  }
+  return (utime + stime) / clockTicksPerSecond;
 }
 
 export function printTable(headers: string[], rows: (string | number)[][]): void {
