@@ -206,42 +206,85 @@ async function refusedOnly(err: unknown): Promise<void> {
 
 const CAMPAIGN_TYPES = new Set<MessageType>([MessageType.PreVote, MessageType.Vote]);
 
+/** Event-loop gaps (performance.now() ms, [from, to]) of at least this long count as stalls the test did not cause. */
+const FOREIGN_GAP_MS = 80;
+
+/** Records the gaps of at least `minMs` in this process's event loop, as seen by a 10 ms timer, until stop(). */
+function watchLoop(minMs: number): { gaps: [number, number][]; stop(): void } {
+  const gaps: [number, number][] = [];
+  let last = performance.now();
+  const timer = setInterval(() => {
+    const now = performance.now();
+    if (now - last >= minMs) gaps.push([last, now]);
+    last = now;
+  }, 10);
+  return { gaps, stop: () => clearInterval(timer) };
+}
+
 t.test('after a stall, a node steps what arrived meanwhile before it ticks (no campaign, no step-down)', async (t) => {
   // Election timeout 2 or 3 ticks, a heartbeat every tick: a follower is one tick from its timeout whenever the
   // leader's heartbeat is in flight. The stall starts right after the leader's heartbeat frame left, so after the
   // stall the follower has that heartbeat waiting on its socket. A tick run before it is read (or the ticks of
   // the stall caught up) would fire its election timer; several seeds, so that some follower draws 2.
+  //
+  // With timeouts this tight, a stall the test did not cause (the machine or a parallel test file holding this
+  // process for a tick or more) may start a legitimate election: the three in-process nodes then tick in an order
+  // no real deployment shares. A 10 ms timer watches this process's event loop (watchLoop), so such an attempt is
+  // recognised, reported as inconclusive and run again (at most ATTEMPTS times in all); only an attempt whose event
+  // loop stalled for the test's own stalls alone is judged.
   const groups = [0];
   const TRIALS = 4;
   const STALLS = 3;
+  const ATTEMPTS = 3;
   const STALL_MS = 1_000; // > 3 x the longest election timeout (3 ticks x 100 ms)
   for (let trial = 0; trial < TRIALS; trial++) {
     await t.test(`seed ${trial + 1}`, async (t) => {
-      const c = await startCluster(t, { groups, tickMs: 100, heartbeatTicks: 1, electionTicksMin: 2, fsync: 'never', seed: trial + 1 });
-      await electNode1(c, groups);
-      const before = view(c, groups);
-      const mark = c.sent.length;
-      let stallsLeft = STALLS;
-      let armed = true;
-      c.afterSend = (from, msgs) => {
-        if (!armed || from !== 1 || !msgs.some((m) => m.type === MessageType.Heartbeat)) return;
-        armed = false;
-        // The transport flushes in a setImmediate queued before this one: the heartbeat frame is in the kernel.
-        setImmediate(() => {
-          busyWait(STALL_MS);
-          stallsLeft--;
+      for (let attempt = 1; attempt <= ATTEMPTS; attempt++) {
+        let verdict: { foreignStalls: number; campaigns: string[]; before: string; after: string } | null = null;
+        // Its own subtest, so that its cluster is torn down before the next attempt starts.
+        await t.test(`attempt ${attempt}`, async (t) => {
+          const c = await startCluster(t, { groups, tickMs: 100, heartbeatTicks: 1, electionTicksMin: 2, fsync: 'never', seed: trial + 1 });
+          await electNode1(c, groups);
+          const before = view(c, groups);
+          const loop = watchLoop(FOREIGN_GAP_MS);
+          const ours: [number, number][] = [];
+          const mark = c.sent.length;
+          let stallsLeft = STALLS;
+          let armed = true;
+          c.afterSend = (from, msgs) => {
+            if (!armed || from !== 1 || !msgs.some((m) => m.type === MessageType.Heartbeat)) return;
+            armed = false;
+            // The transport flushes in a setImmediate queued before this one: the heartbeat frame is in the kernel.
+            setImmediate(() => {
+              const from = performance.now();
+              busyWait(STALL_MS);
+              ours.push([from, performance.now()]);
+              stallsLeft--;
+            });
+          };
+          for (let i = 0; i < STALLS; i++) {
+            armed = true;
+            await waitFor(() => stallsLeft === STALLS - i - 1, `stall ${i + 1}`);
+            // Let the nodes run a few ticks between stalls.
+            await new Promise((r) => setTimeout(r, 300));
+          }
+          c.afterSend = null;
+          loop.stop();
+          const foreignStalls = loop.gaps.filter(([a, b]) => !ours.some(([x, y]) => a < y && x < b)).length;
+          const campaigns = c.sent.slice(mark).filter((s) => CAMPAIGN_TYPES.has(s.m.type)).map((s) => `n${s.from}:${s.m.type}`);
+          verdict = { foreignStalls, campaigns, before, after: view(c, groups) };
         });
-      };
-      for (let i = 0; i < STALLS; i++) {
-        armed = true;
-        await waitFor(() => stallsLeft === STALLS - i - 1, `stall ${i + 1}`);
-        // Let the nodes run a few ticks between stalls.
-        await new Promise((r) => setTimeout(r, 300));
+        const v = verdict as { foreignStalls: number; campaigns: string[]; before: string; after: string } | null;
+        if (v === null) return; // the attempt failed on its own (reported there)
+        if (v.foreignStalls > 0 && attempt < ATTEMPTS) {
+          t.comment(`attempt ${attempt}: ${v.foreignStalls} stall(s) the test did not cause; inconclusive, running it again`);
+          continue;
+        }
+        t.equal(v.foreignStalls, 0, 'the event loop saw no stall besides the test\'s own');
+        t.same(v.campaigns, [], 'nobody campaigned after the stalls');
+        t.equal(v.after, v.before, 'roles, leaders and terms unchanged');
+        return;
       }
-      c.afterSend = null;
-      const campaigns = c.sent.slice(mark).filter((s) => CAMPAIGN_TYPES.has(s.m.type));
-      t.same(campaigns.map((s) => `n${s.from}:${s.m.type}`), [], 'nobody campaigned after the stalls');
-      t.equal(view(c, groups), before, 'roles, leaders and terms unchanged');
     });
   }
 });
