@@ -329,7 +329,8 @@ export class CacheNode<V, Op, R> {
    */
   countHit(): number {
     this.stats.hits++;
-    return this.writeBack ? 0 : this.io.now();
+    // 0 means "no hit": a clock that reads exactly 0 (a simulated one at its start) records the least positive time.
+    return this.writeBack ? 0 : this.io.now() || Number.MIN_VALUE;
   }
 
   read(shard: number, key: CacheKey, cb: (r: ReadResult<V>) => void): void {

@@ -479,6 +479,20 @@ t.test('write-back: a lapsed lease loses the Modified lines (counted)', async (t
   t.same(node.dirtyCounts, { lines: 0, buffered: 0 });
 });
 
+t.test('a hit when the clock reads 0 is still recorded, so the line is refilled after an invalidation', async (t) => {
+  const io = new ScriptedIO();
+  io.t = 0;
+  const store = new LruLineStore(8);
+  const node = new CacheNode<string, Op, string>({ self: 2, leaseMs: LEASE, renewMs: RENEW, evictedBatchMax: 4, refillMax: 1 }, store, io);
+  store.onEvict = (k, l) => node.onEvicted(k, l);
+  fill(node, io, 'hot', 'v1', 3, 'S');
+  t.equal(store.peek('hot')?.readAt ?? 0, 0, 'a new line has no hit');
+  t.same(read(node, 'hot'), [{ ok: true, value: 'v1', hit: true }]);
+  t.ok((store.peek('hot')?.readAt ?? 0) > 0, 'the hit is recorded as a positive time');
+  node.onInvalidate({ t: 'inv', shard: SHARD, epoch: EPOCH, items: [['hot', 3]] });
+  t.equal(io.reqs.filter((r) => r.req.t === 'gets').length, 1, 'read again in the background');
+});
+
 t.test('write-through refills: a line read since its fill is read again in the background after an invalidation', async (t) => {
   const io = new ScriptedIO();
   const store = new LruLineStore(8);
