@@ -23,6 +23,10 @@
  * Cache hit rate: `INFO cache` is read from every node before and after each measured Lockstep run (at the window's
  * edges for the mixes) and hits / (hits + misses) computed from the summed deltas of `cache_hits` and
  * `cache_misses`; when a node lacks those fields (no coherent cache in this build) the rate is `n/a`.
+ * Server CPU: around each measured redis-benchmark run the server processes' CPU time (user + system, every thread,
+ * /proc/<pid>/stat via INFO's process_id) is summed, so the rb table also gives CPU microseconds per request for the
+ * cluster (three nodes) and for Redis, and their ratio: a figure the machine's neighbours disturb far less than
+ * throughput.
  * Printed: the two tables with Lockstep/Redis ratios next to the issue's targets (GET >= 0.8x at P1 and >= 0.5x at
  * P16; SET >= 0.5x Redis appendfsync always; hit rate > 90% on the 90/10 mix), computed from the figures, and the
  * issues seen; writes bench/results/cache-<timestamp>.json.
@@ -64,6 +68,7 @@ import {
   runClientThreads,
   sleep,
   snapshotCounters,
+  sumCpu,
   WARMUP_MS,
   type ClientWindow,
   type CounterDeltas,
@@ -429,6 +434,11 @@ interface RbMeasure {
   cacheReads?: number | null;
   cacheDelta?: Record<string, number>;
   counters?: CounterDeltas;
+  /**
+   * CPU time (user + system, all threads) the server processes used over the measured run, summed, per request, in
+   * microseconds (every node of the cluster; Redis' one process); undefined when /proc cannot be read.
+   */
+  cpuUsPerReq?: number;
 }
 
 interface MixResult {
@@ -614,7 +624,7 @@ async function rbWarmup(system: SystemName, ports: number[]): Promise<void> {
 }
 
 /** redis-benchmark for every pipeline depth and test: probe (sizes -n), then the measured run. */
-async function rbPass(system: SystemName, ports: number[], probes?: Probes): Promise<void> {
+async function rbPass(system: SystemName, ports: number[], serverPids: number[], probes?: Probes): Promise<void> {
   console.log(`${system}: redis-benchmark ${opts.clients} clients as ${splitClients(opts.clients, RB_PROCS).join('/')} over ${RB_PROCS} processes, -r ${opts.keyspace} -d ${opts.valueSize}`);
   await rbWarmup(system, ports);
   for (const pipeline of RB_PIPELINES) {
@@ -630,7 +640,11 @@ async function rbPass(system: SystemName, ports: number[], probes?: Probes): Pro
         const expectedMs = (n / probe.rps) * 1000;
         const cacheBefore = probes ? await cacheSnapshot(probes.admins).catch(() => undefined) : undefined;
         const countersBefore = probes ? await snapshotCounters(probes.ports) : undefined;
+        const cpuBefore = sumCpu(serverPids);
         m = await rbSpreadRetrying(system, ports, test, pipeline, n, Math.max(RB_MEASURED_TIMEOUT_MIN_MS, expectedMs * RB_STALL_FACTOR), `${label} -n ${n}`);
+        const cpuAfter = sumCpu(serverPids);
+        // (a retried run counts the CPU of its failed attempts too: rare, and it only makes the figure worse)
+        if (m.ok && cpuBefore !== undefined && cpuAfter !== undefined && m.requests > 0) m.cpuUsPerReq = Math.round(((cpuAfter - cpuBefore) * 1e7) / m.requests) / 10;
         if (probes) {
           const cacheAfter = await cacheSnapshot(probes.admins).catch(() => undefined);
           const countersAfter = await snapshotCounters(probes.ports);
@@ -654,7 +668,7 @@ async function rbPass(system: SystemName, ports: number[], probes?: Probes): Pro
       const extra = probes ? `  hit rate ${fmtHit(m)}  fwd ${fwdPct(m.counters)}` : '';
       console.log(
         `  ${label.padEnd(8)} ${String(Math.round(m.rps)).padStart(7)} req/s  p50 ${fmtMs(m.p50Ms)} p99 ${fmtMs(m.p99Ms)} ms  ` +
-          `(-n ${m.requests}; per process ${m.parts!.map((p) => Math.round(p.rps)).join('/')})${extra}`,
+          `(-n ${m.requests}; per process ${m.parts!.map((p) => Math.round(p.rps)).join('/')})${extra}${m.cpuUsPerReq !== undefined ? `  cpu ${m.cpuUsPerReq} us/req` : ''}`,
       );
       if (m.counters && (m.counters.workerErrors > 0 || m.counters.failedCalls > 0 || m.counters.termBumps > 0)) {
         issues.push(`lockstep ${label}: ${m.counters.termBumps} Raft term bumps, ${m.counters.workerErrors} worker error replies, ${m.counters.failedCalls} failed calls (INFO)`);
@@ -827,7 +841,7 @@ async function redisPass(): Promise<void> {
     infra.redis = { port: redis.port, pid, config: 'appendonly yes, appendfsync always, save ""' };
     console.log(`redis-server (appendonly yes, appendfsync always; single, unreplicated) on ${redis.port}`);
     await prefill('redis', [redis.port]);
-    if (wants('rb')) await rbPass('redis', [redis.port]);
+    if (wants('rb')) await rbPass('redis', [redis.port], pid === undefined ? [] : [pid]);
     if (wants('mix')) await mixPass('redis', [redis.port], pid === undefined ? [] : [pid]);
   } catch (err) {
     const msg = `redis: ${(err as Error).message}`;
@@ -911,7 +925,7 @@ async function lockstepPass(): Promise<void> {
     await prefill('lockstep', ports);
     crashed();
     if (wants('rb')) {
-      await rbPass('lockstep', ports, probes);
+      await rbPass('lockstep', ports, pids.length === ports.length ? pids : [], probes);
       crashed();
     }
     if (wants('mix')) {
@@ -985,13 +999,19 @@ function finish(partial: boolean): void {
         const target = rbTarget(test, pipeline);
         const met = target === undefined || ratio === null ? null : ratio >= target;
         if (target !== undefined) targets.push({ name: `${test} P${pipeline} >= ${target}x redis (appendfsync always)`, value: ratio, met });
+        const cpuRatio = ratioOf(r?.cpuUsPerReq, l?.cpuUsPerReq);
         rows.push([
           `${test} P${pipeline}`, l ? Math.round(l.rps) : '-', fmtMs(l?.p50Ms), fmtMs(l?.p99Ms), l ? fmtHit(l) : '-', l ? fwdPct(l.counters) : '-',
           r ? Math.round(r.rps) : '-', fmtMs(r?.p50Ms), fmtMs(r?.p99Ms), ratio?.toFixed(2) ?? '-', target === undefined ? '' : `>= ${target} ${met === null ? '-' : met ? 'met' : 'NOT met'}`,
+          l?.cpuUsPerReq ?? '-', r?.cpuUsPerReq ?? '-', cpuRatio?.toFixed(2) ?? '-',
         ]);
       }
     }
-    printTable(['test', 'lockstep req/s', 'p50 ms', 'p99 ms', 'hit rate', 'fwd', 'redis req/s', 'p50 ms', 'p99 ms', 'ratio', 'target'], rows);
+    printTable(['test', 'lockstep req/s', 'p50 ms', 'p99 ms', 'hit rate', 'fwd', 'redis req/s', 'p50 ms', 'p99 ms', 'ratio', 'target', 'lockstep cpu us', 'redis cpu us', 'cpu ratio'], rows);
+    console.log(
+      'cpu us = CPU time (user + system) of the server processes per request over the measured run (Lockstep: the three nodes summed);\n' +
+        'cpu ratio = redis / lockstep, the throughput ratio if CPU were the only limit.',
+    );
   }
   if (wants('mix')) {
     console.log(

@@ -21,12 +21,11 @@
  * Invariants: a run is bounded in time by the limits above; every thread is terminated before runClientThreads
  * returns or throws; the reports are whatever the threads posted, never partial objects.
  */
-import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { parentPort, Worker } from 'node:worker_threads';
 import { Redis } from 'ioredis';
 import { nodeCounters, type NodeCounters } from './cluster.js';
+import { processCpuSeconds } from './procs.js';
 
 /** Unmeasured warm-up before every window. */
 export const WARMUP_MS = 1_000;
@@ -38,8 +37,6 @@ export const DRAIN_MARGIN_MS = 5_000;
 export const CLOSE_GRACE_MS = 5_000;
 /** Beyond a thread's own drain bound, how long the main thread waits for its report before terminating it. */
 export const REPORT_MARGIN_MS = 10_000;
-/** Linux's usual clock ticks per second, used when `getconf CLK_TCK` cannot be run. */
-const CLK_TCK_DEFAULT = 100;
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 /** Wall-clock ms with sub-ms precision, comparable across threads. */
@@ -149,38 +146,12 @@ export async function clientThreadMain<R>(spec: ClientThreadSpec<R>): Promise<vo
 
 // ---- main thread ----
 
-let clkTck: number | undefined;
-
-/** Clock ticks per second for /proc CPU times (getconf CLK_TCK, read once). */
-function clockTicks(): number {
-  if (clkTck === undefined) {
-    try {
-      clkTck = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || CLK_TCK_DEFAULT;
-    } catch {
-      clkTck = CLK_TCK_DEFAULT;
-    }
-  }
-  return clkTck;
-}
-
-/** CPU seconds (user + system, all threads) a process has used, from /proc; undefined if it is gone. */
-function procCpuSeconds(pid: number): number | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    // after "pid (comm) ", f[0] is field 3 (state); utime and stime are fields 14 and 15, i.e. f[11] and f[12]
-    return (Number(f[11]) + Number(f[12])) / clockTicks();
-  } catch {
-    return undefined;
-  }
-}
-
 /** Summed CPU seconds of the processes; undefined when none is given or one is gone. */
 export function sumCpu(pids: number[]): number | undefined {
   if (pids.length === 0) return undefined;
   let total = 0;
   for (const p of pids) {
-    const c = procCpuSeconds(p);
+    const c = processCpuSeconds(p);
     if (c === undefined) return undefined;
     total += c;
   }

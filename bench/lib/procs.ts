@@ -276,6 +276,8 @@ export async function redisBenchmark(port: number, args: string[]): Promise<Benc
   return rows;
 }
 
+/** Linux's usual clock ticks per second, used when `getconf CLK_TCK` cannot be run. */
+const CLK_TCK_DEFAULT = 100;
 let clockTicksPerSecond: number | undefined;
 
 /**
@@ -299,9 +301,9 @@ export function processCpuSeconds(pid: number | undefined): number | undefined {
   if (!Number.isFinite(utime) || !Number.isFinite(stime)) return undefined;
   if (clockTicksPerSecond === undefined) {
     try {
-      clockTicksPerSecond = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'latin1' }).trim()) || 100;
+      clockTicksPerSecond = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'latin1' }).trim()) || CLK_TCK_DEFAULT;
     } catch {
-      clockTicksPerSecond = 100;
+      clockTicksPerSecond = CLK_TCK_DEFAULT;
     }
   }
   return (utime + stime) / clockTicksPerSecond;
