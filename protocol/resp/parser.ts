@@ -41,7 +41,7 @@
  *     +--+--------------------------------------> INLINE (any first byte other than '*')
  */
 import type { RespLimits } from '../../src/config/limits.js';
-import { bufferView } from '../../src/util/buffer-view.js';
+import { bufferView } from '../buffer-view.js';
 import { describeByte, RespProtocolError } from './errors.js';
 
 export { RespProtocolError } from './errors.js';

@@ -43,7 +43,7 @@
  */
 import type { CacheLimits } from '../config/limits.js';
 import { createRng, type Rng } from '../util/rng.js';
-import { bufferView } from '../util/buffer-view.js';
+import { bufferView } from '../../protocol/buffer-view.js';
 import { latin1String } from '../util/latin1.js';
 import { globMatchLatin1 } from './glob.js';
 

@@ -1,6 +1,6 @@
 import t from 'tap';
 import { pack, unpack } from 'msgpackr';
-import { bufferView } from '../../src/util/buffer-view.js';
+import { bufferView } from '../../protocol/buffer-view.js';
 
 t.test('bufferView is a Buffer over the same bytes as subarray, to every Buffer API', async (t) => {
   const base = Buffer.from('__hello world__');
