@@ -193,7 +193,7 @@ export class ClusterCache {
 
   /** GET: a hit answers synchronously (before this returns); a miss asks the home. */
   get(shard: number, key: Buffer, cb: (r: ReadResult<CachedValue>) => void): void {
-    this.node.read(shard, key.toString('latin1'), cb);
+    this.node.read(shard, latin1String(key), cb);
   }
 
   /**
