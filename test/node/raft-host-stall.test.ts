@@ -209,6 +209,9 @@ const CAMPAIGN_TYPES = new Set<MessageType>([MessageType.PreVote, MessageType.Vo
 /** Event-loop gaps (performance.now() ms, [from, to]) of at least this long count as stalls the test did not cause. */
 const FOREIGN_GAP_MS = 80;
 
+/** What an attempt of the stall test saw: stalls it did not cause, campaigns after its stalls, roles before and after. */
+type Verdict = { foreignStalls: number; campaigns: string[]; before: string; after: string };
+
 /** Records the gaps of at least `minMs` in this process's event loop, as seen by a 10 ms timer, until stop(). */
 function watchLoop(minMs: number): { gaps: [number, number][]; stop(): void } {
   const gaps: [number, number][] = [];
@@ -240,7 +243,7 @@ t.test('after a stall, a node steps what arrived meanwhile before it ticks (no c
   for (let trial = 0; trial < TRIALS; trial++) {
     await t.test(`seed ${trial + 1}`, async (t) => {
       for (let attempt = 1; attempt <= ATTEMPTS; attempt++) {
-        let verdict: { foreignStalls: number; campaigns: string[]; before: string; after: string } | null = null;
+        let verdict: Verdict | null = null;
         // Its own subtest, so that its cluster is torn down before the next attempt starts.
         await t.test(`attempt ${attempt}`, async (t) => {
           const c = await startCluster(t, { groups, tickMs: 100, heartbeatTicks: 1, electionTicksMin: 2, fsync: 'never', seed: trial + 1 });
@@ -274,7 +277,7 @@ t.test('after a stall, a node steps what arrived meanwhile before it ticks (no c
           const campaigns = c.sent.slice(mark).filter((s) => CAMPAIGN_TYPES.has(s.m.type)).map((s) => `n${s.from}:${s.m.type}`);
           verdict = { foreignStalls, campaigns, before, after: view(c, groups) };
         });
-        const v = verdict as { foreignStalls: number; campaigns: string[]; before: string; after: string } | null;
+        const v = verdict as Verdict | null; // (assigned inside the subtest's callback, which TypeScript cannot see)
         if (v === null) return; // the attempt failed on its own (reported there)
         if (v.foreignStalls > 0 && attempt < ATTEMPTS) {
           t.comment(`attempt ${attempt}: ${v.foreignStalls} stall(s) the test did not cause; inconclusive, running it again`);
