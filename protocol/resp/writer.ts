@@ -245,20 +245,7 @@ export class ReplyWriter implements ReplySink {
   /** $<len>\r\n<bytes>\r\n */
   bulk(v: Buffer | string): void {
     if (typeof v !== 'string') {
-      const len = v.length;
-      this.header(36, len);
-      this.ensure(len + 2);
-      const b = this.buf;
-      let p = this.pos;
-      if (len < 32) {
-        for (let i = 0; i < len; i++) b[p++] = v[i] as number;
-      } else {
-        b.set(v, p);
-        p += len;
-      }
-      b[p++] = CR;
-      b[p++] = LF;
-      this.pos = p;
+      this.bulkRange(v, 0, v.length);
       return;
     }
     const n = v.length;
@@ -288,6 +275,24 @@ export class ReplyWriter implements ReplySink {
     this.buf.write(v, this.pos, len, 'utf8');
     this.pos += len;
     this.crlf();
+  }
+
+  /** bulk() of the bytes src[start, end), without making a view of them. */
+  bulkRange(src: Uint8Array, start: number, end: number): void {
+    const len = end - start;
+    this.header(36, len);
+    this.ensure(len + 2);
+    const b = this.buf;
+    let p = this.pos;
+    if (len < 32) {
+      for (let i = start; i < end; i++) b[p++] = src[i] as number;
+    } else {
+      b.set(start === 0 && end === src.length ? src : src.subarray(start, end), p);
+      p += len;
+    }
+    b[p++] = CR;
+    b[p++] = LF;
+    this.pos = p;
   }
 
   /** The null bulk string: $-1 (RESP2) or _ (RESP3). */

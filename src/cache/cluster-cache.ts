@@ -177,18 +177,18 @@ export class ClusterCache {
   }
 
   /**
-   * The cached bytes if the key can be served locally now (a hit, counted; null for a cached "no such key");
-   * undefined if not (nothing counted). The hot path of GET: CacheNode.read's hit check, reading the store entry
-   * directly instead of building a Line.
+   * The store entry holding the cached bytes if the key can be served locally now (a hit, counted; null for a cached
+   * "no such key"); undefined if not (nothing counted). The hot path of GET: CacheNode.read's hit check, reading the
+   * store entry directly instead of building a Line. Use the entry before any other call into the cache.
    */
-  peekHit(shard: number, key: Buffer): Buffer | null | undefined {
+  peekHit(shard: number, key: Buffer): CacheEntry | null | undefined {
     const k = latin1String(key);
     if (!this.node.mayHit(shard, k)) return undefined;
     const e = this.store.getLatin1(k);
     if (e === undefined) return undefined;
     const at = this.node.countHit();
     if (at !== 0) e.mark = at;
-    return (e.state & ABSENT) !== 0 ? null : e.value;
+    return (e.state & ABSENT) !== 0 ? null : e;
   }
 
   /** GET: a hit answers synchronously (before this returns); a miss asks the home. */

@@ -39,7 +39,8 @@
  * access). Values are copied on insert, since callers pass views into network buffers: values shorter than
  * SMALL_VALUE_BYTES are bump-allocated from store-owned 4 KiB slabs (a separate ArrayBuffer per tiny value costs
  * more than the value), larger ones get their own allocation (so an old survivor never pins a slab full of dead
- * neighbours). docs/cache-store.md has the measurements behind these choices.
+ * neighbours). An entry holds its value as (memory, start, length), not as a view object: `entry.value` builds the
+ * view when asked. docs/cache-store.md has the measurements behind these choices.
  */
 import type { CacheLimits } from '../config/limits.js';
 import { createRng, type Rng } from '../util/rng.js';
@@ -69,7 +70,15 @@ export interface CacheEntry {
   /** The key (a fresh Buffer on every access; `keyLatin1` is the same bytes as a string without allocation). */
   readonly key: Buffer;
   readonly keyLatin1: string;
+  /**
+   * The value: a view built on each access unless the value has a Buffer of its own. A hot reader copies the bytes
+   * straight from `valueBytes` [valueStart, valueStart + valueLength) instead (ReplySink.bulkRange), building nothing.
+   */
   readonly value: Buffer;
+  /** The memory holding the value (a slab shared with other small values, or the value's own Buffer). */
+  readonly valueBytes: Buffer;
+  readonly valueStart: number;
+  readonly valueLength: number;
   /** Unix ms after which the entry is expired; 0 = no TTL. */
   readonly expireAt: number;
   /** Coherence state (MESI), kept but never interpreted by the store. Default 0. */
@@ -142,7 +151,14 @@ const EMPTY = Buffer.alloc(0);
 
 class Entry implements CacheEntry {
   keyLatin1: string;
-  value: Buffer;
+  /**
+   * The value is valueLength bytes of valueBytes from valueStart. Three fields written in place rather than one view
+   * object per value: a view made on every SET outlives the young generation (it stays until the key's next write),
+   * so each one was copied by a scavenge and promoted, and scavenges cost what survives them. docs/cache-store.md.
+   */
+  valueBytes: Buffer;
+  valueStart: number;
+  valueLength: number;
   expireAt: number;
   state: number;
   mark: number;
@@ -158,9 +174,11 @@ class Entry implements CacheEntry {
   ttlPrev: Entry | null = null;
   ttlNext: Entry | null = null;
 
-  constructor(keyLatin1: string, value: Buffer, expireAt: number, state: number, bytes: number, seq: number) {
+  constructor(keyLatin1: string, expireAt: number, state: number, bytes: number, seq: number) {
     this.keyLatin1 = keyLatin1;
-    this.value = value;
+    this.valueBytes = EMPTY;
+    this.valueStart = 0;
+    this.valueLength = 0;
     this.expireAt = expireAt;
     this.state = state;
     this.mark = 0;
@@ -168,6 +186,18 @@ class Entry implements CacheEntry {
     this.seq = seq;
     this.slot = -1;
     this.appendCap = 0;
+  }
+
+  get value(): Buffer {
+    const b = this.valueBytes;
+    const at = this.valueStart;
+    return at === 0 && this.valueLength === b.length ? b : bufferView(b, at, at + this.valueLength);
+  }
+
+  set value(v: Buffer) {
+    this.valueBytes = v;
+    this.valueStart = 0;
+    this.valueLength = v.length;
   }
 
   get key(): Buffer {
@@ -310,11 +340,12 @@ export class CacheStore {
     const bytes = entryBytes(key.length, value.length);
     const bytesMax = this.limits.bytesMax;
     if (bytesMax > 0 && bytes > bytesMax) throw new CacheEntryTooLargeError(bytes, bytesMax);
-    const stored = opts?.copy === false ? value : this.copyValue(value);
     let e = this.lookupForWrite(ks);
     if (e === undefined) {
       const expireAt = opts?.expireAt ?? 0;
-      e = new Entry(ks, stored, expireAt, opts?.state ?? 0, bytes, this.nextSeq++);
+      e = new Entry(ks, expireAt, opts?.state ?? 0, bytes, this.nextSeq++);
+      if (opts?.copy === false) e.value = value;
+      else this.copyValue(value, e);
       if (opts?.mark !== undefined) e.mark = opts.mark;
       this.map.set(ks, e);
       this.usedBytes += bytes;
@@ -324,8 +355,9 @@ export class CacheStore {
       this.orderAppend(e);
     } else {
       const expireAt = opts?.expireAt !== undefined ? opts.expireAt : opts?.keepTtl === true ? e.expireAt : 0;
-      this.usedContentBytes += value.length - e.value.length;
-      e.value = stored;
+      this.usedContentBytes += value.length - e.valueLength;
+      if (opts?.copy === false) e.value = value;
+      else this.copyValue(value, e);
       e.appendCap = 0;
       this.usedBytes += bytes - e.bytes;
       e.bytes = bytes;
@@ -625,29 +657,39 @@ export class CacheStore {
     }
   }
 
-  private copyValue(src: Buffer): Buffer {
+  /** Copies src into store memory and makes it e's value. */
+  private copyValue(src: Buffer, e: Entry): void {
     const n = src.length;
-    if (n === 0) return EMPTY;
+    if (n === 0) {
+      e.valueBytes = EMPTY;
+      e.valueStart = 0;
+      e.valueLength = 0;
+      return;
+    }
     if (n >= SMALL_VALUE_BYTES) {
       const b = Buffer.allocUnsafeSlow(n);
       src.copy(b, 0);
-      return b;
+      e.valueBytes = b;
+      e.valueStart = 0;
+      e.valueLength = n;
+      return;
     }
     const aligned = (n + 7) & ~7;
     if (this.slabUsed + aligned > this.slab.length) {
       this.slab = Buffer.allocUnsafeSlow(VALUE_SLAB_BYTES);
       this.slabUsed = 0;
     }
-    const b = bufferView(this.slab, this.slabUsed, this.slabUsed + n);
-    src.copy(b, 0);
+    src.copy(this.slab, this.slabUsed);
+    e.valueBytes = this.slab;
+    e.valueStart = this.slabUsed;
+    e.valueLength = n;
     this.slabUsed += aligned;
-    return b;
   }
 
   private removeEntry(e: Entry): void {
     this.map.delete(e.keyLatin1);
     this.usedBytes -= e.bytes;
-    this.usedContentBytes -= entryBytes(e.keyLatin1.length, e.value.length);
+    this.usedContentBytes -= entryBytes(e.keyLatin1.length, e.valueLength);
     this.lruUnlink(e);
     if (e.expireAt !== 0) this.ttlRemove(e);
     this.orderRemove(e);

@@ -306,7 +306,7 @@ function arg(args: Buffer[], i: number): Buffer {
 function getCommand(ctx: CommandContext, args: Buffer[]): void {
   const e = ctx.db.get(arg(args, 1));
   if (e === undefined) ctx.reply.nil();
-  else ctx.reply.bulk(e.value);
+  else ctx.reply.bulkRange(e.valueBytes, e.valueStart, e.valueStart + e.valueLength);
 }
 
 /** setGenericCommand: the shared tail of SET, SETNX, SETEX and PSETEX. */
@@ -434,7 +434,7 @@ function mgetCommand(ctx: CommandContext, args: Buffer[]): void {
   for (let j = 1; j < args.length; j++) {
     const e = ctx.db.get(arg(args, j));
     if (e === undefined) ctx.reply.nil();
-    else ctx.reply.bulk(e.value);
+    else ctx.reply.bulkRange(e.valueBytes, e.valueStart, e.valueStart + e.valueLength);
   }
 }
 

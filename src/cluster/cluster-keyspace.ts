@@ -269,10 +269,10 @@ export function clusterKeyspaceCommands(deps: ClusterKeyspaceDeps): CommandSpec[
       // A hit answers synchronously, with no thread hop: the async handler runs only for a miss.
       const fast = (ctx: CommandContext, args: Buffer[]): boolean => {
         const key = args[1]!;
-        const value = cache.peekHit(shardOf(key), key);
-        if (value === undefined) return false;
-        if (value === null) ctx.reply.nil();
-        else ctx.reply.bulk(value);
+        const e = cache.peekHit(shardOf(key), key);
+        if (e === undefined) return false;
+        if (e === null) ctx.reply.nil();
+        else ctx.reply.bulkRange(e.valueBytes, e.valueStart, e.valueStart + e.valueLength);
         return true;
       };
       return { ...spec, handler, async: true, fast };

@@ -111,16 +111,17 @@ export class ReplyRecorder implements ReplySink {
     this.pos += 5;
   }
 
-  private opBytes(op: Op, v: Buffer): void {
-    const len = v.length;
+  /** op with the bytes v[start, end). */
+  private opBytes(op: Op, v: Uint8Array, start: number, end: number): void {
+    const len = end - start;
     this.opCount(op, len);
     this.ensure(len);
     const b = this.buf;
     let p = this.pos;
     if (len < 32) {
-      for (let i = 0; i < len; i++) b[p++] = v[i] as number;
+      for (let i = start; i < end; i++) b[p++] = v[i] as number;
     } else {
-      b.set(v, p);
+      b.set(start === 0 && end === v.length ? v : v.subarray(start, end), p);
       p += len;
     }
     this.pos = p;
@@ -163,7 +164,10 @@ export class ReplyRecorder implements ReplySink {
   }
   bulk(b: Buffer | string): void {
     if (typeof b === 'string') this.opText(Op.Bulk, b);
-    else this.opBytes(Op.Bulk, b);
+    else this.opBytes(Op.Bulk, b, 0, b.length);
+  }
+  bulkRange(src: Uint8Array, start: number, end: number): void {
+    this.opBytes(Op.Bulk, src, start, end);
   }
   nil(): void {
     this.op(Op.Nil);

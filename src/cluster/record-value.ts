@@ -68,6 +68,9 @@ class ValueSink implements ReplySink {
   bulk(b: Buffer | string): void {
     this.put(typeof b === 'string' ? Buffer.from(b) : Buffer.from(b));
   }
+  bulkRange(src: Uint8Array, start: number, end: number): void {
+    this.put(Buffer.from(src.subarray(start, end)));
+  }
   nil(): void {
     this.put(null);
   }

@@ -22,6 +22,8 @@ export interface ReplySink {
   integer(n: number | bigint): void;
   /** $<len>\r\n<bytes>\r\n */
   bulk(b: Buffer | string): void;
+  /** bulk() of the bytes src[start, end), without a view of them (the cache store's values: CacheEntry.valueBytes). */
+  bulkRange(src: Uint8Array, start: number, end: number): void;
   /** The null bulk string ($-1 in RESP2, _ in RESP3). */
   nil(): void;
   /** The null array (*-1 in RESP2, _ in RESP3). */

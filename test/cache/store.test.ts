@@ -114,6 +114,40 @@ t.test('values are copied on insert, so the caller may reuse its buffer', async 
   t.equal(db.get(b('small'))?.value.toString(), 'tiny');
 });
 
+t.test('valueBytes/valueStart/valueLength name the same bytes as value, wherever the value is kept', async (t) => {
+  const { db } = makeStore();
+  const rangeOf = (e: CacheEntry | undefined): string => {
+    if (e === undefined) return 'absent';
+    return e.valueBytes.subarray(e.valueStart, e.valueStart + e.valueLength).toString('latin1');
+  };
+  const cases: [string, Buffer][] = [
+    ['empty', Buffer.alloc(0)],
+    ['slab', b('small value')],
+    ['slab neighbour', b('another small one')],
+    ['own buffer', Buffer.alloc(300, 'q')],
+  ];
+  for (const [name, v] of cases) db.set(b(name), v);
+  for (const [name, v] of cases) {
+    const e = db.get(b(name));
+    t.equal(rangeOf(e), v.toString('latin1'), name);
+    t.equal(e?.value.toString('latin1'), v.toString('latin1'), `${name}: value`);
+    t.equal(e?.valueLength, v.length, `${name}: length`);
+  }
+  const slab = db.peek(b('slab'));
+  const neighbour = db.peek(b('slab neighbour'));
+  t.equal(slab?.valueBytes, neighbour?.valueBytes, 'small values share one slab');
+  t.not(slab?.valueStart, neighbour?.valueStart);
+  db.append(b('slab'), b(' grown'));
+  t.equal(rangeOf(db.peek(b('slab'))), 'small value grown', 'after append');
+  t.equal(rangeOf(db.peek(b('slab neighbour'))), 'another small one', 'the neighbour is untouched');
+  const owned = Buffer.from('taken as is');
+  db.set(b('owned'), owned, { copy: false });
+  t.equal(db.peek(b('owned'))?.valueBytes, owned, 'copy: false keeps the caller\'s Buffer');
+  db.set(b('slab'), b('overwritten'));
+  t.equal(rangeOf(db.peek(b('slab'))), 'overwritten');
+  db.checkInvariants();
+});
+
 t.test('binary keys and values round-trip byte for byte', async (t) => {
   const { db } = makeStore();
   const keys = [Buffer.from([0]), Buffer.from([0xff, 0xfe, 0, 1]), Buffer.from('\r\n', 'latin1'), Buffer.alloc(0)];

@@ -184,6 +184,8 @@ t.test('a reply record replays every ReplySink call exactly, in RESP2 and in RES
     s.bulk(Buffer.from([0, 1, 2, 255]));
     s.bulk('héllo');
     s.bulk(Buffer.alloc(100, 0x61));
+    s.bulkRange(Buffer.from('--range--'), 2, 7);
+    s.bulkRange(Buffer.alloc(120, 0x62), 10, 110);
     s.nil();
     s.nilArray();
     s.arrayHeader(3);

@@ -28,6 +28,9 @@ export class RecordingSink implements ReplySink {
     const buf = typeof b === 'string' ? Buffer.from(b) : b;
     this.out += `$${buf.length}\r\n${buf.toString('latin1')}\r\n`;
   }
+  bulkRange(src: Uint8Array, start: number, end: number): void {
+    this.bulk(Buffer.from(src.buffer, src.byteOffset + start, end - start));
+  }
   nil(): void {
     this.out += this.proto === 3 ? '_\r\n' : '$-1\r\n';
   }
