@@ -16,7 +16,7 @@
  * NOQUORUM (a majority of the shard's replicas is unreachable from here), ERR (a bug: never a user's input).
  */
 import type { CommandContext, CommandSpec } from '../server/command.js';
-import { STRING_COMMANDS, ERR_INVALID_CURSOR, ERR_SYNTAX } from '../cache/string-commands.js';
+import { STRING_COMMANDS, ERR_INVALID_CURSOR, ERR_SYNTAX, replyValue } from '../cache/string-commands.js';
 import { isReplicatedWrite, lookupWrite } from './keyspace-machine.js';
 import { replayReply } from './keyspace-reply.js';
 import { isErrorValue, recordValue, type RecordValue } from './record-value.js';
@@ -272,7 +272,7 @@ export function clusterKeyspaceCommands(deps: ClusterKeyspaceDeps): CommandSpec[
         const e = cache.peekHit(shardOf(key), key);
         if (e === undefined) return false;
         if (e === null) ctx.reply.nil();
-        else ctx.reply.bulkRange(e.valueBytes, e.valueStart, e.valueStart + e.valueLength);
+        else replyValue(ctx.reply, e);
         return true;
       };
       return { ...spec, handler, async: true, fast };
