@@ -379,7 +379,7 @@ export class CacheStore {
     const ks = latin1String(key);
     const e = this.lookupForWrite(ks);
     if (e === undefined) return this.set(key, suffix);
-    const oldLen = e.value.length;
+    const oldLen = e.valueLength;
     const newLen = oldLen + suffix.length;
     const bytesMax = this.limits.bytesMax;
     if (suffix.length === 0) {
@@ -802,10 +802,11 @@ export class CacheStore {
       if (e.lruPrev !== prev) fail('LRU back link');
       if (this.map.get(e.keyLatin1) !== e) fail('LRU entry not in map');
       if (this.order[e.slot] !== e) fail('entry not at its slot');
-      if (e.bytes < entryBytes(e.keyLatin1.length, e.value.length)) fail('entry bytes too small');
+      if (e.valueStart < 0 || e.valueStart + e.valueLength > e.valueBytes.length) fail('value range outside its memory');
+      if (e.bytes < entryBytes(e.keyLatin1.length, e.valueLength)) fail('entry bytes too small');
       n++;
       bytes += e.bytes;
-      contentBytes += entryBytes(e.keyLatin1.length, e.value.length);
+      contentBytes += entryBytes(e.keyLatin1.length, e.valueLength);
       if (e.lruNext === null && this.lruTail !== e) fail('LRU tail');
     }
     if (n !== this.map.size) fail(`LRU length ${n} != map size ${this.map.size}`);

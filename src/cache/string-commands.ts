@@ -538,7 +538,7 @@ function appendCommand(ctx: CommandContext, args: Buffer[]): void {
   const key = arg(args, 1);
   const suffix = arg(args, 2);
   const e = ctx.db.peek(key);
-  if (e !== undefined && e.value.length + suffix.length > ctx.db.valueBytesMax) {
+  if (e !== undefined && e.valueLength + suffix.length > ctx.db.valueBytesMax) {
     ctx.reply.error(ERR_STRING_TOO_LONG);
     return;
   }
@@ -553,7 +553,7 @@ function appendCommand(ctx: CommandContext, args: Buffer[]): void {
 
 function strlenCommand(ctx: CommandContext, args: Buffer[]): void {
   const e = ctx.db.get(arg(args, 1));
-  ctx.reply.integer(e === undefined ? 0 : e.value.length);
+  ctx.reply.integer(e === undefined ? 0 : e.valueLength);
 }
 
 function getrangeCommand(ctx: CommandContext, args: Buffer[]): void {
@@ -572,7 +572,7 @@ function getrangeCommand(ctx: CommandContext, args: Buffer[]): void {
     ctx.reply.bulk(EMPTY);
     return;
   }
-  const len = e.value.length;
+  const len = e.valueLength;
   // Mixed number/bigint comparisons are exact in JS; values beyond +-2^53 only matter through their sign here.
   if (start0 < 0 && end0 < 0 && start0 > end0) {
     ctx.reply.bulk(EMPTY);
@@ -586,7 +586,7 @@ function getrangeCommand(ctx: CommandContext, args: Buffer[]): void {
   if (end < 0) end = 0;
   if (end >= len) end = len - 1;
   if (start > end || len === 0) ctx.reply.bulk(EMPTY);
-  else ctx.reply.bulk(e.value.subarray(start, end + 1));
+  else ctx.reply.bulkRange(e.valueBytes, e.valueStart + start, e.valueStart + end + 1);
 }
 
 const EMPTY = Buffer.alloc(0);
@@ -604,7 +604,7 @@ function setrangeCommand(ctx: CommandContext, args: Buffer[]): void {
     return;
   }
   const e = ctx.db.peek(key);
-  const oldLen = e === undefined ? 0 : e.value.length;
+  const oldLen = e === undefined ? 0 : e.valueLength;
   if (value.length === 0) {
     ctx.reply.integer(oldLen);
     return;

@@ -500,7 +500,7 @@ export class KeyspaceMachine implements StateMachine {
     let size = SNAPSHOT_HEADER_BYTES + 4 + locks.length + 4 + queues.size;
     for (const e of db.entries()) {
       const kl = e.keyLatin1.length;
-      const vl = e.value.length;
+      const vl = e.valueLength;
       size += varintBytes(kl * 2 + 1) + kl + varintBytes(vl) + vl + (e.expireAt !== 0 ? 8 : 0);
     }
     const buf = Buffer.allocUnsafeSlow(size);
@@ -521,13 +521,15 @@ export class KeyspaceMachine implements StateMachine {
       } else {
         p += buf.write(ks, p, kl, 'latin1');
       }
-      const v = e.value;
-      const vl = v.length;
+      // The value straight from the store's memory (entry.value would build a view per entry).
+      const v = e.valueBytes;
+      const at = e.valueStart;
+      const vl = e.valueLength;
       p = writeVarint(buf, p, vl);
       if (vl < 48) {
-        for (let i = 0; i < vl; i++) buf[p++] = v[i] as number;
+        for (let i = at; i < at + vl; i++) buf[p++] = v[i] as number;
       } else {
-        buf.set(v, p);
+        buf.set(v.subarray(at, at + vl), p);
         p += vl;
       }
       if (hasExpire) {
