@@ -18,3 +18,17 @@ Object.defineProperty(BufferView.prototype, 'constructor', { value: Buffer, writ
 export function bufferView(b: Uint8Array, start: number, end: number): Buffer {
   return new BufferView(b.buffer as ArrayBuffer, b.byteOffset + start, end - start) as unknown as Buffer;
 }
+
+/**
+ * Copies src[start, end) into dst at `at` and returns the position after it. Short runs (the common RESP value) are
+ * copied byte by byte, which beats `TypedArray#set` and the view it needs below about 48 bytes. The caller guarantees
+ * the room in dst and the bounds in src; nothing is checked.
+ */
+export function copyRange(dst: Uint8Array, at: number, src: Uint8Array, start: number, end: number): number {
+  if (end - start < 48) {
+    for (let i = start; i < end; i++) dst[at++] = src[i] as number;
+    return at;
+  }
+  dst.set(start === 0 && end === src.length ? src : src.subarray(start, end), at);
+  return at + (end - start);
+}

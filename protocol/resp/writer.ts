@@ -16,6 +16,7 @@
  *   double -> bulk / `,`, boolean -> `:1`,`:0` / `#t`,`#f`, verbatim -> bulk / `=`, bigNumber -> bulk / `(`.
  */
 import type { ReplySink } from '../../src/server/command.js';
+import { copyRange } from '../buffer-view.js';
 
 const CR = 13;
 const LF = 10;
@@ -283,13 +284,7 @@ export class ReplyWriter implements ReplySink {
     this.header(36, len);
     this.ensure(len + 2);
     const b = this.buf;
-    let p = this.pos;
-    if (len < 32) {
-      for (let i = start; i < end; i++) b[p++] = src[i] as number;
-    } else {
-      b.set(start === 0 && end === src.length ? src : src.subarray(start, end), p);
-      p += len;
-    }
+    let p = copyRange(b, this.pos, src, start, end);
     b[p++] = CR;
     b[p++] = LF;
     this.pos = p;

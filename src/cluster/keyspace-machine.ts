@@ -43,6 +43,7 @@ import {
   writeVarint,
 } from './keyspace-codec.js';
 import { ReplyRecorder } from './keyspace-reply.js';
+import { copyRange } from '../../protocol/buffer-view.js';
 import { LockTable, type LockLimits } from '../locks/lock-table.js';
 import { applyLockWrite, isLockCommand, LOCK_PARKED, readLock } from '../locks/lock-entries.js';
 import { QueueState, type QueueLimits } from '../queue/queue-state.js';
@@ -526,12 +527,7 @@ export class KeyspaceMachine implements StateMachine {
       const at = e.valueStart;
       const vl = e.valueLength;
       p = writeVarint(buf, p, vl);
-      if (vl < 48) {
-        for (let i = at; i < at + vl; i++) buf[p++] = v[i] as number;
-      } else {
-        buf.set(v.subarray(at, at + vl), p);
-        p += vl;
-      }
+      p = copyRange(buf, p, v, at, at + vl);
       if (hasExpire) {
         buf.writeDoubleLE(e.expireAt, p);
         p += 8;

@@ -22,6 +22,7 @@
  */
 import type { ReplySink } from '../server/command.js';
 import { ByteReader } from '../util/byte-reader.js';
+import { copyRange } from '../../protocol/buffer-view.js';
 
 const enum Op {
   Ok = 1,
@@ -116,15 +117,7 @@ export class ReplyRecorder implements ReplySink {
     const len = end - start;
     this.opCount(op, len);
     this.ensure(len);
-    const b = this.buf;
-    let p = this.pos;
-    if (len < 32) {
-      for (let i = start; i < end; i++) b[p++] = v[i] as number;
-    } else {
-      b.set(start === 0 && end === v.length ? v : v.subarray(start, end), p);
-      p += len;
-    }
-    this.pos = p;
+    this.pos = copyRange(this.buf, this.pos, v, start, end);
   }
 
   private opText(op: Op, s: string): void {

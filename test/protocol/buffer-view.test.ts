@@ -1,6 +1,6 @@
 import t from 'tap';
 import { pack, unpack } from 'msgpackr';
-import { bufferView } from '../../protocol/buffer-view.js';
+import { bufferView, copyRange } from '../../protocol/buffer-view.js';
 
 t.test('bufferView is a Buffer over the same bytes as subarray, to every Buffer API', async (t) => {
   const base = Buffer.from('__hello world__');
@@ -23,4 +23,15 @@ t.test('bufferView is a Buffer over the same bytes as subarray, to every Buffer 
   t.equal(bufferView(inner, 3, 3).length, 0, 'an empty view');
   inner[6] = 0x57; // 'W'
   t.equal(v.toString(), 'World', 'it shares memory with the buffer it views');
+});
+
+t.test('copyRange copies exactly src[start, end) to dst at a position, short and long runs alike', async (t) => {
+  const src = Buffer.from(Array.from({ length: 100 }, (_, i) => i));
+  for (const [start, end] of [[0, 0], [3, 7], [10, 41], [0, 100], [5, 100]] as const) {
+    const dst = Buffer.alloc(120, 0xee);
+    const after = copyRange(dst, 9, src, start, end);
+    t.equal(after, 9 + end - start, `[${start}, ${end}) returns the end position`);
+    t.same([...dst.subarray(9, after)], [...src.subarray(start, end)], `[${start}, ${end}) bytes`);
+    t.ok(dst.subarray(0, 9).every((x) => x === 0xee) && dst.subarray(after).every((x) => x === 0xee), `[${start}, ${end}) nothing else written`);
+  }
 });
