@@ -541,6 +541,9 @@ async function cacheSnapshot(admins: Redis[]): Promise<CacheSnapshot> {
  * Summed per-field deltas over the nodes, the reads (hits + misses; null when a node lacks cache_hits /
  * cache_misses) and the hit rate (null when there were no reads or no such fields).
  */
+/** INFO cache fields that are ratios, not counters: no delta. */
+const RATIO_FIELDS = new Set(['cache_hit_rate', 'cache_line_reuse']);
+
 function cacheDelta(before: CacheSnapshot, after: CacheSnapshot): { delta: Record<string, number>; reads: number | null; hitRate: number | null } {
   const delta: Record<string, number> = {};
   let complete = true;
@@ -548,7 +551,7 @@ function cacheDelta(before: CacheSnapshot, after: CacheSnapshot): { delta: Recor
     const a = after[i]!;
     const b = before[i] ?? {};
     if (a.cache_hits === undefined || a.cache_misses === undefined || b.cache_hits === undefined || b.cache_misses === undefined) complete = false;
-    for (const [k, v] of Object.entries(a)) if (b[k] !== undefined) delta[k] = (delta[k] ?? 0) + v - b[k]!;
+    for (const [k, v] of Object.entries(a)) if (b[k] !== undefined && !RATIO_FIELDS.has(k)) delta[k] = (delta[k] ?? 0) + v - b[k]!;
   }
   const looked = (delta.cache_hits ?? 0) + (delta.cache_misses ?? 0);
   return { delta, reads: complete ? looked : null, hitRate: complete && looked > 0 ? delta.cache_hits! / looked : null };

@@ -80,7 +80,33 @@ export interface NodeCacheConfig {
    * names it, which spares that invalidation. Default 100 (KEEP_LINE_READ_WITHIN_MS). 0: never keep.
    */
   keepLineReadWithinMs?: number;
+  /**
+   * Write-through: which single-key writes ask the home for a line of the written key (an E grant with the value
+   * after the write, `want`). 'always' (the default here): every one, MESI's write-allocate. 'adaptive': a write asks
+   * when the key's line served a hit since it was installed here or a read of the key is in flight here; otherwise
+   * only while lines on this node are being reused (lineReuse, the share of lines that served a hit before an
+   * invalidation or a write of their key ended them, is at least WRITE_ALLOCATE_REUSE_MIN), and else one write in
+   * WRITE_ALLOCATE_PROBE_EVERY, which keeps lineReuse measured. A write that does not ask leaves no line behind
+   * (no-write-allocate): a key written and not read here costs no grant, no line to install and, at its next write,
+   * no line to drop. Under write-back every single-key write asks (the line is what makes the next write local).
+   */
+  writeAllocate?: WriteAllocate;
 }
+
+/** See NodeCacheConfig.writeAllocate. */
+export type WriteAllocate = 'always' | 'adaptive';
+
+/**
+ * writeAllocate 'adaptive': writes of keys with no sign of being read here allocate lines while at least this share
+ * of lines serve a hit before they end. A line costs a grant, an install and a drop (about a fifth of the cluster's
+ * CPU per SET at pipeline 16, measured); a miss costs a fill round trip through the home, which is dearer, so the
+ * bar is low.
+ */
+export const WRITE_ALLOCATE_REUSE_MIN = 0.25;
+/** writeAllocate 'adaptive': below the bar, one write in this many still allocates, so reuse keeps being sampled. */
+export const WRITE_ALLOCATE_PROBE_EVERY = 16;
+/** lineReuse is a moving average over about this many ended lines. */
+const LINE_REUSE_WINDOW = 64;
 
 /** Default of NodeCacheConfig.keepLineReadWithinMs: a key read this recently is likely read again during a write. */
 export const KEEP_LINE_READ_WITHIN_MS = 100;
@@ -115,11 +141,13 @@ export interface NodeCacheStats {
   evictions: number;
   renewalsSent: number;
   renewalsRefused: number;
-  /** Write-back: writes completed on a local E/M line, flushes sent / accepted, Modified data handed over in an answer
-   *  to an invalidation or downgrade, and Modified data lost (lease lapsed, or the home refused its flush). */
   /** Background re-reads after invalidations (refillMax), and those skipped at the limit. */
   refills: number;
   refillsSkipped: number;
+  /** writeAllocate 'adaptive': single-key writes sent without asking for a line. */
+  writesUnallocated: number;
+  /** Write-back: writes completed on a local E/M line, flushes sent / accepted, Modified data handed over in an answer
+   *  to an invalidation or downgrade, and Modified data lost (lease lapsed, or the home refused its flush). */
   localWrites: number;
   flushesSent: number;
   flushesAccepted: number;
@@ -245,6 +273,7 @@ export class CacheNode<V, Op, R> {
     renewalsRefused: 0,
     refills: 0,
     refillsSkipped: 0,
+    writesUnallocated: 0,
     localWrites: 0,
     flushesSent: 0,
     flushesAccepted: 0,
@@ -263,6 +292,11 @@ export class CacheNode<V, Op, R> {
   private readonly refillMax: number;
   private refillsInFlight = 0;
   private readonly keepLineReadWithinMs: number;
+  /** Write-through with writeAllocate 'adaptive' (see there). */
+  private readonly adaptiveAllocate: boolean;
+  /** Write-through: moving share of lines that served a hit before an invalidation or a write ended them (lineReuse). */
+  private reuse = 1;
+  private allocateProbe = 0;
   private readonly dirty = new Map<CacheKey, Dirty>();
   private readonly wb = new Map<CacheKey, WbEntry<V>>();
   /**
@@ -283,6 +317,7 @@ export class CacheNode<V, Op, R> {
     this.flushMs = cfg.flushMs ?? 100;
     this.refillMax = this.writeBack ? 0 : Math.max(0, cfg.refillMax ?? 0);
     this.keepLineReadWithinMs = Math.max(0, cfg.keepLineReadWithinMs ?? KEEP_LINE_READ_WITHIN_MS);
+    this.adaptiveAllocate = !this.writeBack && cfg.writeAllocate === 'adaptive';
   }
 
   /** Write-back: Modified lines in the store, and Modified data waiting outside it (INFO). */
@@ -418,8 +453,10 @@ export class CacheNode<V, Op, R> {
    * A write-through write of `keys` ('all' = every key of the shard). `want`: a key whose value after the write the
    * node would like to hold in E (the home decides).
    */
-  write(shard: number, keys: CacheKey[] | 'all', op: Op, want: CacheKey | undefined, cb: (r: WriteResult<R>) => void): void {
-    if (this.writeBack && keys !== 'all' && keys.length === 1 && want === keys[0] && this.writeLocal(shard, keys[0]!, op, cb)) return;
+  write(shard: number, keys: CacheKey[] | 'all', op: Op, wanted: CacheKey | undefined, cb: (r: WriteResult<R>) => void): void {
+    if (this.writeBack && keys !== 'all' && keys.length === 1 && wanted === keys[0] && this.writeLocal(shard, keys[0]!, op, cb)) return;
+    /** The key whose line the request asks for: `wanted`, unless writeAllocate 'read' finds it not read here lately. */
+    let want = wanted;
     const lease = this.lease(shard);
     const seq = ++this.writeSeq;
     /** Write-through: the lines of the written keys, kept (and served) while the write is out. */
@@ -446,6 +483,10 @@ export class CacheNode<V, Op, R> {
         else {
           if (line !== undefined && line.shard === shard && (line.state === LineState.S || line.state === LineState.E)) (dropped ??= []).push([key, line.gen]);
           this.drop(key, 'write-wt');
+        }
+        if (key === want && this.adaptiveAllocate && lastHit === 0 && (this.pend.get(key)?.fill ?? null) === null && !this.allocateAnyway()) {
+          want = undefined;
+          this.stats.writesUnallocated++;
         }
         const p = this.pending(key);
         p.writes++;
@@ -911,9 +952,22 @@ export class CacheNode<V, Op, R> {
     return true;
   }
 
+  /** writeAllocate 'adaptive', a write of a key with no sign of being read here: whether it should allocate anyway. */
+  private allocateAnyway(): boolean {
+    if (this.reuse >= WRITE_ALLOCATE_REUSE_MIN) return true;
+    this.allocateProbe = (this.allocateProbe + 1) % WRITE_ALLOCATE_PROBE_EVERY;
+    return this.allocateProbe === 0;
+  }
+
+  /** Write-through: the share of lines that served a hit before an invalidation or a write of their key ended them, as a moving average (writeAllocate 'adaptive' goes by it; INFO cache_line_reuse). */
+  get lineReuse(): number {
+    return this.reuse;
+  }
+
   private drop(key: CacheKey, event: LineEvent): void {
     const line = this.store.peek(key);
     if (line === undefined) return;
+    if (!this.writeBack && (event === 'inv' || event === 'write-wt')) this.reuse += (((line.readAt ?? 0) !== 0 ? 1 : 0) - this.reuse) / LINE_REUSE_WINDOW;
     const t = transition(line.state, event);
     if (line.state === LineState.M) {
       const state = this.undirty(key);

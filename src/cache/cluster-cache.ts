@@ -14,7 +14,7 @@ import type { ShardRuntime } from '../cluster/shard-runtime.js';
 import type { ShardReply } from '../cluster/worker-protocol.js';
 import type { CacheLimits } from '../config/limits.js';
 import { recordValue } from '../cluster/record-value.js';
-import { CacheNode, type Line, type LineStore, type ReadResult } from './cache-node.js';
+import { CacheNode, type Line, type LineStore, type ReadResult, type WriteAllocate } from './cache-node.js';
 import type { CacheKey, CoherenceFailure, HomeAnswer, NodeRequest } from './coherence-types.js';
 import { decodeAnswer, encodeCacheRequest, type CachedValue, type CacheWriteOp } from './coherence-wire.js';
 import { LineState, LINE_STATE_NAMES } from './mesi.js';
@@ -43,6 +43,8 @@ export interface ClusterCacheOptions {
   refillMax?: number;
   /** Write-through: see NodeCacheConfig.keepLineReadWithinMs. */
   keepLineReadWithinMs?: number;
+  /** Write-through: see NodeCacheConfig.writeAllocate. Default 'always'. */
+  writeAllocate?: WriteAllocate;
 }
 
 const SHARD_BITS = 16384;
@@ -142,6 +144,7 @@ export class ClusterCache {
         flushMs: opts.flushMs ?? 100,
         refillMax: opts.refillMax ?? 0,
         ...(opts.keepLineReadWithinMs !== undefined ? { keepLineReadWithinMs: opts.keepLineReadWithinMs } : {}),
+        ...(opts.writeAllocate !== undefined ? { writeAllocate: opts.writeAllocate } : {}),
       },
       lines,
       {
@@ -234,6 +237,8 @@ export class ClusterCache {
       `cache_lease_renewals_refused:${s.renewalsRefused}`,
       `cache_refills:${s.refills}`,
       `cache_refills_skipped:${s.refillsSkipped}`,
+      `cache_writes_unallocated:${s.writesUnallocated}`,
+      `cache_line_reuse:${this.node.lineReuse.toFixed(4)}`,
       `cache_dirty_lines:${d.lines}`,
       `cache_writeback_buffered:${d.buffered}`,
       `cache_local_writes:${s.localWrites}`,

@@ -79,6 +79,7 @@ export const NODE_OPTIONS: readonly OptionSpec[] = [
   { name: 'cache-write-policy', kind: 'enum', default: 'write-through', choices: ['write-through', 'write-back'], help: 'write-through: a write completes once replicated; write-back: a write to a line this node owns completes locally and is written back within --cache-flush-ms (a node crash can lose such writes nobody else read yet); the same on every node' },
   { name: 'cache-flush-ms', kind: 'int', default: 100, min: 1, max: 600_000, unit: 'ms', help: 'write-back: a Modified line is written back at most this long after its first unflushed write' },
   { name: 'cache-keep-read-ms', kind: 'int', default: 100, min: 0, max: 600_000, unit: 'ms', help: 'write-through: a node writing a key keeps serving its line while the write is out if the line served a hit within this time (the write then invalidates it); otherwise it drops the line at once (0 = always drop)' },
+  { name: 'cache-write-allocate', kind: 'enum', default: 'adaptive', choices: ['adaptive', 'always'], help: 'write-through: which single-key writes leave the writing node a line of the key (an E grant with the new value): always = every one; adaptive = those of keys read on this node since their line was installed, and the rest only while this node\'s lines are being reused (docs/cache-coherence.md); write-back always allocates' },
   { name: 'cache-refill-max', kind: 'int', default: 256, min: 0, max: 1_000_000, help: 'write-through: after an invalidation, re-read the key in the background so the next read on this node hits; at most this many in flight per node (0 = off)' },
   { name: 'cache-backing', kind: 'string', default: '', help: 'an external Redis below the replicated keyspace (redis://host:port/db): GET misses load from it, writes are sent to it (docs/cache-coherence.md); empty = none' },
   { name: 'election-timeout', kind: 'int', default: 500, min: 20, max: 60_000, unit: 'ms', help: 'lower bound of the randomized Raft election timeout (heartbeat = a third of it)' },
@@ -119,6 +120,7 @@ export interface ClusterOptions {
   cacheBacking: string;
   cacheRefillMax: number;
   cacheKeepReadMs: number;
+  cacheWriteAllocate: 'adaptive' | 'always';
 }
 
 export interface NodeOptions {
@@ -351,6 +353,7 @@ export function loadNodeOptions(
       cacheBacking: str('cache-backing'),
       cacheRefillMax: num('cache-refill-max'),
       cacheKeepReadMs: num('cache-keep-read-ms'),
+      cacheWriteAllocate: str('cache-write-allocate') as 'adaptive' | 'always',
     },
   };
   options.cluster.members = parseMembers(str('peers'), { id: num('id'), host: str('host'), port: num('port'), peerPort: num('peer-port') });

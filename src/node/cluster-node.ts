@@ -148,6 +148,7 @@ export async function startClusterNode(options: NodeOptions, logger: Logger, hoo
     flushMs: c.cacheFlushMs,
     refillMax: c.cacheRefillMax,
     keepLineReadWithinMs: c.cacheKeepReadMs,
+    writeAllocate: c.cacheWriteAllocate,
   });
   const server = new RespServer(
     { host: options.host, port: options.port, resp: options.resp, server: options.server, protectedMode: options.protectedMode },

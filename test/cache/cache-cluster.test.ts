@@ -24,8 +24,10 @@ const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 const keyLedBy = (c: ProcCluster, leader: number, prefix: string) => keyLedByIn(c, SHARDS, leader, prefix);
 
 t.test('coherence on a real cluster: local hits, invalidation, eviction, a paused holder, a killed leader', async (t) => {
-  // Background refills off: this test checks the exact states a write leaves behind (I on the other nodes).
-  await withCluster(t, { ...OPTS, extraFlags: [...OPTS.extraFlags, '--cache-max-items', '200', '--cache-refill-max', '0'] }, async (c) => {
+  // Background refills off and every write allocating: this test checks the exact states a write leaves behind (I on
+  // the other nodes, E on the writer). The default, adaptive write-allocate, is checked in the next test.
+  const flags = ['--cache-max-items', '200', '--cache-refill-max', '0', '--cache-write-allocate', 'always'];
+  await withCluster(t, { ...OPTS, extraFlags: [...OPTS.extraFlags, ...flags] }, async (c) => {
     const { cl, reconnect } = nodeClients(t, c);
     // Every shard needs a leader whose takeover wait is over before writes are quick; retry the first ones.
     await retrying(10_000, () => cl(1).set('warm', '1'));
@@ -179,5 +181,27 @@ t.test('linearizable GET/SET/INCR from all nodes while a node is paused, then an
     const refills = infos.reduce((n, x) => n + x['cache_refills']!, 0);
     t.ok(hits > 0, `reads were served from caches (${hits} hits)`);
     t.ok(refills > 0, `invalidated lines were read again in the background (${refills} refills)`);
+
+    // -- adaptive write-allocate (the default): a node that writes keys it does not read stops taking lines for them
+    const w = c.client(1);
+    const unallocated = async (): Promise<number> => (await cacheInfo(c, 1))['cache_writes_unallocated']!;
+    const u0 = await unallocated();
+    let n = 0;
+    for (; n < 400 && (n % 20 !== 0 || (await unallocated()) === u0); n++) await retrying(10_000, () => w.set('wa:only-written', String(n)));
+    const reuse = (await cacheInfo(c, 1))['cache_line_reuse']!;
+    t.ok((await unallocated()) > u0, `after ${n} writes of a key it never read, node 1 writes without taking a line (line reuse ${reuse})`);
+    t.ok(reuse < 0.25, 'its line reuse is below the bar');
+    const u1 = await unallocated();
+    for (let i = 0; i < 32; i++) await retrying(10_000, () => w.set(`wa:fresh:${i}`, 'x'));
+    const u2 = await unallocated();
+    t.ok(u2 - u1 >= 24, `of 32 writes of new keys, ${u2 - u1} took no line (one in 16 still does)`);
+    const rows = async (key: string): Promise<Map<number, string>> => new Map(((await w.call('CACHE.STATE', key)) as [number, string, string][]).map(([id, st]) => [id, st]));
+    // A key read on the node since its line was installed: its write takes a line whatever the reuse.
+    t.equal(await w.get('wa:fresh:0'), 'x');
+    t.equal(await w.get('wa:fresh:0'), 'x', 'read twice: a fill, then a hit');
+    await retrying(10_000, () => w.set('wa:fresh:0', 'y'));
+    t.equal((await rows('wa:fresh:0')).get(1), 'E', 'a write of a key read here leaves the writer its line in E');
+    t.equal(await w.get('wa:fresh:0'), 'y');
+    w.disconnect();
   });
 });

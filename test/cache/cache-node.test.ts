@@ -518,3 +518,72 @@ t.test('write-through refills: a line read since its fill is read again in the b
   node.onInvalidate({ t: 'inv', shard: SHARD, epoch: EPOCH, items: [['hot', 9]] });
   t.equal(io.reqs.filter((r) => r.req.t === 'gets').length, 1, 'read again since: refilled again');
 });
+
+t.test("write-allocate 'adaptive': a write asks for a line when the key was read here, or while lines are being reused", async (t) => {
+  const io = new ScriptedIO();
+  const store = new LruLineStore(64);
+  const node = new CacheNode<string, Op, string>({ self: 2, leaseMs: LEASE, renewMs: RENEW, evictedBatchMax: 4, writeAllocate: 'adaptive' }, store, io);
+  store.onEvict = (k, l) => node.onEvicted(k, l);
+  const wants = (key: string): string | undefined => (io.take('write', key).req as { want?: string }).want;
+  const writeAnswered = (key: string, gen: number): string | undefined => {
+    write(node, key, 'x');
+    const r = io.take('write', key);
+    const want = (r.req as { want?: string }).want;
+    r.cb(written('OK', want === undefined ? null : { key, value: 'x', gen }));
+    return want;
+  };
+  t.equal(node.lineReuse, 1, 'lines count as reused until one ends unread');
+  t.equal(writeAnswered('a', 1), 'a', 'no sign of a read, but reuse is high: asks');
+  t.equal(node.stateOf('a', SHARD), LineState.E, 'and the grant installs');
+  // Lines that end unread (the node's own writes drop them, invalidations take them) bring reuse down.
+  let gen = 2;
+  for (let i = 0; i < 100; i++) writeAnswered('a', gen++);
+  t.ok(node.lineReuse < 0.25, `after 100 unread lines, reuse ${node.lineReuse.toFixed(3)} < 0.25`);
+  const before = node.stats.writesUnallocated;
+  const asked = Array.from({ length: 32 }, () => writeAnswered('b', gen++));
+  t.equal(asked.filter((w) => w !== undefined).length, 2, 'below the bar, one write in 16 still asks (it keeps reuse measured)');
+  t.equal(node.stats.writesUnallocated - before, 30, 'the others are counted as unallocated');
+  write(node, 'c', 'x');
+  t.equal(wants('c'), undefined, 'a key never read here: no line asked for');
+  t.equal(node.stateOf('c', SHARD), LineState.I);
+  fill(node, io, 'u', 'v', gen++);
+  write(node, 'u', 'x');
+  t.equal(wants('u'), undefined, 'a line installed and never hit: no sign of a read');
+  // Signs of a read of the key on this node: a line that served a hit since it was installed, or a read in flight.
+  fill(node, io, 'r', 'v', gen++);
+  t.same(read(node, 'r'), [{ ok: true, value: 'v', hit: true }]);
+  io.t += 1_000; // long after the hit (the writer does not keep the line while the write is out), but a hit since install
+  write(node, 'r', 'x');
+  t.equal(wants('r'), 'r', 'a line that served a hit since install: asks');
+  const pendingRead = read(node, 'f');
+  write(node, 'f', 'x');
+  t.equal(wants('f'), 'f', 'a read of the key in flight: asks');
+  t.same(pendingRead, [], '(the read is still waiting)');
+  // Reuse recovers as lines are hit before they end.
+  for (let i = 0; i < 200; i++) {
+    fill(node, io, `h${i}`, 'v', gen++);
+    read(node, `h${i}`);
+    node.onInvalidate({ t: 'inv', shard: SHARD, epoch: EPOCH, items: [[`h${i}`, gen - 1]] });
+  }
+  t.ok(node.lineReuse >= 0.25, `after 200 lines hit before their invalidation, reuse ${node.lineReuse.toFixed(3)} >= 0.25`);
+  write(node, 'c', 'y');
+  t.equal(wants('c'), 'c', 'and writes of unread keys ask again');
+});
+
+t.test("write-allocate 'always' (the class default) and write-back: every single-key write asks", async (t) => {
+  for (const cfg of [{}, { writeAllocate: 'always' as const }, { writeAllocate: 'adaptive' as const, writeBack: true }]) {
+    const io = new ScriptedIO();
+    const store = new LruLineStore(64);
+    const node = new CacheNode<string, Op, string>({ self: 2, leaseMs: LEASE, renewMs: RENEW, evictedBatchMax: 4, ...cfg }, store, io);
+    let gen = 1;
+    for (let i = 0; i < 120; i++) {
+      write(node, 'a', 'x');
+      const r = io.take('write', 'a');
+      t.equal((r.req as { want?: string }).want, 'a', `${JSON.stringify(cfg)}: write ${i} asks`);
+      if ((r.req as { want?: string }).want !== 'a') break;
+      r.cb(written('OK', { key: 'a', value: 'x', gen: gen++ }));
+      node.onInvalidate({ t: 'inv', shard: SHARD, epoch: EPOCH, items: [['a', gen - 1]] });
+    }
+    t.equal(node.stats.writesUnallocated, 0);
+  }
+});

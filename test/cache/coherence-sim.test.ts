@@ -21,6 +21,8 @@ const ONLY = process.env.CACHE_SIM_SEED === undefined ? undefined : Number(proce
 const WB_SEEDS = Number(process.env.CACHE_SIM_WB_SEEDS ?? 120);
 const WB_OPS = Number(process.env.CACHE_SIM_WB_OPS ?? OPS);
 const ONLY_WB = process.env.CACHE_SIM_WB === '1';
+/** Further run options of the seed to replay (a failure prints them), e.g. CACHE_SIM_OPTS='{"refillMax":2}'. */
+const ONLY_OPTS = JSON.parse(process.env.CACHE_SIM_OPTS ?? '{}') as Omit<RandomRunOptions, 'seed'>;
 
 /** What the helpers need of a tap test. */
 interface Check {
@@ -993,7 +995,7 @@ function sum(results: RandomRunResult[], k: keyof RandomRunResult['stats']): num
 if (ONLY !== undefined) {
   t.test(`replay seed ${ONLY}${ONLY_WB ? ' (write-back)' : ''}`, async (t) => {
     for (const faults of [true, false]) {
-      const opts = { ops: ONLY_WB ? WB_OPS : OPS, faults, ...(ONLY_WB ? { writeBack: true } : {}) };
+      const opts = { ops: ONLY_WB ? WB_OPS : OPS, faults, ...(ONLY_WB ? { writeBack: true } : {}), ...ONLY_OPTS };
       const r = runRandom({ seed: ONLY, ...opts });
       t.comment(`faults ${faults}: ${JSON.stringify(r.config)} ${JSON.stringify(r.stats)}${r.wb !== undefined ? ` ${JSON.stringify(r.wb)}` : ''}`);
       if (!r.ok) failWith(t, formatFailure(r, opts));
@@ -1058,6 +1060,19 @@ if (ONLY !== undefined) {
     const rate = (rs: RandomRunResult[]) => sum(rs, 'hits') / Math.max(1, sum(rs, 'reads'));
     t.comment(`fault-free 90% reads: hit rate ${(rate(off) * 100).toFixed(1)}% without refills, ${(rate(on) * 100).toFixed(1)}% with`);
     t.ok(rate(on) > rate(off), 'refills raise the hit rate');
+  });
+
+  t.test(`write-allocate 'adaptive': ${Math.round(SEEDS / 4)} random-fault seeds at 10% and 50% reads keep every invariant`, async (t) => {
+    const all: RandomRunResult[] = [];
+    for (const readRate of [0.1, 0.5]) {
+      const opts = { ops: OPS, writeAllocate: 'adaptive' as const, readRate, refillMax: 2 };
+      const results: RandomRunResult[] = [];
+      for (let seed = 1; seed <= Math.round(SEEDS / 8); seed++) results.push(runRandom({ seed: 40_000 + seed, ...opts }));
+      report(t, results, `adaptive write-allocate, ${readRate * 100}% reads`, opts);
+      all.push(...results);
+    }
+    t.ok(sum(all, 'writesUnallocated') > 0, `${sum(all, 'writesUnallocated')} writes went without asking for a line`);
+    t.ok(sum(all, 'grantsE') > 0, 'and others were granted lines');
   });
 
   t.test('unknown writes as pending operations (ret = Infinity): shorter runs, the client-view check', async (t) => {

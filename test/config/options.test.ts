@@ -14,6 +14,9 @@ t.test('defaults apply when nothing is given', async (t) => {
   t.equal(options.resp.bulkBytesMax, 512 * 1024 * 1024);
   t.equal(options.cluster.cacheKeepReadMs, 100);
   t.equal(loadNodeOptions(['--cache-keep-read-ms', '0'], {}, noEnvFile).options.cluster.cacheKeepReadMs, 0);
+  t.equal(options.cluster.cacheWriteAllocate, 'adaptive');
+  t.equal(loadNodeOptions(['--cache-write-allocate', 'always'], {}, noEnvFile).options.cluster.cacheWriteAllocate, 'always');
+  t.throws(() => loadNodeOptions(['--cache-write-allocate', 'never'], {}, noEnvFile), /expected one of adaptive\|always/);
 });
 
 t.test('flags beat the environment, which beats .env, which beats the default', async (t) => {

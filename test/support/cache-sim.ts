@@ -78,7 +78,7 @@
  * the history returned a value only a lost write produced. A run that lost nothing is checked whole.
  */
 import { CacheHome, type HomeConfig, type MemoryRead, type MemoryWrite } from '../../src/cache/cache-home.js';
-import { CacheNode, type Line, type LineStore } from '../../src/cache/cache-node.js';
+import { CacheNode, type Line, type LineStore, type WriteAllocate } from '../../src/cache/cache-node.js';
 import type { CacheKey, CoherenceFailure, DirtyItem, DownAck, DownMessage, FlushRequest, HomeAnswer, InvAck, InvMessage, NodeRequest } from '../../src/cache/coherence-types.js';
 import { LineState, LINE_STATE_NAMES } from '../../src/cache/mesi.js';
 import type { NodeId } from '../../src/raft/types.js';
@@ -185,6 +185,8 @@ export interface CacheSimConfig {
   flushMs: number;
   /** Write-through: CacheNode.refillMax (background re-reads after invalidations; 0 = off). */
   refillMax: number;
+  /** Write-through: CacheNode.writeAllocate (which writes ask for a line). */
+  writeAllocate: WriteAllocate;
 }
 
 export const DEFAULT_SIM_CONFIG: Omit<CacheSimConfig, 'seed'> = {
@@ -211,6 +213,7 @@ export const DEFAULT_SIM_CONFIG: Omit<CacheSimConfig, 'seed'> = {
   trace: false,
   writeBack: false,
   refillMax: 0,
+  writeAllocate: 'always',
   flushMs: 40,
 };
 
@@ -379,6 +382,8 @@ export interface SimStats {
   writebacksApplied: number;
   lostWrites: number;
   lostObservers: number;
+  /** Writes sent without asking for a line (CacheNode writeAllocate 'adaptive'). */
+  writesUnallocated: number;
 }
 
 // ------------------------------------------------------------------------------------------------ line store
@@ -474,6 +479,7 @@ export class CacheSim {
     writebacksApplied: 0,
     lostWrites: 0,
     lostObservers: 0,
+    writesUnallocated: 0,
   };
   /** Scenario tests: return a delay (ms) to override a message's, 'drop' to lose it, undefined for the usual. */
   netHook: ((m: { kind: MsgKind; from: NodeId; to: NodeId; shard: number; key?: string }) => number | 'drop' | undefined) | null = null;
@@ -1269,6 +1275,7 @@ export class CacheSim {
     }
     this.stats.writerInvSkipped = skipped;
     this.stats.installs = this.retiredInstalls + this.nodes.reduce((a, n) => a + n.cache.stats.installs, 0);
+    this.stats.writesUnallocated = [...this.retiredCaches, ...this.nodes.map((n) => n.cache)].reduce((a, c) => a + c.stats.writesUnallocated, 0);
     this.stats.grantsE = grantsE;
     this.stats.grantsS = grantsS;
     this.stats.leaseRefusals = refusals;
@@ -1312,6 +1319,7 @@ export class CacheSim {
         evictedBatchMax: this.cfg.evictedBatchMax,
         ...(this.cfg.writeBack ? { writeBack: true, flushMs: this.cfg.flushMs } : {}),
         ...(this.cfg.refillMax > 0 ? { refillMax: this.cfg.refillMax } : {}),
+        writeAllocate: this.cfg.writeAllocate,
       },
       n.store,
       io,
@@ -2029,6 +2037,8 @@ export interface RandomRunOptions {
   writeBack?: boolean;
   /** Write-through: background re-reads after invalidations (CacheNode.refillMax; default 0 = off). */
   refillMax?: number;
+  /** Write-through: CacheNode.writeAllocate (default 'always'). */
+  writeAllocate?: WriteAllocate;
   /** Inject node crashes among the faults (default true). */
   crashes?: boolean;
   /** Override the fault mix's weights (experiments: e.g. only network faults). */
@@ -2113,6 +2123,7 @@ export function runRandom(opts: RandomRunOptions): RandomRunResult {
     writeBack,
     flushMs,
     refillMax: writeBack ? 0 : (opts.refillMax ?? 0),
+    writeAllocate: opts.writeAllocate ?? 'always',
   });
   const config = { shards, keys: nkeys, capacity, clientsPerNode, readRate, profile: faults ? profile : 'none', ...(writeBack ? { writeBack, flushMs } : {}) };
   const result = (failure?: RandomRunResult['failure']): RandomRunResult => ({
@@ -2185,12 +2196,18 @@ export function runRandom(opts: RandomRunOptions): RandomRunResult {
 }
 
 /** A failure report naming the seed and how to replay it, with the last events (re-run with tracing on). */
+/** The run options a replay must repeat beyond seed, ops, faults and write-back, as CACHE_SIM_OPTS (JSON). */
+function replayOpts(opts: Omit<RandomRunOptions, 'seed'>): string {
+  const { ops: _ops, faults: _faults, writeBack: _wb, trace: _trace, ...rest } = opts;
+  return Object.keys(rest).length === 0 ? '' : ` CACHE_SIM_OPTS='${JSON.stringify(rest)}'`;
+}
+
 export function formatFailure(r: RandomRunResult, opts: Omit<RandomRunOptions, 'seed'> = {}): string {
   let events = r.failure?.lastEvents ?? [];
   if (events.length === 0) events = runRandom({ ...opts, seed: r.seed, trace: true }).failure?.lastEvents ?? [];
   return [
     `seed ${r.seed} broke ${r.failure?.invariant}: ${r.failure?.message}`,
-    `config ${JSON.stringify(r.config)}; replay: CACHE_SIM_SEED=${r.seed}${r.config.writeBack === true ? ' CACHE_SIM_WB=1' : ''} npx tap .build/<dir>/test/cache/coherence-sim.test.js`,
+    `config ${JSON.stringify(r.config)}; replay: CACHE_SIM_SEED=${r.seed}${r.config.writeBack === true ? ' CACHE_SIM_WB=1' : ''}${replayOpts(opts)} npx tap .build/<dir>/test/cache/coherence-sim.test.js`,
     'last events:',
     ...events.slice(-60).map((l) => `  ${l}`),
   ].join('\n');
