@@ -537,13 +537,13 @@ async function cacheSnapshot(admins: Redis[]): Promise<CacheSnapshot> {
   );
 }
 
-/**
- * Summed per-field deltas over the nodes, the reads (hits + misses; null when a node lacks cache_hits /
- * cache_misses) and the hit rate (null when there were no reads or no such fields).
- */
-/** INFO cache fields that are ratios, not counters: no delta. */
+/** INFO cache fields that are ratios, not counters. */
 const RATIO_FIELDS = new Set(['cache_hit_rate', 'cache_line_reuse']);
 
+/**
+ * Summed per-field deltas over the nodes, the reads (hits + misses; null when a node lacks cache_hits /
+ * cache_misses) and the hit rate (null when there were no reads or no such fields). Ratio fields get no delta.
+ */
 function cacheDelta(before: CacheSnapshot, after: CacheSnapshot): { delta: Record<string, number>; reads: number | null; hitRate: number | null } {
   const delta: Record<string, number> = {};
   let complete = true;

@@ -98,7 +98,7 @@ export type WriteAllocate = 'always' | 'adaptive';
 
 /**
  * writeAllocate 'adaptive': writes of keys with no sign of being read here allocate lines while at least this share
- * of lines serve a hit before they end. A line costs a grant, an install and a drop (about a fifth of the cluster's
+ * of lines serve a hit before they end. A line costs a grant, an install and a drop (about a quarter of the cluster's
  * CPU per SET at pipeline 16, measured); a miss costs a fill round trip through the home, which is dearer, so the
  * bar is low.
  */
@@ -455,7 +455,7 @@ export class CacheNode<V, Op, R> {
    */
   write(shard: number, keys: CacheKey[] | 'all', op: Op, wanted: CacheKey | undefined, cb: (r: WriteResult<R>) => void): void {
     if (this.writeBack && keys !== 'all' && keys.length === 1 && wanted === keys[0] && this.writeLocal(shard, keys[0]!, op, cb)) return;
-    /** The key whose line the request asks for: `wanted`, unless writeAllocate 'read' finds it not read here lately. */
+    /** The key whose line the request asks for: `wanted`, unless writeAllocate 'adaptive' decides against it below. */
     let want = wanted;
     const lease = this.lease(shard);
     const seq = ++this.writeSeq;
@@ -959,7 +959,10 @@ export class CacheNode<V, Op, R> {
     return this.allocateProbe === 0;
   }
 
-  /** Write-through: the share of lines that served a hit before an invalidation or a write of their key ended them, as a moving average (writeAllocate 'adaptive' goes by it; INFO cache_line_reuse). */
+  /**
+   * Write-through: the share of lines that served a hit before an invalidation or a write of their key ended them, as
+   * a moving average (writeAllocate 'adaptive' goes by it; INFO cache_line_reuse). 1 until a line ends.
+   */
   get lineReuse(): number {
     return this.reuse;
   }
