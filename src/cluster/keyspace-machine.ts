@@ -46,7 +46,8 @@ import { ReplyRecorder } from './keyspace-reply.js';
 import { copyRange } from '../../protocol/buffer-view.js';
 import { LockTable, type LockLimits } from '../locks/lock-table.js';
 import { applyLockWrite, isLockCommand, LOCK_PARKED, readLock } from '../locks/lock-entries.js';
-import { QueueState, type QueueLimits } from '../queue/queue-state.js';
+import { QueueState, SNAPSHOT_STEP_RECORDS, type QueueLimits } from '../queue/queue-state.js';
+import { runSteps, type Steps } from '../util/steps.js';
 import { applyQueueWrite, isQueueCommand, popFindsNothing, readQueue, type QueueApplyNote } from '../queue/queue-entries.js';
 
 /** Redis' noeviction reply. */
@@ -492,14 +493,25 @@ export class KeyspaceMachine implements StateMachine {
    * Checksums are the snapshot store's job.
    */
   snapshot(): Uint8Array {
+    return runSteps(this.snapshotSteps());
+  }
+
+  /**
+   * snapshot() in steps of at most SNAPSHOT_STEP_RECORDS keys or queue records (see RaftHost: a large shard's encode
+   * is spread over event-loop turns). The state must not change until it returns: the caller applies nothing to
+   * this machine meanwhile. The keyspace's entries are listed in the first step, so the bytes are those of the
+   * state at that step even if a read touched the store in between.
+   */
+  *snapshotSteps(): Steps<Uint8Array> {
     const db = this.db;
-    const count = db.size;
+    const entries = [...db.entries()];
+    const count = entries.length;
     if (count > 0xffffffff) throw new RangeError('snapshot: too many entries');
     const locks = this.lockTable.snapshot();
     // Written straight into this buffer (a large queue state is not built twice).
     const queues = this.queueState.prepareSnapshot();
     let size = SNAPSHOT_HEADER_BYTES + 4 + locks.length + 4 + queues.size;
-    for (const e of db.entries()) {
+    for (const e of entries) {
       const kl = e.keyLatin1.length;
       const vl = e.valueLength;
       size += varintBytes(kl * 2 + 1) + kl + varintBytes(vl) + vl + (e.expireAt !== 0 ? 8 : 0);
@@ -512,7 +524,8 @@ export class KeyspaceMachine implements StateMachine {
     buf.writeUInt32LE(count, 21);
     let p = SNAPSHOT_HEADER_BYTES;
     let n = 0;
-    for (const e of db.entries()) {
+    for (const e of entries) {
+      if (n > 0 && n % SNAPSHOT_STEP_RECORDS === 0) yield;
       const ks = e.keyLatin1;
       const kl = ks.length;
       const hasExpire = e.expireAt !== 0;
@@ -538,7 +551,8 @@ export class KeyspaceMachine implements StateMachine {
     buf.set(locks, p + 4);
     p += 4 + locks.length;
     buf.writeUInt32LE(queues.size, p);
-    p = queues.write(buf, p + 4);
+    yield;
+    p = yield* queues.writeSteps(buf, p + 4);
     if (p !== size || n !== count) throw new Error(`keyspace invariant: snapshot wrote ${p} of ${size} bytes`);
     return buf;
   }

@@ -54,6 +54,9 @@
  *   and the log rewritten: it can never commit; see rejectOutranked).
  * - Entries are applied exactly once per process lifetime in index order; after a restart, the state machine is
  *   rebuilt from the latest snapshot plus the committed entries after it (the WAL holds them).
+ * - While a group's snapshot is encoded in steps (StateMachine.snapshotSteps, over several event-loop turns), nothing
+ *   is applied to its state machine: committed entries wait in `deferred` and are applied, in order, once the
+ *   encode is done or a snapshot from the leader replaced it (docs/cluster-runtime.md, Snapshots in steps).
  */
 import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
@@ -70,12 +73,30 @@ import {
   type Ready,
   Role,
   type Snapshot,
+  type SnapshotMeta,
 } from '../raft/types.js';
 import { createRng } from '../util/rng.js';
 import type { Wal } from '../storage/wal.js';
 import type { SnapshotStore } from '../storage/snapshot-store.js';
 import { loadBootState } from '../storage/boot.js';
 import { durableBeforeRound, sendsBeforeSync } from '../raft/ready-order.js';
+import type { Steps } from '../util/steps.js';
+
+/** A snapshot encoded in steps gets at most about this much of the thread per event-loop turn. */
+export const SNAPSHOT_SLICE_MS = 8;
+/**
+ * While a snapshot is encoded in steps, a group's committed entries wait to be applied; past this many the rest of
+ * the encode runs at once (memory stays bounded if the encode cannot keep up).
+ */
+export const APPLY_DEFERRED_MAX = 100_000;
+
+interface SnapshotJob {
+  steps: Steps<Uint8Array>;
+  meta: SnapshotMeta;
+  busyMs: number;
+  longestMs: number;
+  turns: number;
+}
 
 /** Ticks between checks for groups that keep the WAL's oldest segment alive (unpinOldestSegment). */
 const PIN_CHECK_TICKS = 100;
@@ -86,6 +107,11 @@ export interface StateMachine {
   apply(entry: Entry): unknown;
   /** Serializes the whole state (as of the last applied entry). */
   snapshot(): Uint8Array;
+  /**
+   * Optional: snapshot() in steps (each next() a bounded slice of the work, the last one returning the bytes). The
+   * host then spreads a snapshot over event-loop turns and applies nothing to the machine until it is done.
+   */
+  snapshotSteps?(): Steps<Uint8Array>;
   /** Replaces the whole state with a snapshot's. */
   restore(data: Uint8Array): void;
 }
@@ -137,6 +163,10 @@ interface Group {
   /** Read barriers whose index is known, waiting for `applied` to reach it (sorted by index as they arrive). */
   readWaits: { index: number; resolve(): void }[];
   snapshotting: boolean;
+  /** A snapshot being encoded in steps (StateMachine.snapshotSteps); committed entries wait in `deferred` meanwhile. */
+  encoding: SnapshotJob | null;
+  /** Committed entries not applied yet because of `encoding`, in index order (applied once it ends). */
+  deferred: Entry[];
   /** This node led the group at its last soft state (noteRole). */
   leading: boolean;
   /** Its Ready is being handled by a round (the core hands out one at a time). */
@@ -194,9 +224,14 @@ export interface RaftHostStats {
    */
   tickGapMaxMs: number;
   stalls: number;
-  /** Time the last / longest synchronous snapshot encode (StateMachine.snapshot) held the thread, ms. */
+  /**
+   * Snapshot encodes: the thread time the last one took in all (ms), the longest it held the thread at once (ms: the
+   * whole encode for StateMachine.snapshot, the longest turn's share for snapshotSteps), and the event-loop turns
+   * encodes in steps took in all.
+   */
   snapshotEncodeMs: number;
   snapshotEncodeMaxMs: number;
+  snapshotEncodeTurns: number;
   /** This node became leader of a group / stopped leading one. */
   leaderships: number;
   stepDowns: number;
@@ -219,6 +254,7 @@ export class RaftHost {
     stalls: 0,
     snapshotEncodeMs: 0,
     snapshotEncodeMaxMs: 0,
+    snapshotEncodeTurns: 0,
     leaderships: 0,
     stepDowns: 0,
   };
@@ -267,6 +303,8 @@ export class RaftHost {
         reads: new Map(),
         readWaits: [],
         snapshotting: false,
+        encoding: null,
+        deferred: [],
         leading: false,
         inRound: false,
         pendingCompact: null,
@@ -580,6 +618,11 @@ export class RaftHost {
   }
 
   private installSnapshot(g: Group, snap: Snapshot): void {
+    if (g.encoding !== null) {
+      // The leader's snapshot replaces the state being encoded: drop that encode (entries it held back follow).
+      g.encoding = null;
+      g.snapshotting = false;
+    }
     g.sm.restore(snap.data);
     g.applied = snap.meta.index;
     snapshotAt(g, snap);
@@ -593,6 +636,7 @@ export class RaftHost {
     }
     if (snap.meta.term > g.appliedTerm) this.rejectOutranked(g, snap.meta.index, snap.meta.term);
     g.appliedTerm = snap.meta.term;
+    this.applyDeferred(g);
   }
 
   /**
@@ -629,6 +673,12 @@ export class RaftHost {
 
   private applyEntry(g: Group, e: Entry): void {
     if (e.index <= g.applied) return; // already covered by a snapshot
+    if (g.encoding !== null || g.deferred.length > 0) {
+      // A snapshot is being encoded in steps: the state must not change until it is done (runSnapshotSteps).
+      const last = g.deferred.length > 0 ? g.deferred[g.deferred.length - 1]!.index : g.applied;
+      if (e.index > last) g.deferred.push(e);
+      return;
+    }
     if (e.index !== g.applied + 1) {
       throw new Error(`group ${g.id}: applying entry ${e.index} after ${g.applied} would skip entries`);
     }
@@ -685,14 +735,68 @@ export class RaftHost {
       g.snapshotting = false;
       return false; // already compacted past it (a snapshot was installed meanwhile)
     }
+    const meta: SnapshotMeta = { index, term, conf: g.core.confAt(index) };
+    if (g.sm.snapshotSteps !== undefined) {
+      g.encoding = { steps: g.sm.snapshotSteps(), meta, busyMs: 0, longestMs: 0, turns: 0 };
+      this.runSnapshotSteps(g, g.encoding);
+      return true;
+    }
     const t0 = performance.now();
-    const snap: Snapshot = { meta: { index, term, conf: g.core.confAt(index) }, data: g.sm.snapshot() };
+    const data = g.sm.snapshot();
     const ms = performance.now() - t0;
-    this.stats.snapshotEncodeMs = ms;
-    if (ms > this.stats.snapshotEncodeMaxMs) this.stats.snapshotEncodeMaxMs = ms;
-    if (ms >= this.stallWarnMs) {
+    this.snapshotEncoded(g, { meta, data }, ms, ms);
+    return true;
+  }
+
+  /**
+   * One turn's share of a snapshot encoded in steps: steps until SNAPSHOT_SLICE_MS have passed, then again in a later
+   * turn (ticks, messages and other groups' rounds run in between), so a large state no longer holds the thread for
+   * the whole encode. The group applies nothing meanwhile (applyEntry defers). If more than APPLY_DEFERRED_MAX
+   * entries wait, the rest is encoded at once.
+   */
+  private runSnapshotSteps(g: Group, job: SnapshotJob): void {
+    if (g.encoding !== job) return; // dropped (a snapshot from the leader was installed)
+    if (this.stopped) {
+      g.encoding = null;
+      g.snapshotting = false;
+      return;
+    }
+    const t0 = performance.now();
+    const hurry = g.deferred.length >= APPLY_DEFERRED_MAX;
+    let r: IteratorResult<void, Uint8Array>;
+    do r = job.steps.next();
+    while (r.done !== true && (hurry || performance.now() - t0 < SNAPSHOT_SLICE_MS));
+    const ms = performance.now() - t0;
+    job.busyMs += ms;
+    job.turns++;
+    if (ms > job.longestMs) job.longestMs = ms;
+    if (r.done !== true) {
+      setImmediate(() => this.runSnapshotSteps(g, job));
+      return;
+    }
+    g.encoding = null;
+    this.stats.snapshotEncodeTurns += job.turns;
+    this.snapshotEncoded(g, { meta: job.meta, data: r.value }, job.busyMs, job.longestMs);
+    this.applyDeferred(g);
+    this.schedule();
+  }
+
+  /** Applies the entries held back while a snapshot was encoded, and answers the reads waiting for them. */
+  private applyDeferred(g: Group): void {
+    if (g.deferred.length === 0) return;
+    const list = g.deferred;
+    g.deferred = [];
+    for (const e of list) this.applyEntry(g, e);
+    this.releaseReads(g);
+  }
+
+  /** A snapshot of `g` is encoded (it took `busyMs` of this thread, at most `longestMs` at once): save it. */
+  private snapshotEncoded(g: Group, snap: Snapshot, busyMs: number, longestMs: number): void {
+    this.stats.snapshotEncodeMs = busyMs;
+    if (longestMs > this.stats.snapshotEncodeMaxMs) this.stats.snapshotEncodeMaxMs = longestMs;
+    if (longestMs >= this.stallWarnMs) {
       this.opts.logger.warn(
-        { group: g.id, ms: Math.round(ms), bytes: snap.data.length, electionTimeoutMs: 2 * this.stallWarnMs },
+        { group: g.id, ms: Math.round(longestMs), bytes: snap.data.length, electionTimeoutMs: 2 * this.stallWarnMs },
         'snapshot encode held the thread (no heartbeats from it meanwhile)',
       );
     }
@@ -711,7 +815,6 @@ export class RaftHost {
         g.snapshotting = false;
       }
     })();
-    return true;
   }
 }
 

@@ -37,6 +37,7 @@
  * in-flight limit, ...) are answered as `{ error: 'ERR ...' }` values.
  */
 import { Packr } from 'msgpackr';
+import { runSteps, type Steps } from '../util/steps.js';
 
 // ---------------------------------------------------------------------------------------------------------------
 // Config, limits, ids
@@ -1213,7 +1214,7 @@ export class QueueState {
    * and then handing them to msgpack copied a large state twice more and allocated as much again each time.
    * The state must not change between the two calls.
    */
-  prepareSnapshot(): { size: number; write(buf: Buffer, offset: number): number } {
+  prepareSnapshot(): { size: number; write(buf: Buffer, offset: number): number; writeSteps(buf: Buffer, offset: number): Steps<number> } {
     const head = [SNAPSHOT_MAGIC, QUEUE_SNAPSHOT_VERSION, this.lastStamp, this.lastIdx].map((v) => packr.pack(v));
     let size = 1 + head.reduce((n, b) => n + b.length, 0) + 5;
     const parts: { fields: Buffer[]; msgs: Msg[]; msgBytes: number; dead: Dead[]; deadBytes: number; dedup: DedupEntry[]; dedupBytes: number }[] = [];
@@ -1229,27 +1230,30 @@ export class QueueState {
       size += 1 + fields.reduce((n, b) => n + b.length, 0) + 3 * 5 + part.msgBytes + part.deadBytes + part.dedupBytes;
       parts.push(part);
     }
+    /** Writes the snapshot in steps of at most SNAPSHOT_STEP_RECORDS records; returns the end position. */
+    function* writeSteps(buf: Buffer, offset: number): Steps<number> {
+      const w = new BlobWriter(buf, offset);
+      w.u8(0x95); // fixarray of 5
+      for (const b of head) w.raw(b);
+      w.u8(0xdd); // array 32
+      w.u32be(parts.length);
+      for (const part of parts) {
+        w.u8(0x98); // fixarray of 8
+        for (const b of part.fields) w.raw(b);
+        w.bin32(part.msgBytes);
+        yield* inSteps(part.msgs, (from, to) => writeMessages(w, part.msgs, from, to));
+        w.bin32(part.deadBytes);
+        yield* inSteps(part.dead, (from, to) => writeDead(w, part.dead, from, to));
+        w.bin32(part.dedupBytes);
+        yield* inSteps(part.dedup, (from, to) => writeDedup(w, part.dedup, from, to));
+      }
+      if (w.pos !== offset + size) throw new Error(`queue snapshot: wrote ${w.pos - offset} of ${size} bytes`);
+      return w.pos;
+    }
     return {
       size,
-      write(buf: Buffer, offset: number): number {
-        const w = new BlobWriter(buf, offset);
-        w.u8(0x95); // fixarray of 5
-        for (const b of head) w.raw(b);
-        w.u8(0xdd); // array 32
-        w.u32be(parts.length);
-        for (const part of parts) {
-          w.u8(0x98); // fixarray of 8
-          for (const b of part.fields) w.raw(b);
-          w.bin32(part.msgBytes);
-          writeMessages(w, part.msgs);
-          w.bin32(part.deadBytes);
-          writeDead(w, part.dead);
-          w.bin32(part.dedupBytes);
-          writeDedup(w, part.dedup);
-        }
-        if (w.pos !== offset + size) throw new Error(`queue snapshot: wrote ${w.pos - offset} of ${size} bytes`);
-        return w.pos;
-      },
+      writeSteps,
+      write: (buf: Buffer, offset: number): number => runSteps(writeSteps(buf, offset)),
     };
   }
 
@@ -1493,8 +1497,20 @@ function messagesBytes(msgs: readonly Msg[]): number {
   return size;
 }
 
-function writeMessages(w: BlobWriter, msgs: readonly Msg[]): void {
-  for (const m of msgs) {
+/** Records a snapshot writes between two yields (QueueState.prepareSnapshot().writeSteps). */
+export const SNAPSHOT_STEP_RECORDS = 4096;
+
+/** Calls write(from, to) over `items` in ranges of SNAPSHOT_STEP_RECORDS, yielding after each but the last. */
+function* inSteps(items: readonly unknown[], write: (from: number, to: number) => void): Steps<void> {
+  for (let from = 0; from < items.length; from += SNAPSHOT_STEP_RECORDS) {
+    if (from > 0) yield;
+    write(from, Math.min(items.length, from + SNAPSHOT_STEP_RECORDS));
+  }
+}
+
+function writeMessages(w: BlobWriter, msgs: readonly Msg[], from: number, to: number): void {
+  for (let i = from; i < to; i++) {
+    const m = msgs[i]!;
     const d = delivered(m);
     w.u8(m.state | (d ? M_DELIVERED : 0) | (m.deadline !== 0 ? M_DEADLINE : 0));
     w.f64(m.seq);
@@ -1515,8 +1531,9 @@ function deadBytes(dead: readonly Dead[]): number {
   return size;
 }
 
-function writeDead(w: BlobWriter, dead: readonly Dead[]): void {
-  for (const d of dead) {
+function writeDead(w: BlobWriter, dead: readonly Dead[], from: number, to: number): void {
+  for (let i = from; i < to; i++) {
+    const d = dead[i]!;
     w.f64(d.seq);
     w.bytes(d.payload);
     w.f64(d.deliveries);
@@ -1534,8 +1551,9 @@ function dedupBytes(entries: readonly DedupEntry[]): number {
   return size;
 }
 
-function writeDedup(w: BlobWriter, entries: readonly DedupEntry[]): void {
-  for (const e of entries) {
+function writeDedup(w: BlobWriter, entries: readonly DedupEntry[], from: number, to: number): void {
+  for (let i = from; i < to; i++) {
+    const e = entries[i]!;
     w.text(e.key, 'latin1');
     w.f64(e.seq);
     w.f64(e.expiresAt);

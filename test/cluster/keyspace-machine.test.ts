@@ -734,3 +734,24 @@ t.test('replicas fed the same log end byte-identical whatever one of them reads 
   t.pass(`${seeds} seeds byte-identical`);
   t.ok(oomSeen > 0, `the limit was hit ${oomSeen} times`);
 });
+
+t.test('snapshotSteps: a large state is encoded in steps, to the same bytes as snapshot()', async (t) => {
+  const m = new KeyspaceMachine();
+  for (let i = 0; i < 10_000; i++) write(m, T0 + i, 'SET', `key:${i}`, `value-${i}`, ...(i % 3 === 0 ? ['PX', '600000'] : []));
+  for (let i = 0; i < 9_000; i++) write(m, T0 + 10_000 + i, '_q.push', 'jobs', String(i % 2), `payload-${i}`, '', '0');
+  write(m, T0 + 20_000, '_q.pop', 'jobs', '0', 'c1', '100', '', '0');
+  t.equal(read(m, T0 + 20_000, '_q.len', 'jobs', '0'), ':4400\r\n', 'partition 0 holds 4,400 ready messages (100 more delivered)');
+  const whole = snap(m);
+  const steps = m.snapshotSteps();
+  let yields = 0;
+  let r = steps.next();
+  while (r.done !== true) {
+    yields++;
+    r = steps.next();
+  }
+  t.ok(yields >= 5, `10,000 keys and 9,000 messages took ${yields + 1} steps`);
+  t.same(Buffer.from(r.value), whole, 'the same bytes as snapshot()');
+  const copy = new KeyspaceMachine();
+  copy.restore(r.value);
+  t.same(snap(copy), whole, 'and they restore to the same state');
+});
