@@ -511,7 +511,9 @@ export class KeyspaceMachine implements StateMachine {
     // Written straight into this buffer (a large queue state is not built twice).
     const queues = this.queueState.prepareSnapshot();
     let size = SNAPSHOT_HEADER_BYTES + 4 + locks.length + 4 + queues.size;
-    for (const e of entries) {
+    for (let i = 0; i < count; i++) {
+      if (i > 0 && i % SNAPSHOT_STEP_RECORDS === 0) yield;
+      const e = entries[i]!;
       const kl = e.keyLatin1.length;
       const vl = e.valueLength;
       size += varintBytes(kl * 2 + 1) + kl + varintBytes(vl) + vl + (e.expireAt !== 0 ? 8 : 0);
