@@ -509,7 +509,7 @@ export class KeyspaceMachine implements StateMachine {
     if (count > 0xffffffff) throw new RangeError('snapshot: too many entries');
     const locks = this.lockTable.snapshot();
     // Written straight into this buffer (a large queue state is not built twice).
-    const queues = this.queueState.prepareSnapshot();
+    const queues = yield* this.queueState.prepareSteps();
     let size = SNAPSHOT_HEADER_BYTES + 4 + locks.length + 4 + queues.size;
     for (let i = 0; i < count; i++) {
       if (i > 0 && i % SNAPSHOT_STEP_RECORDS === 0) yield;

@@ -1214,21 +1214,42 @@ export class QueueState {
    * and then handing them to msgpack copied a large state twice more and allocated as much again each time.
    * The state must not change between the two calls.
    */
-  prepareSnapshot(): { size: number; write(buf: Buffer, offset: number): number; writeSteps(buf: Buffer, offset: number): Steps<number> } {
+  prepareSnapshot(): PreparedSnapshot {
+    return runSteps(this.prepareSteps());
+  }
+
+  /**
+   * prepareSnapshot() in steps of at most SNAPSHOT_STEP_RECORDS records (listing and sizing a large state takes tens
+   * of milliseconds, hundreds when its code is not optimized yet). The state must not change until the returned
+   * writer has written.
+   */
+  *prepareSteps(): Steps<PreparedSnapshot> {
     const head = [SNAPSHOT_MAGIC, QUEUE_SNAPSHOT_VERSION, this.lastStamp, this.lastIdx].map((v) => packr.pack(v));
     let size = 1 + head.reduce((n, b) => n + b.length, 0) + 5;
     const parts: { fields: Buffer[]; msgs: Msg[]; msgBytes: number; dead: Dead[]; deadBytes: number; dedup: DedupEntry[]; dedupBytes: number }[] = [];
     for (const p of this.parts.values()) {
       // Pushes insert in seq order; only head pushes (LPUSH) and restores can leave the map out of it.
-      const msgs = [...p.messages.values()];
-      if (!inOrder(msgs)) msgs.sort(compareMsgs);
+      const msgs: Msg[] = [];
+      let msgBytes = 0;
+      let ordered = true;
+      for (const m of p.messages.values()) {
+        if (msgs.length > 0 && msgs.length % SNAPSHOT_STEP_RECORDS === 0) yield;
+        if (ordered && msgs.length > 0 && compareMsgs(msgs[msgs.length - 1]!, m) >= 0) ordered = false;
+        msgs.push(m);
+        msgBytes += messageBytes(m);
+      }
+      if (!ordered) {
+        yield;
+        msgs.sort(compareMsgs);
+      }
       const dedup = [...p.dedup.values()].sort((a, b) => a.seq - b.seq);
       const dead = [...p.dead.values()];
       const c = p.config;
       const fields = [p.queue, p.partition, [c.maxDeliver, c.visibilityMs, c.dedupWindowMs, c.partitions], p.headNext, p.deadDropped].map((v) => packr.pack(v));
-      const part = { fields, msgs, msgBytes: messagesBytes(msgs), dead, deadBytes: deadBytes(dead), dedup, dedupBytes: dedupBytes(dedup) };
+      const part = { fields, msgs, msgBytes, dead, deadBytes: deadBytes(dead), dedup, dedupBytes: dedupBytes(dedup) };
       size += 1 + fields.reduce((n, b) => n + b.length, 0) + 3 * 5 + part.msgBytes + part.deadBytes + part.dedupBytes;
       parts.push(part);
+      yield;
     }
     /** Writes the snapshot in steps of at most SNAPSHOT_STEP_RECORDS records; returns the end position. */
     function* writeSteps(buf: Buffer, offset: number): Steps<number> {
@@ -1478,26 +1499,26 @@ class BlobWriter {
   }
 }
 
-function inOrder(msgs: readonly Msg[]): boolean {
-  for (let i = 1; i < msgs.length; i++) if (compareMsgs(msgs[i - 1]!, msgs[i]!) >= 0) return false;
-  return true;
-}
-
 function delivered(m: Msg): boolean {
   return m.deliveries !== 0 || m.firstDeliveredAt !== 0 || m.lastDeliveredAt !== 0 || m.consumer !== '';
 }
 
-function messagesBytes(msgs: readonly Msg[]): number {
-  let size = 0;
-  for (const m of msgs) {
-    size += 1 + 8 + 4 + m.payload.length;
-    if (delivered(m)) size += 24 + 4 + Buffer.byteLength(m.consumer);
-    if (m.deadline !== 0) size += 8;
-  }
+/** Bytes of one message record (the layout of writeMessages). */
+function messageBytes(m: Msg): number {
+  let size = 1 + 8 + 4 + m.payload.length;
+  if (delivered(m)) size += 24 + 4 + Buffer.byteLength(m.consumer);
+  if (m.deadline !== 0) size += 8;
   return size;
 }
 
-/** Records a snapshot writes between two yields (QueueState.prepareSnapshot().writeSteps). */
+/** QueueState.prepareSnapshot(): `size` bytes, written at an offset by write() or, in steps, writeSteps(). */
+export interface PreparedSnapshot {
+  size: number;
+  write(buf: Buffer, offset: number): number;
+  writeSteps(buf: Buffer, offset: number): Steps<number>;
+}
+
+/** Records a snapshot lists or writes between two yields (QueueState.prepareSteps, PreparedSnapshot.writeSteps). */
 export const SNAPSHOT_STEP_RECORDS = 4096;
 
 /** Calls write(from, to) over `items` in ranges of SNAPSHOT_STEP_RECORDS, yielding after each but the last. */
