@@ -8,6 +8,7 @@ import type { StateMachine } from '../../src/node/raft-host.js';
 import type { Entry } from '../../src/raft/types.js';
 import { runSteps, type Steps } from '../../src/util/steps.js';
 import { openOneVoterHost, tempDir } from '../support/one-voter-host.js';
+import { electNode1, startCluster, waitFor } from '../support/raft-host-cluster.js';
 
 const STEPS = 12;
 const STEP_BUSY_MS = 3;
@@ -75,4 +76,81 @@ t.test('an encode in steps spans turns; entries committed meanwhile apply after 
   const b = await open(sm2);
   t.same(sm2.values, Array.from({ length: 15 }, (_, i) => i + 1), 'a restart: the snapshot (entries 1-10) plus the WAL after it');
   await b.close();
+});
+
+/** Counts its entries; on node 3 its snapshot is slow (STEPS_SLOW steps of SLOW_STEP_MS), elsewhere one step. */
+class SlowOnThree implements StateMachine {
+  count = 0;
+  started = false;
+  finished = false;
+  restored = false;
+  appliedDuringEncode = false;
+  private encoding = false;
+  constructor(private readonly steps: number) {}
+  apply(): unknown {
+    if (this.encoding) this.appliedDuringEncode = true;
+    return ++this.count;
+  }
+  snapshot(): Uint8Array {
+    return runSteps(this.snapshotSteps());
+  }
+  *snapshotSteps(): Steps<Uint8Array> {
+    this.encoding = true;
+    this.started = true;
+    const at = this.count;
+    for (let i = 0; i < this.steps; i++) {
+      const until = performance.now() + SLOW_STEP_MS;
+      while (performance.now() < until) {
+        // a slice of a large encode
+      }
+      yield;
+    }
+    this.encoding = false;
+    this.finished = true;
+    return Buffer.from(String(at));
+  }
+  restore(data: Uint8Array): void {
+    this.encoding = false; // an encode in progress was dropped for this snapshot
+    this.restored = true;
+    this.count = Number(Buffer.from(data).toString());
+  }
+}
+
+const STEPS_SLOW = 1500;
+const SLOW_STEP_MS = 2;
+
+t.test("a snapshot from the leader replaces a follower's encode in progress; the follower then catches up", async (t) => {
+  const c = await startCluster<SlowOnThree>(t, {
+    groups: [0],
+    tickMs: 10,
+    heartbeatTicks: 2,
+    electionTicksMin: 20,
+    fsync: 'never',
+    seed: 5,
+    machine: (node) => new SlowOnThree(node === 3 ? STEPS_SLOW : 0),
+    snapshotEntries: 10,
+  });
+  await electNode1(c, [0]);
+  const leader = c.node(1).host;
+  const m1 = c.node(1).machines.get(0)!;
+  const m3 = c.node(3).machines.get(0)!;
+  for (let i = 0; i < 20 && !m3.started; i++) await leader.propose(0, Buffer.from([1]));
+  await waitFor(() => m3.started, 'node 3 started its (slow) encode');
+  // Node 3 hears nothing from the leader while the others go on and the leader snapshots and compacts its log.
+  c.pass = (from, m) => !(from === 1 && m.to === 3);
+  const before = leader.stats.snapshotsTaken;
+  for (let i = 0; i < 40; i++) await leader.propose(0, Buffer.from([1]));
+  await waitFor(() => leader.stats.snapshotsTaken >= before + 2, 'the leader took two more snapshots');
+  await new Promise((r) => setTimeout(r, 100)); // and compacted its log (between rounds)
+  t.notOk(m3.finished, "node 3's encode is still running");
+  c.pass = null;
+  await waitFor(() => m3.restored, "node 3 installed the leader's snapshot");
+  t.notOk(m3.finished, 'which replaced the encode in progress (it never finished)');
+  await leader.propose(0, Buffer.from([1]));
+  await waitFor(() => m3.count === m1.count, 'node 3 caught up');
+  t.equal(m3.count, m1.count, `node 3 applied the entries after the snapshot (${m3.count} in all)`);
+  t.notOk(m3.appliedDuringEncode, 'and nothing while its encode was between two steps');
+  await waitFor(() => c.node(3).host.appliedIndex(0) === leader.appliedIndex(0), 'node 3 applied up to the leader');
+  t.pass(`applied index ${leader.appliedIndex(0)} on both`);
+  t.notOk(m3.finished, 'the dropped encode did not run on (entries applied at once, not after it)');
 });
