@@ -1201,27 +1201,23 @@ export class QueueState {
    * counts and ready order are derived and rebuilt by restore().
    */
   snapshot(): Uint8Array {
-    const prepared = this.prepareSnapshot();
+    return runSteps(this.snapshotSteps());
+  }
+
+  private *snapshotSteps(): Steps<Uint8Array> {
+    const prepared = yield* this.prepareSteps();
     const buf = Buffer.allocUnsafeSlow(prepared.size);
-    prepared.write(buf, 0);
+    yield* prepared.writeSteps(buf, 0);
     return buf;
   }
 
   /**
-   * snapshot() in two steps, so a caller embedding it (KeyspaceMachine) writes it straight into its own buffer:
-   * `size` bytes, written at `offset` by write(). The msgpack frame is written by hand around the blobs (bin 32
+   * snapshot() in two parts, so a caller embedding it (KeyspaceMachine) writes it straight into its own buffer:
+   * `size` bytes, written at an offset by writeSteps(). The msgpack frame is written by hand around the blobs (bin 32
    * headers, an array 32 of partitions), so every byte is written once, into the caller's buffer: building the blobs
    * and then handing them to msgpack copied a large state twice more and allocated as much again each time.
-   * The state must not change between the two calls.
-   */
-  prepareSnapshot(): PreparedSnapshot {
-    return runSteps(this.prepareSteps());
-  }
-
-  /**
-   * prepareSnapshot() in steps of at most SNAPSHOT_STEP_RECORDS records (listing and sizing a large state takes tens
-   * of milliseconds, hundreds when its code is not optimized yet). The state must not change until the returned
-   * writer has written.
+   * Both parts run in steps of at most SNAPSHOT_STEP_RECORDS records (listing and sizing a large state takes tens of
+   * milliseconds, hundreds when its code is not optimized yet). The state must not change until the writer is done.
    */
   *prepareSteps(): Steps<PreparedSnapshot> {
     const head = [SNAPSHOT_MAGIC, QUEUE_SNAPSHOT_VERSION, this.lastStamp, this.lastIdx].map((v) => packr.pack(v));
@@ -1271,11 +1267,7 @@ export class QueueState {
       if (w.pos !== offset + size) throw new Error(`queue snapshot: wrote ${w.pos - offset} of ${size} bytes`);
       return w.pos;
     }
-    return {
-      size,
-      writeSteps,
-      write: (buf: Buffer, offset: number): number => runSteps(writeSteps(buf, offset)),
-    };
+    return { size, writeSteps };
   }
 
   /**
@@ -1511,10 +1503,9 @@ function messageBytes(m: Msg): number {
   return size;
 }
 
-/** QueueState.prepareSnapshot(): `size` bytes, written at an offset by write() or, in steps, writeSteps(). */
+/** QueueState.prepareSteps(): `size` bytes, written at an offset by writeSteps(), which returns the end position. */
 export interface PreparedSnapshot {
   size: number;
-  write(buf: Buffer, offset: number): number;
   writeSteps(buf: Buffer, offset: number): Steps<number>;
 }
 
