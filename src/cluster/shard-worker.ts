@@ -23,7 +23,8 @@
  * Locks and queues ride the same path as internal keyspace writes/reads (src/locks/lock-entries.ts,
  * src/queue/queue-entries.ts). Two kinds of request may wait on purpose: a lock acquire with WAIT (parked in
  * `waiting` by waiter id until a LockEvent raised by a later entry settles it, on whichever replica proposed it)
- * and a pop with BLOCK (parked in its shard's `popWaiters` on the leader until a push makes messages ready). Both
+ * and a queue wait (`_q.wait`, a blocking pop's "tell me when a message is ready": parked in its shard's
+ * `popWaiters` on the leader, answered :1 when messages are ready there, never logged; docs/queues.md). Both
  * are tracked apart from the ordered `inflight` scan (their deadlines differ) and forwarded alone, never in a batch.
  * The leader also proposes lease expiry (locks) and visibility/delay/dedup expiry (queues) from its clock.
  *
@@ -48,7 +49,7 @@ import { PEER_LIMITS_DEFAULT, raftFlowLimits, WAL_LIMITS_DEFAULT } from '../conf
 import { encodeWrite } from './keyspace-codec.js';
 import { checkLockCommand, expiryArgs, isLockCommand, LOCK_PARKED, lockWaiterId, lockWaitMs } from '../locks/lock-entries.js';
 import type { LockEvent } from '../locks/lock-table.js';
-import { checkQueueCommand, isQueueCommand, popFindsNothing, popPartitionKey, queueBlockMs, queueExpiryArgs } from '../queue/queue-entries.js';
+import { checkQueueCommand, isQueueCommand, partitionKey, popFindsNothing, queueBlockMs, queueExpiryArgs, queueWaitKind, waitIdOf } from '../queue/queue-entries.js';
 import { recordValue } from './record-value.js';
 import { CacheHomeHost } from '../cache/cache-home-host.js';
 import { BackingStore } from '../cache/backing-store.js';
@@ -94,6 +95,12 @@ const FORWARD_HOPS_MAX = 3;
 const FORWARD_BATCH_BYTES_MAX = 1024 * 1024;
 /** How often a leader looks for lapsed lock leases and waits, in milliseconds. */
 const LOCK_TICK_MS = 10;
+/** The leader wakes queue waits again when messages stayed ready this long after the last wake (a lost wake). */
+const WAIT_REWAKE_MS = 200;
+/** How long an unwait that found no wait keeps a tombstone for it (a wait it overtook answers :0 when it lands). */
+const WAIT_TOMBSTONE_MS = 30_000;
+/** At most this many tombstones (the oldest go first). */
+const WAIT_TOMBSTONES_MAX = 100_000;
 /** Most leases and waits one expiry entry names. */
 const LOCK_EXPIRY_ITEMS_MAX = 256;
 /** Reply batches are posted early once this many bytes are pending (bounds one message's size). */
@@ -136,11 +143,19 @@ interface Shard {
   expiringLocks: boolean;
   /** An expiry entry for this shard's queues is in flight. */
   expiringQueues: boolean;
-  /** Blocking pops that found nothing, waiting on this leader for a push, FIFO per "partition\0queue". */
-  popWaiters: Map<string, Req[]>;
+  /** Queue waits (`_q.wait`) parked on this leader until messages are ready, FIFO per "partition\0queue". */
+  popWaiters: Map<string, PopWaiters>;
   /** performance.now() when this node was first seen leading the shard in term `leaderTerm` (0: not leading). */
   leaderSince: number;
   leaderTerm: number;
+}
+
+interface PopWaiters {
+  queue: Buffer;
+  partition: number;
+  reqs: Req[];
+  /** performance.now() of the last wake or backstop look on this partition (the backstop looks every WAIT_REWAKE_MS). */
+  lookedAt: number;
 }
 
 interface Req {
@@ -159,9 +174,9 @@ interface Req {
   data: Uint8Array | null;
   /** For a lock acquire that may wait: its waiter id (settled by a LockEvent); '' otherwise. */
   waiterId: string;
-  /** How long a lock acquire or a queue pop may wait on the server (0 for everything else); extends `deadline`. */
+  /** How long a lock acquire or a queue wait may stay on the server (0 for everything else); extends `deadline`. */
   blockMs: number;
-  /** A blocking pop that finds nothing answers empty at this time (performance.now ms). */
+  /** A queue wait answers :0 at this time (performance.now ms). */
   blockUntil: number;
   /** Give up waiting for a leader at this time (performance.now ms). */
   leaderDeadline: number;
@@ -179,6 +194,11 @@ export class ShardWorker {
   private readonly inflight = new Map<number, Req>();
   /** Requests that may wait long (blocking lock acquires): deadlines differ, so they are scanned apart. */
   private readonly blocking = new Map<number, Req>();
+  /**
+   * Queue waits withdrawn before they arrived ("shard\0partition\0queue\0waitId" -> performance.now() expiry), so a
+   * wait that an unwait overtook answers :0 at once. Insertion order is expiry order (one lifetime for all).
+   */
+  private readonly unwaited = new Map<string, number>();
   /** Lock acquires proposed from here, by waiter id, until a reply record or a LockEvent settles them. */
   private readonly waiting = new Map<string, Req>();
   /** Peers whose outbound link is up (kept by the transport's up/down events). */
@@ -381,8 +401,9 @@ export class ShardWorker {
       this.replyErrorNow(r.reqId, ShardErrorIndex.Err, 0, bad);
       return;
     }
-    // Writes are stamped and encoded here, once, even when forwarded: the leader proposes these exact bytes.
-    const data = r.kind === RequestKind.Write ? entryData(r.args, now) : null;
+    // Writes are stamped and encoded here, once, even when forwarded: the leader proposes these exact bytes. (Queue
+    // waits are served without Raft: nothing to encode.)
+    const data = r.kind === RequestKind.Write && queueWaitKind(r.args) === '' ? entryData(r.args, now) : null;
     const t = this.init.tuning;
     const blockMs = r.kind === RequestKind.Write ? blockMsOf(r.args) : 0;
     const req: Req = {
@@ -475,17 +496,17 @@ export class ShardWorker {
       return;
     }
     if (req.kind === RequestKind.Write) {
-      const popKey = req.blockMs > 0 ? popPartitionKey(req.args) : '';
-      if (popKey !== '' && this.readyCount(shard, popKey) === 0) {
-        // Nothing to pop: wait here for a push instead of logging an empty pop.
-        this.parkPop(shard, popKey, req);
+      const wait = queueWaitKind(req.args);
+      if (wait !== '') {
+        if (wait === 'wait') this.serveWait(shard, req);
+        else this.serveUnwait(shard, req);
         return;
       }
-      if (req.blockMs === 0 && shard.machine !== null && popFindsNothing(shard.machine.queues, req.args)) {
+      if (shard.machine !== null && popFindsNothing(shard.machine.queues, req.args)) {
         this.popAfterBarrier(shard, req);
         return;
       }
-      this.proposeWrite(shard, req, popKey);
+      this.proposeWrite(shard, req);
     } else {
       this.stats.reads++;
       this.host.readBarrier(shard.id).then(
@@ -508,7 +529,7 @@ export class ShardWorker {
       () => {
         if (req.done) return;
         const record = shard.machine?.emptyPopRecord(req.args) ?? null;
-        if (record === null) this.proposeWrite(shard, req, '');
+        if (record === null) this.proposeWrite(shard, req);
         else {
           this.stats.emptyPopsAnswered++;
           this.succeed(req, record);
@@ -523,17 +544,15 @@ export class ShardWorker {
     );
   }
 
-  /** Proposes a checked write on a shard this node leads; the reply comes from its apply (popKey: see route). */
-  private proposeWrite(shard: Shard, req: Req, popKey: string): void {
+  /** Proposes a checked write on a shard this node leads; the reply comes from its apply. */
+  private proposeWrite(shard: Shard, req: Req): void {
     this.stats.writes++;
     // A lock acquire that parks is settled by a LockEvent, which may be raised before this promise resolves.
     if (req.waiterId !== '') this.waiting.set(req.waiterId, req);
     this.host.propose(shard.id, req.data!).then(
       (result) => {
         if (result === LOCK_PARKED || req.done) return;
-        const record = result instanceof Uint8Array ? result : new Uint8Array(0);
-        if (popKey !== '' && isEmptyArray(record) && performance.now() < req.blockUntil) this.parkPop(shard, popKey, req);
-        else this.succeed(req, record);
+        this.succeed(req, result instanceof Uint8Array ? result : new Uint8Array(0));
       },
       (err: unknown) => this.onError(req, err),
     );
@@ -676,7 +695,7 @@ export class ShardWorker {
           hops: 0,
           kind: it.kind,
           args: it.args,
-          data: it.kind === RequestKind.Write ? entryData(it.args, now) : null,
+          data: it.kind === RequestKind.Write && queueWaitKind(it.args) === '' ? entryData(it.args, now) : null,
           waiterId: '',
           blockMs: 0,
           blockUntil: 0,
@@ -1015,60 +1034,104 @@ export class ShardWorker {
     }
   }
 
-  /** Messages ready in a partition ("partition\0queue") of a shard, as this replica has applied them. */
-  private readyCount(shard: Shard, key: string): number {
-    const machine = shard.machine;
-    if (machine === null) return 0;
-    const cut = key.indexOf('\u0000');
-    return machine.queues.listLen(Buffer.from(key.slice(cut + 1), 'latin1'), Number(key.slice(0, cut)));
-  }
-
-  private parkPop(shard: Shard, key: string, req: Req): void {
+  /**
+   * A queue wait on a shard this node leads: answered :1 at once if messages are ready in its partition, :0 at once
+   * if an unwait overtook it, else parked (FIFO) until onQueueReady wakes it or its time runs out.
+   */
+  private serveWait(shard: Shard, req: Req): void {
+    const key = partitionKey(req.args);
+    const tomb = `${shard.id}\u0000${key}\u0000${waitIdOf(req.args)}`;
+    if (this.unwaited.delete(tomb)) {
+      this.answerWait(req, 0);
+      return;
+    }
+    const queue = req.args[1]!;
+    const partition = Number(req.args[2]!.toString('latin1'));
+    if (shard.machine === null || shard.machine.queues.listLen(queue, partition) > 0) {
+      this.answerWait(req, 1);
+      return;
+    }
     let list = shard.popWaiters.get(key);
-    if (list === undefined) shard.popWaiters.set(key, (list = []));
-    list.push(req);
+    if (list === undefined) shard.popWaiters.set(key, (list = { queue: Buffer.from(queue), partition, reqs: [], lookedAt: performance.now() }));
+    list.reqs.push(req);
   }
 
   /**
-   * A queue entry made messages ready in a partition: the first waiting pops (FIFO), as many as there are ready
-   * messages, are proposed again (after this apply, with a fresh stamp).
+   * Withdraws a queue wait: a parked one answers :0; one not found here either fired already (its wake went
+   * unused, so the next waiters are woken if messages are still ready) or has not arrived yet (a tombstone makes it
+   * answer :0 when it does). Answers :1 if the wait was parked here.
    */
-  private onQueueReady(shardId: number, key: string): void {
-    const shard = this.shards.get(shardId);
-    const list = shard?.popWaiters.get(key);
-    if (shard === undefined || list === undefined || list.length === 0) return;
-    setImmediate(() => {
-      const waiting = shard.popWaiters.get(key);
-      if (waiting === undefined) return;
-      let n = this.readyCount(shard, key);
-      const now = Date.now();
-      while (n > 0 && waiting.length > 0) {
-        const req = waiting.shift()!;
-        if (req.done) continue;
-        n--;
-        req.data = encodeWrite(req.args, now);
-        this.route(req);
+  private serveUnwait(shard: Shard, req: Req): void {
+    const key = partitionKey(req.args);
+    const id = waitIdOf(req.args);
+    const list = shard.popWaiters.get(key);
+    let found = false;
+    if (list !== undefined) {
+      const i = list.reqs.findIndex((w) => !w.done && waitIdOf(w.args) === id);
+      if (i >= 0) {
+        found = true;
+        this.answerWait(list.reqs.splice(i, 1)[0]!, 0);
+        if (list.reqs.length === 0) shard.popWaiters.delete(key);
       }
-      if (waiting.length === 0) shard.popWaiters.delete(key);
-    });
+    }
+    if (!found) {
+      if (this.unwaited.size >= WAIT_TOMBSTONES_MAX) this.unwaited.delete(this.unwaited.keys().next().value!);
+      this.unwaited.set(`${shard.id}\u0000${key}\u0000${id}`, performance.now() + WAIT_TOMBSTONE_MS);
+      this.wakeWaiters(shard, key);
+    }
+    this.answerWait(req, found ? 1 : 0);
   }
 
-  /** Waiting pops: answer empty once their BLOCK ran out; re-route them when this node stopped leading. */
+  private answerWait(req: Req, n: 0 | 1): void {
+    this.recorder.integer(n);
+    this.succeed(req, this.recorder.take());
+  }
+
+  /** Wakes the first parked waits of a partition (FIFO), as many as there are ready messages. */
+  private wakeWaiters(shard: Shard, key: string): void {
+    const list = shard.popWaiters.get(key);
+    if (list === undefined) return;
+    let n = shard.machine === null ? 0 : shard.machine.queues.listLen(list.queue, list.partition);
+    list.lookedAt = performance.now();
+    while (n > 0 && list.reqs.length > 0) {
+      const req = list.reqs.shift()!;
+      if (req.done) continue;
+      n--;
+      this.answerWait(req, 1);
+    }
+    if (list.reqs.length === 0) shard.popWaiters.delete(key);
+  }
+
+  /** A queue entry made messages ready in a partition: wake its first waits, after this apply. */
+  private onQueueReady(shardId: number, key: string): void {
+    const shard = this.shards.get(shardId);
+    if (shard === undefined || !shard.popWaiters.has(key)) return;
+    setImmediate(() => this.wakeWaiters(shard, key));
+  }
+
+  /**
+   * Parked waits: answer :0 once their time ran out; re-route them when this node stopped leading; wake again when
+   * messages stayed ready WAIT_REWAKE_MS after the last wake (a wake lost with its edge). Drops old tombstones.
+   */
   private tickPopWaiters(shard: Shard, leading: boolean, t0: number): void {
     for (const [key, list] of shard.popWaiters) {
       const keep: Req[] = [];
-      for (const req of list) {
+      for (const req of list.reqs) {
         if (req.done) continue;
-        if (t0 >= req.blockUntil) {
-          this.recorder.arrayHeader(0);
-          this.succeed(req, this.recorder.take());
-        } else if (!leading) {
-          req.data = encodeWrite(req.args, Date.now());
-          this.route(req);
-        } else keep.push(req);
+        if (t0 >= req.blockUntil) this.answerWait(req, 0);
+        else if (!leading) this.route(req);
+        else keep.push(req);
       }
+      list.reqs = keep;
       if (keep.length === 0) shard.popWaiters.delete(key);
-      else shard.popWaiters.set(key, keep);
+      else if (leading && t0 - list.lookedAt >= WAIT_REWAKE_MS) this.wakeWaiters(shard, key);
+    }
+  }
+
+  private pruneUnwaited(t0: number): void {
+    for (const [k, until] of this.unwaited) {
+      if (until > t0) break;
+      this.unwaited.delete(k);
     }
   }
 
@@ -1103,6 +1166,7 @@ export class ShardWorker {
     this.cacheHomes.tick(this.hostedShardIds);
     const graceMs = 2 * this.init.raft.electionTicksMin * this.init.raft.tickMs;
     const t0 = performance.now();
+    if (this.unwaited.size > 0) this.pruneUnwaited(t0);
     let now = 0;
     for (const shard of this.shards.values()) {
       if (shard.machine === null) continue;
@@ -1294,13 +1358,6 @@ export class ShardWorker {
 /** How long a request may wait on the server by design (a lock acquire's WAIT, a pop's BLOCK); 0 for the rest. */
 function blockMsOf(args: Buffer[]): number {
   return lockWaitMs(args) || queueBlockMs(args);
-}
-
-/** True if a reply record is an empty array (a pop that found nothing). */
-function isEmptyArray(record: Uint8Array): boolean {
-  if (record.length > 16) return false;
-  const v = recordValue(record);
-  return Array.isArray(v) && v.length === 0;
 }
 
 /** The worker thread's main loop: the first message must be `init`; answers `ready` or `fatal`. */

@@ -9,13 +9,17 @@
  * KEY picks a partition by jump consistent hash of the key (same key, same partition, so per-key order holds);
  * without KEY, a push goes to a partition this node leads (rotating among them; over all when it leads none). Message ids of a multi-partition queue are "p:id".
  *
- * Pops take from partitions in turn, starting with the ones this node leads. A pop with BLOCK on a queue of one
- * partition waits on that partition's leader, where waiting consumers are woken in FIFO order as messages arrive;
- * on several partitions (or several BLPOP keys) it waits on each in turn for a slice of BLOCK_SLICE_MS.
+ * Pops take from partitions in turn, starting with the ones this node leads. A pop with BLOCK (or BLPOP, BRPOP)
+ * first sends a wait (`_q.wait`) to every target at once: a leader answers at once for a partition with messages
+ * ready, and otherwise wakes its waiting consumers in FIFO order as messages become ready. The edge takes from the
+ * targets that answered ready with plain pops (in answer order, filling COUNT), withdraws the other waits
+ * (`_q.unwait`), and waits again if faster consumers emptied them. A wait takes nothing, so a client that goes away
+ * while it waits loses nothing (docs/queues.md).
  *
  * Lists: a Redis list is the 1-partition queue of the same name; LPOP/RPOP/BLPOP deliver and ack at once.
  * Lists and queues do not share a namespace with the string keys (no WRONGTYPE between them).
  */
+import { randomBytes } from 'node:crypto';
 import type { CommandContext, CommandSpec } from '../server/command.js';
 import { replayReply } from '../cluster/keyspace-reply.js';
 import { isErrorValue, recordValue, type RecordValue } from '../cluster/record-value.js';
@@ -25,10 +29,14 @@ import type { ShardRuntime } from '../cluster/shard-runtime.js';
 import type { ShardReply } from '../cluster/worker-protocol.js';
 import { shardErrorText } from '../cluster/cluster-keyspace.js';
 import { QUEUE_LIMITS_DEFAULT } from './queue-state.js';
-import { Q_ACK, Q_CREATE, Q_DEAD, Q_EXTEND, Q_INFO, Q_LEN, Q_LIST, Q_LLEN, Q_LPOP, Q_LPUSH, Q_LRANGE, Q_NACK, Q_POP, Q_PURGE, Q_PUSH, Q_REDRIVE, Q_RPOP, Q_RPUSH, QUEUE_BLOCK_MS_MAX } from './queue-entries.js';
+import { Q_ACK, Q_CREATE, Q_DEAD, Q_EXTEND, Q_INFO, Q_LEN, Q_LIST, Q_LLEN, Q_LPOP, Q_LPUSH, Q_LRANGE, Q_NACK, Q_POP, Q_PURGE, Q_PUSH, Q_REDRIVE, Q_RPOP, Q_RPUSH, Q_UNWAIT, Q_WAIT, QUEUE_BLOCK_MS_MAX } from './queue-entries.js';
 
-/** A blocking pop over several partitions waits on each in turn this long. */
-export const BLOCK_SLICE_MS = 100;
+/** Where a blocking pop may take from: one queue partition on its shard. */
+interface WaitTarget {
+  shard: number;
+  q: Buffer;
+  p: number;
+}
 /** Most messages one Q.POP may take. */
 export const POP_COUNT_MAX = 10_000;
 
@@ -126,25 +134,120 @@ export function queueCommands(deps: QueueCommandDeps): CommandSpec[] {
 
   const consumerOf = (ctx: CommandContext): string => `${deps.nodeId}:${ctx.client.id}`;
 
+  // Wait ids: unique across this node's restarts (a random boot tag) and across nodes (the node id).
+  const boot = randomBytes(4).toString('hex');
+  let waitSeq = 0;
+
+  const unwait = (t: WaitTarget, id: Buffer): void => {
+    runtime.submit(t.shard, 'write', [B(Q_UNWAIT), t.q, B(String(t.p)), id], () => undefined);
+  };
+
   /**
-   * Tries `attempt(p, blockMs)` over the partitions until one returns items: first every partition without
-   * blocking, then (if blockMs > 0) blocking, all of it on a single partition, in slices over several.
+   * One round of waiting: a wait on every target at once (a leader answers at once for a partition with messages
+   * ready). `first` resolves with the index of the first target that answered ready, null when every wait ran out
+   * or the client went away, or an error text when a wait failed. `ready` lists, in answer order, every target that
+   * answered ready so far. close(tried) ends the round: it withdraws the waits still out and hands on the wakes of
+   * the ready targets not tried (an unwait makes their leader wake its next waiters).
    */
-  const takeFrom = async (targets: number[], blockMs: number, attempt: (target: number, blockMs: number) => Promise<RecordValue[] | string>): Promise<{ target: number; items: RecordValue[] } | string | null> => {
-    for (const t of targets) {
-      const r = await attempt(t, 0);
-      if (typeof r === 'string') return r;
-      if (r.length > 0) return { target: t, items: r };
+  const openRound = (ctx: CommandContext, spots: WaitTarget[], ms: number): { first: Promise<number | string | null>; ready: number[]; close(tried: number[]): void } => {
+    const id = B(`${deps.nodeId}.${boot}.${(waitSeq++).toString(36)}`);
+    const answered = new Array<boolean>(spots.length).fill(false);
+    const ready: number[] = [];
+    let left = spots.length;
+    let closed = false;
+    let settle: (v: number | string | null) => void = () => undefined;
+    const first = new Promise<number | string | null>((resolve) => {
+      let done = false;
+      settle = (v) => {
+        if (done) return;
+        done = true;
+        resolve(v);
+      };
+    });
+    const unhook = ctx.client.onClose?.(() => settle(null));
+    spots.forEach((t, i) => {
+      runtime.submit(t.shard, 'write', [B(Q_WAIT), t.q, B(String(t.p)), B(String(ms)), id], (r) => {
+        answered[i] = true;
+        left--;
+        const v = r.ok ? recordValue(r.record) : { error: shardErrorText(r) };
+        if (v === 1) {
+          // A wake after close was withdrawn already: its unwait hands it on.
+          if (!closed) ready.push(i);
+          settle(i);
+        } else if (isErrorValue(v)) settle(v.error);
+        else if (left === 0) settle(null);
+      });
+    });
+    return {
+      first,
+      ready,
+      close(tried: number[]): void {
+        if (closed) return;
+        closed = true;
+        unhook?.();
+        settle(null);
+        for (let i = 0; i < spots.length; i++) if (!answered[i] || (ready.includes(i) && !tried.includes(i))) unwait(spots[i]!, id);
+      },
+    };
+  };
+
+  /**
+   * Takes from the first target `attempt` (a pop that does not wait) returns items for. Without BLOCK: tries each
+   * in turn (an empty answer is then linearizable: see popAfterBarrier in the worker). With BLOCK: waits on all of
+   * them at once (openRound) and tries the ready ones in the order they answered, again until BLOCK runs out if a
+   * faster consumer took what was there. Nothing is taken for a client that went away. `more` lists the other
+   * targets known to have messages (to fill a COUNT from); the caller must call done(tried) with the ones of them
+   * it tried.
+   */
+  const takeFrom = async (
+    ctx: CommandContext,
+    targets: number[],
+    blockMs: number,
+    where: (target: number) => WaitTarget,
+    attempt: (target: number) => Promise<RecordValue[] | string>,
+  ): Promise<{ target: number; items: RecordValue[]; more: number[]; done(tried: number[]): void } | string | null> => {
+    if (blockMs <= 0) {
+      for (const t of targets) {
+        const r = await attempt(t);
+        if (typeof r === 'string') return r;
+        if (r.length > 0) return { target: t, items: r, more: [], done: () => undefined };
+      }
+      return null;
     }
-    if (blockMs <= 0) return null;
     const until = Date.now() + blockMs;
-    for (let i = 0; ; i++) {
-      const left = until - Date.now();
-      if (left <= 0) return null;
-      const t = targets[i % targets.length]!;
-      const r = await attempt(t, targets.length === 1 ? left : Math.min(left, BLOCK_SLICE_MS));
-      if (typeof r === 'string') return r;
-      if (r.length > 0) return { target: t, items: r };
+    const spots = targets.map(where);
+    let gone = false;
+    const unhook = ctx.client.onClose?.(() => (gone = true));
+    try {
+      for (;;) {
+        const left = until - Date.now();
+        if (left <= 0 || gone) return null;
+        const round = openRound(ctx, spots, left);
+        const w = await round.first;
+        if (w === null || typeof w === 'string') {
+          round.close([]);
+          return w;
+        }
+        // Try the ready targets in answer order; more may answer while a take is out.
+        const tried: number[] = [];
+        for (let k = 0; k < round.ready.length && !gone; k++) {
+          const i = round.ready[k]!;
+          tried.push(i);
+          const r = await attempt(targets[i]!);
+          if (typeof r === 'string') {
+            round.close(tried);
+            return r;
+          }
+          if (r.length > 0) {
+            const more = round.ready.slice(k + 1).map((j) => targets[j]!);
+            return { target: targets[i]!, items: r, more, done: (alsoTried) => round.close([...tried, ...alsoTried.map((u) => targets.indexOf(u))]) };
+          }
+        }
+        // Every ready target was emptied by faster consumers (or the client left): wait again.
+        round.close(tried);
+      }
+    } finally {
+      unhook?.();
     }
   };
 
@@ -207,12 +310,15 @@ export function queueCommands(deps: QueueCommandDeps): CommandSpec[] {
     const blockMs = secs === 0 ? QUEUE_BLOCK_MS_MAX : Math.min(QUEUE_BLOCK_MS_MAX, Math.ceil(secs * 1000));
     const keys = args.slice(1, -1);
     const r = await takeFrom(
+      ctx,
       keys.map((_, i) => i),
       blockMs,
-      async (i, block) => asItems(value(await exec(homeShard(keys[i]!), 'write', [B(head ? Q_LPOP : Q_RPOP), keys[i]!, B('0'), B('1'), B(String(block))]))),
+      (i) => ({ shard: homeShard(keys[i]!), q: keys[i]!, p: 0 }),
+      async (i) => asItems(value(await exec(homeShard(keys[i]!), 'write', [B(head ? Q_LPOP : Q_RPOP), keys[i]!, B('0'), B('1'), B('0')]))),
     );
     if (typeof r === 'string') return ctx.reply.error(r);
     if (r === null) return ctx.reply.nilArray();
+    r.done([]);
     ctx.reply.arrayHeader(2);
     ctx.reply.bulk(keys[r.target]!);
     ctx.reply.bulk(r.items[0] as Buffer);
@@ -251,19 +357,27 @@ export function queueCommands(deps: QueueCommandDeps): CommandSpec[] {
       const parts = await partitionsOf(q);
       if (typeof parts === 'string') return ctx.reply.error(parts);
       const consumer = B(consumerOf(ctx));
-      const r = await takeFrom(localFirst(q, parts), block, async (p, blockMs) =>
-        asItems(value(await exec(shardOfPart(q, p), 'write', [B(Q_POP), q, B(String(p)), consumer, B(String(count)), B(vis === 0 ? '' : String(vis)), B(String(blockMs))]))),
+      const r = await takeFrom(
+        ctx,
+        localFirst(q, parts),
+        block,
+        (p) => ({ shard: shardOfPart(q, p), q, p }),
+        async (p) => asItems(value(await exec(shardOfPart(q, p), 'write', [B(Q_POP), q, B(String(p)), consumer, B(String(count)), B(vis === 0 ? '' : String(vis)), B('0')]))),
       );
       if (typeof r === 'string') return ctx.reply.error(r);
       if (r === null) return ctx.reply.nilArray();
       const got: [number, RecordValue[]][] = (r.items as RecordValue[][]).map((it) => [r.target, it]);
-      // Fill COUNT from the other partitions, without waiting.
-      for (const p of localFirst(q, parts)) {
-        if (got.length >= count || p === r.target) continue;
+      // Fill COUNT from the other partitions, without waiting: after a BLOCK, from the ones whose leaders said they
+      // have messages ready; without, from every other one in turn.
+      const others = block > 0 ? r.more : localFirst(q, parts).filter((p) => p !== r.target);
+      let k = 0;
+      for (; k < others.length && got.length < count; k++) {
+        const p = others[k]!;
         const more = asItems(value(await exec(shardOfPart(q, p), 'write', [B(Q_POP), q, B(String(p)), consumer, B(String(count - got.length)), B(vis === 0 ? '' : String(vis)), B('0')])));
         if (typeof more === 'string') break; // what was taken so far is delivered; the rest waits for the next pop
         for (const it of more as RecordValue[][]) got.push([p, it]);
       }
+      r.done(others.slice(0, k));
       ctx.reply.arrayHeader(got.length);
       for (const [p, it] of got) {
         ctx.reply.arrayHeader(3);

@@ -12,8 +12,12 @@
  *           _q.rpush|_q.lpush q p payload... -> :len | -ERR    _q.lpop|_q.rpop q p count blockMs -> *[payload...]
  *           _q.expire (v|d|k q p id|dedup)...               -> :n   (leader, from its clock)
  *   reads   _q.info q p | _q.len q p | _q.llen q p | _q.dead q p count | _q.lrange q p start stop | _q.list
+ *   waits   _q.wait q p blockMs waitId -> :1 (messages are ready) | :0 (time ran out, or withdrawn)
+ *           _q.unwait q p waitId        -> :1 (was waiting) | :0
  *
- * `blockMs` is for the worker (a pop that finds nothing waits on the leader for a push); apply ignores it.
+ * Waits are sent as writes (so they go to the leader) but the leader's worker serves them without Raft
+ * (docs/queues.md, "Blocking pops: wait, then take"); they never reach apply. A pop's `blockMs` is always 0 from
+ * the edge now; apply ignored it before too, so older entries that carry another value replay the same.
  *
  * Invariants:
  * - checkQueueCommand() accepts only what applyQueueWrite() can decode without throwing. Range errors found by
@@ -43,6 +47,8 @@ export const Q_LLEN = '_q.llen';
 export const Q_DEAD = '_q.dead';
 export const Q_LRANGE = '_q.lrange';
 export const Q_LIST = '_q.list';
+export const Q_WAIT = '_q.wait';
+export const Q_UNWAIT = '_q.unwait';
 
 /** Longest BLOCK a pop may ask for (1 h). */
 export const QUEUE_BLOCK_MS_MAX = 3600 * 1000;
@@ -66,24 +72,37 @@ function optInt(b: Uint8Array | undefined, min: number, max: number): number | n
 
 const MAXI = Number.MAX_SAFE_INTEGER;
 
+/** Longest wait id a worker accepts (the edge makes "node.boot.seq", well under this). */
+const WAIT_ID_BYTES_MAX = 64;
+
 /** True if args[0] names an internal queue command. */
 export function isQueueCommand(args: readonly Uint8Array[]): boolean {
   const n = args[0];
   return n !== undefined && n.length > 3 && n[0] === 0x5f && n[1] === 0x71 && n[2] === 0x2e; // "_q."
 }
 
-/** How long a pop may wait on the server for a message (0 for everything else). */
+/** How long a wait may stay on the server (0 for everything else). */
 export function queueBlockMs(args: readonly Uint8Array[]): number {
-  const name = text(args[0]);
-  if (name === Q_POP && args.length === 7) return Math.max(0, int(args[6], 0, QUEUE_BLOCK_MS_MAX) || 0);
-  if ((name === Q_LPOP || name === Q_RPOP) && args.length === 5) return Math.max(0, int(args[4], 0, QUEUE_BLOCK_MS_MAX) || 0);
-  return 0;
+  return args.length === 5 && text(args[0]) === Q_WAIT ? Math.max(0, int(args[3], 0, QUEUE_BLOCK_MS_MAX) || 0) : 0;
 }
 
-/** The (queue, partition) a pop concerns, as a map key; '' for any other command. */
-export function popPartitionKey(args: readonly Uint8Array[]): string {
-  const name = text(args[0]);
-  return name === Q_POP || name === Q_LPOP || name === Q_RPOP ? `${text(args[2])}\u0000${text(args[1])}` : '';
+/** 'wait' or 'unwait' for the two commands a leader's worker serves without Raft; '' for the rest. */
+export function queueWaitKind(args: readonly Uint8Array[]): 'wait' | 'unwait' | '' {
+  const n = args[0];
+  // "_q.wait" / "_q.unwait": cheap length and byte checks first, every write passes here.
+  if (n === undefined || (n.length !== 7 && n.length !== 9) || n[3] === undefined || (n[3] !== 0x77 && n[3] !== 0x75)) return '';
+  const name = text(n);
+  return name === Q_WAIT ? 'wait' : name === Q_UNWAIT ? 'unwait' : '';
+}
+
+/** The partition a queue command concerns, as a map key ("partition\0queue"). */
+export function partitionKey(args: readonly Uint8Array[]): string {
+  return `${text(args[2])}\u0000${text(args[1])}`;
+}
+
+/** The wait id of a `_q.wait` or `_q.unwait`. */
+export function waitIdOf(args: readonly Uint8Array[]): string {
+  return text(args[args.length - 1]);
 }
 
 const WRITE_ARITY: Record<string, number> = {
@@ -96,6 +115,8 @@ const WRITE_ARITY: Record<string, number> = {
   [Q_PURGE]: 3,
   [Q_LPOP]: 5,
   [Q_RPOP]: 5,
+  [Q_WAIT]: 5,
+  [Q_UNWAIT]: 4,
 };
 const READ_ARITY: Record<string, number> = { [Q_INFO]: 3, [Q_LEN]: 3, [Q_LLEN]: 3, [Q_DEAD]: 4, [Q_LRANGE]: 5, [Q_LIST]: 1 };
 
@@ -143,6 +164,11 @@ export function checkQueueCommand(kind: 'write' | 'read', args: readonly Uint8Ar
     case Q_LPOP:
     case Q_RPOP:
       return Number.isNaN(int(args[3], 1, MAXI)) || Number.isNaN(int(args[4], 0, QUEUE_BLOCK_MS_MAX)) ? 'bad count' : null;
+    case Q_WAIT:
+      if (Number.isNaN(int(args[3], 1, QUEUE_BLOCK_MS_MAX))) return 'bad block';
+      return args[4]!.length === 0 || args[4]!.length > WAIT_ID_BYTES_MAX ? 'bad wait id' : null;
+    case Q_UNWAIT:
+      return args[3]!.length === 0 || args[3]!.length > WAIT_ID_BYTES_MAX ? 'bad wait id' : null;
   }
   return null;
 }

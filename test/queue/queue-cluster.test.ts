@@ -1,8 +1,9 @@
 // The queue on a real 3-node cluster (child processes on loopback, plain ioredis clients on different nodes):
 //   1. semantics: push/pop/ack across nodes, FIFO, visibility redelivery, nack (with DELAY), extend, dead letters
 //      after MAXDELIVER with Q.DEAD and Q.REDRIVE, dedup, DELAY, BLOCK pops woken by a push on another node (FIFO
-//      among blocked consumers), Q.INFO/LEN/LIST/PURGE, a 3-partition queue keeping per-key order, the Redis list
-//      commands, bad input answered with errors on a connection that keeps working.
+//      among blocked consumers; over 16 partitions or 3 BLPOP keys at once; a consumer that leaves while it waits
+//      takes nothing), Q.INFO/LEN/LIST/PURGE, a 3-partition queue keeping per-key order, the Redis list commands, bad
+//      input answered with errors on a connection that keeps working.
 //   2. chaos: 5 producers (5 keys each, DEDUP ids retried until acknowledged) and 5 consumers (COUNT up to 10, short
 //      visibility, random ack / nack / extend / leave, and "crashes" that drop the connection with messages in
 //      flight or a pop outstanding) on one queue with MAXDELIVER 5, while the leader of its shard is killed -9 and
@@ -243,6 +244,36 @@ t.test('semantics over a real cluster', { timeout: SEMANTICS_TIMEOUT_MS }, async
     t.same([await wa, await wb], [[[f1, 'f1', 1]], [[f2, 'f2', 1]]], 'the consumer that blocked first gets the first message');
     t.equal(await pop(r2, 'sem:block', 'BLOCK', 300), null, 'a BLOCK that runs out answers nil');
 
+    // BLOCK over many partitions: the consumer waits on all of them at once, so a push to any wakes it at once.
+    // (Waiting on each partition in turn for 100 ms slices, as before, took up to 700 ms over 8 partitions.)
+    await qcall(r1, 'Q.CREATE', 'sem:wide', 'PARTITIONS', SHARDS);
+    const wakes: number[] = [];
+    for (let i = 0; i < 7; i++) {
+      const w = pop(r1, 'sem:wide', 'BLOCK', 10_000);
+      await sleep(200);
+      const id = await push(r2, 'sem:wide', `w${i}`, 'KEY', `key-${i}`);
+      const at = performance.now();
+      const got = await w;
+      wakes.push(performance.now() - at);
+      t.same(got, [[id, `w${i}`, 1]], `pop over ${SHARDS} partitions gets w${i}`);
+      await qcall(r1, 'Q.ACK', 'sem:wide', id);
+    }
+    wakes.sort((a, b) => a - b);
+    t.comment(`${SHARDS}-partition blocked pop woken ${wakes.map((x) => Math.round(x)).join(', ')} ms after the push was acknowledged`);
+    t.ok(wakes[3]! < 200, `the median wake does not wait for other partitions' slices (${Math.round(wakes[3]!)} ms)`);
+
+    // A consumer that goes away while it waits takes nothing: the message stays ready for the next one.
+    const leaving = c.client(1);
+    const lp = pop(leaving, 'sem:wide', 'BLOCK', 10_000).catch(() => 'closed');
+    await sleep(300);
+    leaving.disconnect();
+    t.equal(await lp, 'closed');
+    await sleep(300);
+    const kept = await push(r3, 'sem:wide', 'kept', 'KEY', 'key-kept');
+    await sleep(500);
+    t.match(counts(await qinfo(r2, 'sem:wide')), { ready: 1, inflight: 0 }, 'a push after the waiting consumer left is not delivered to it');
+    t.same(await pop(r2, 'sem:wide', 'BLOCK', 1000), [[kept, 'kept', 1]], 'the next consumer gets it');
+
     // Q.INFO, Q.LEN, Q.LIST, Q.PURGE.
     for (let i = 0; i < 4; i++) await push(r2, 'sem:info', `i${i}`);
     const held = await pop(r1, 'sem:info', 'VISIBILITY', 60_000);
@@ -326,6 +357,22 @@ t.test('semantics over a real cluster', { timeout: SEMANTICS_TIMEOUT_MS }, async
     await r3.rpush('sem:list2', 'x', 'y');
     t.same(await r1.brpop('sem:list', 'sem:list2', 2), ['sem:list2', 'y'], 'BRPOP over two lists takes the first non-empty one');
     t.equal(await r1.llen('sem:list2'), 1);
+    const bl3 = r1.blpop('sem:l3a', 'sem:l3b', 'sem:l3c', 10);
+    await sleep(300);
+    const l3At = performance.now();
+    await r2.rpush('sem:l3c', 'z');
+    t.same(await bl3, ['sem:l3c', 'z'], 'BLPOP over three lists is woken by a push to the last one');
+    t.ok(performance.now() - l3At < 1000, 'at once, not after waiting on the others first');
+    // A BLPOP whose client went away takes nothing (a list pop acks at once: the value would be lost).
+    const gone = c.client(1);
+    const gp = gone.blpop('sem:lgone', 10).catch(() => 'closed');
+    await sleep(300);
+    gone.disconnect();
+    t.equal(await gp, 'closed');
+    await sleep(300);
+    await r3.rpush('sem:lgone', 'kept');
+    await sleep(500);
+    t.same(await r2.lrange('sem:lgone', 0, -1), ['kept'], 'a value pushed after the blocked client left stays in the list');
 
     // Bad input: errors, and the connection goes on.
     await t.rejects(qcall(r1, 'Q.PUSH', 'q'), /wrong number of arguments/i, 'Q.PUSH without a payload');

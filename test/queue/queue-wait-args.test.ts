@@ -1,0 +1,36 @@
+// The queue wait commands' arguments (src/queue/queue-entries.ts): `_q.wait` and `_q.unwait` are checked like any
+// queue write, told apart from the writes that are proposed, and give the worker their partition, time and id.
+import t from 'tap';
+import { checkQueueCommand, partitionKey, Q_POP, Q_UNWAIT, Q_WAIT, QUEUE_BLOCK_MS_MAX, queueBlockMs, queueWaitKind, waitIdOf } from '../../src/queue/queue-entries.js';
+
+const A = (...xs: string[]): Buffer[] => xs.map((x) => Buffer.from(x));
+
+t.test('well-formed waits pass the write check; malformed ones get a reason', async (t) => {
+  t.equal(checkQueueCommand('write', A(Q_WAIT, 'q', '3', '500', '1.ab.0')), null);
+  t.equal(checkQueueCommand('write', A(Q_UNWAIT, 'q', '3', '1.ab.0')), null);
+  t.match(checkQueueCommand('write', A(Q_WAIT, 'q', '3', '0', 'id')), /bad block/, 'a wait of 0 ms');
+  t.match(checkQueueCommand('write', A(Q_WAIT, 'q', '3', String(QUEUE_BLOCK_MS_MAX + 1), 'id')), /bad block/, 'longer than the BLOCK limit');
+  t.match(checkQueueCommand('write', A(Q_WAIT, 'q', '3', 'soon', 'id')), /bad block/);
+  t.match(checkQueueCommand('write', A(Q_WAIT, 'q', '3', '500', '')), /bad wait id/);
+  t.match(checkQueueCommand('write', A(Q_WAIT, 'q', '3', '500', 'x'.repeat(65))), /bad wait id/);
+  t.match(checkQueueCommand('write', A(Q_UNWAIT, 'q', '3', '')), /bad wait id/);
+  t.match(checkQueueCommand('write', A(Q_WAIT, 'q', '3', '500')), /arity/, 'a wait without its id');
+  t.match(checkQueueCommand('write', A(Q_UNWAIT, 'q', '3', 'id', 'extra')), /arity/);
+  t.match(checkQueueCommand('write', A(Q_WAIT, '', '3', '500', 'id')), /bad queue or partition/);
+  t.match(checkQueueCommand('write', A(Q_WAIT, 'q', '-1', '500', 'id')), /bad queue or partition/);
+  t.not(checkQueueCommand('read', A(Q_WAIT, 'q', '3', '500', 'id')), null, 'a wait is not a read');
+});
+
+t.test('the worker tells waits from proposed writes, and reads their fields', async (t) => {
+  t.equal(queueWaitKind(A(Q_WAIT, 'q', '3', '500', 'id')), 'wait');
+  t.equal(queueWaitKind(A(Q_UNWAIT, 'q', '3', 'id')), 'unwait');
+  for (const name of [Q_POP, '_q.push', '_q.rpush', '_q.lpop', 'set', '_q.waiT', '_q.wai', '']) t.equal(queueWaitKind(A(name, 'q', '0')), '', `${name || '(empty)'} is not a wait`);
+  t.equal(queueWaitKind([]), '');
+  t.equal(queueBlockMs(A(Q_WAIT, 'q', '3', '500', 'id')), 500, 'a wait stays up to its time');
+  t.equal(queueBlockMs(A(Q_POP, 'q', '0', 'c', '1', '', '500')), 0, 'a pop never waits on the worker now');
+  t.equal(queueBlockMs(A(Q_UNWAIT, 'q', '3', 'id')), 0);
+  t.equal(partitionKey(A(Q_WAIT, 'q', '3', '500', 'id')), '3\u0000q');
+  t.equal(partitionKey(A(Q_UNWAIT, 'q', '3', 'id')), partitionKey(A(Q_POP, 'q', '3', 'c', '1', '', '0')), 'the same key as the pops of that partition');
+  t.equal(waitIdOf(A(Q_WAIT, 'q', '3', '500', 'n.b.7')), 'n.b.7');
+  t.equal(waitIdOf(A(Q_UNWAIT, 'q', '3', 'n.b.7')), 'n.b.7');
+});
