@@ -31,6 +31,9 @@ import { shardErrorText } from '../cluster/cluster-keyspace.js';
 import { QUEUE_LIMITS_DEFAULT } from './queue-state.js';
 import { Q_ACK, Q_CREATE, Q_DEAD, Q_EXTEND, Q_INFO, Q_LEN, Q_LIST, Q_LLEN, Q_LPOP, Q_LPUSH, Q_LRANGE, Q_NACK, Q_POP, Q_PURGE, Q_PUSH, Q_REDRIVE, Q_RPOP, Q_RPUSH, Q_UNWAIT, Q_WAIT, QUEUE_BLOCK_MS_MAX } from './queue-entries.js';
 
+/** A blocking pop whose wait failed with TRYAGAIN (its leader went away) waits this long, then waits again. */
+const WAIT_RETRY_PAUSE_MS = 50;
+
 /** Where a blocking pop may take from: one queue partition on its shard. */
 interface WaitTarget {
   shard: number;
@@ -226,6 +229,11 @@ export function queueCommands(deps: QueueCommandDeps): CommandSpec[] {
         const w = await round.first;
         if (w === null || typeof w === 'string') {
           round.close([]);
+          // A wait changes nothing, so one lost with its leader (failover, link down) is simply made again.
+          if (typeof w === 'string' && w.startsWith('TRYAGAIN') && until - Date.now() > WAIT_RETRY_PAUSE_MS) {
+            await new Promise((r) => setTimeout(r, WAIT_RETRY_PAUSE_MS));
+            continue;
+          }
           return w;
         }
         // Try the ready targets in answer order; more may answer while a take is out.

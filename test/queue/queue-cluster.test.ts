@@ -11,6 +11,8 @@
 //      id pushed before the kill and retried after the failover adds one message.
 //   3. full restart: with messages acked, in flight and never delivered, SIGTERM every node and start them again:
 //      every unacked message comes back after its visibility, no acked one does.
+//   4. a BLPOP and a Q.POP BLOCK waiting on one node while their shard's leader on another is killed -9 get the
+//      values pushed after the failover (a wait changes nothing, so a lost one is made again).
 // Timings are reported with t.comment and never asserted tightly (the machine is small and shared).
 import t from 'tap';
 import type { Redis } from 'ioredis';
@@ -702,5 +704,34 @@ t.test('full restart: unacked messages survive SIGTERM of every node; acked ones
     t.same([...got.values()].filter((x) => heldIds.has(x[1]) && heldIds.get(x[1]) !== x[0]).map((x) => x[1]), [], 'held messages keep their ids');
     t.equal(await retrying(10_000, () => ack(rr, Q, ...[...got.values()].map((x) => x[0]))), got.size, 'all acked');
     t.same(counts(await qinfo(rr, Q)), { ready: 0, inflight: 0, delayed: 0, dead: 0 }, 'the queue is empty');
+  });
+});
+
+// -----------------------------------------------------------------------------------------------------------------
+// 4. Blocked pops through a failover
+// -----------------------------------------------------------------------------------------------------------------
+
+t.test('a blocked BLPOP and Q.POP BLOCK ride out a kill -9 of their leader', { timeout: RESTART_TIMEOUT_MS }, async (t) => {
+  await withCluster(t, OPTS, async (c) => {
+    // A list and a queue whose shards node 2 leads; the consumers wait on node 1, so their waits are forwarded.
+    const victim = 2;
+    const ledBy = async (prefix: string): Promise<string> => {
+      for (let i = 0; i < 200; i++) if ((await leaderOf(c, shardOf(`${prefix}${i}`))) === victim) return `${prefix}${i}`;
+      throw new Error(`no ${prefix} name on a shard node ${victim} leads`);
+    };
+    const list = await ledBy('fo:list');
+    const q = await ledBy('fo:q');
+    const r1 = c.client(1);
+    const r1b = c.client(1);
+    const bl = r1.blpop(list, 20);
+    const qp = pop(r1b, q, 'BLOCK', 20_000);
+    await sleep(500);
+    await c.kill(victim);
+    t.comment(`killed node ${victim}, the leader of both shards`);
+    const r3 = sturdyClient(c, 3);
+    await retrying(15_000, () => r3.rpush(list, 'after'));
+    const id = await retrying(15_000, () => push(r3, q, 'after'));
+    t.same(await bl, [list, 'after'], 'the BLPOP waited through the failover and got the value pushed after it');
+    t.same(await qp, [[id, 'after', 1]], 'so did the Q.POP BLOCK');
   });
 });
