@@ -188,7 +188,7 @@ interface Req {
 export type PostToEdge = (msg: WorkerToEdge, transfer?: ArrayBuffer[]) => void;
 
 export class ShardWorker {
-  readonly stats: WorkerStats = { requests: 0, batches: 0, writes: 0, reads: 0, errors: 0, forwarded: 0, forwardedIn: 0, fsyncs: 0, raftRounds: 0, appendsBeforeSync: 0, appliedBeforeSync: 0, snapshotsTaken: 0, snapshotsToUnpin: 0, tickGapMaxMs: 0, stalls: 0, snapshotEncodeMaxMs: 0, leaderships: 0, stepDowns: 0, walSegments: 0, walSegmentsDeleted: 0, emptyPopBarriers: 0, emptyPopsAnswered: 0, peersUp: [] };
+  readonly stats: WorkerStats = { requests: 0, batches: 0, writes: 0, reads: 0, errors: 0, forwarded: 0, forwardedIn: 0, fsyncs: 0, raftRounds: 0, appendsBeforeSync: 0, appliedBeforeSync: 0, snapshotsTaken: 0, snapshotsToUnpin: 0, tickGapMaxMs: 0, stalls: 0, snapshotEncodeMaxMs: 0, leaderships: 0, stepDowns: 0, walSegments: 0, walSegmentsDeleted: 0, emptyPopBarriers: 0, emptyPopsAnswered: 0, queueWaits: 0, queueWaitsReady: 0, queueUnwaits: 0, queueWaitsParked: 0, peersUp: [] };
   private readonly shards = new Map<number, Shard>();
   /** Requests not yet answered, in arrival order (for the timeout scan). */
   private readonly inflight = new Map<number, Req>();
@@ -1039,6 +1039,7 @@ export class ShardWorker {
    * if an unwait overtook it, else parked (FIFO) until onQueueReady wakes it or its time runs out.
    */
   private serveWait(shard: Shard, req: Req): void {
+    this.stats.queueWaits++;
     const key = partitionKey(req.args);
     const tomb = `${shard.id}\u0000${key}\u0000${waitIdOf(req.args)}`;
     if (this.unwaited.delete(tomb)) {
@@ -1062,6 +1063,7 @@ export class ShardWorker {
    * answer :0 when it does). Answers :1 if the wait was parked here.
    */
   private serveUnwait(shard: Shard, req: Req): void {
+    this.stats.queueUnwaits++;
     const key = partitionKey(req.args);
     const id = waitIdOf(req.args);
     const list = shard.popWaiters.get(key);
@@ -1083,6 +1085,7 @@ export class ShardWorker {
   }
 
   private answerWait(req: Req, n: 0 | 1): void {
+    if (n === 1) this.stats.queueWaitsReady++;
     this.recorder.integer(n);
     this.succeed(req, this.recorder.take());
   }
@@ -1308,8 +1311,11 @@ export class ShardWorker {
 
   private currentStats(): WorkerStats {
     const h = this.host.stats;
+    let parked = 0;
+    for (const shard of this.shards.values()) for (const list of shard.popWaiters.values()) parked += list.reqs.length;
     return {
       ...this.stats,
+      queueWaitsParked: parked,
       fsyncs: this.wal.stats.syncs,
       raftRounds: h.rounds,
       appendsBeforeSync: h.appendsBeforeSync,

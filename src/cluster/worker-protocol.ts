@@ -215,6 +215,12 @@ export interface WorkerStats {
   emptyPopBarriers: number;
   /** Of those, the ones still empty after the barrier: answered without a log entry. */
   emptyPopsAnswered: number;
+  /** Queue waits (blocking pops, docs/queues.md): received here as leader, answered ready (at once or woken), withdrawn. */
+  queueWaits: number;
+  queueWaitsReady: number;
+  queueUnwaits: number;
+  /** Queue waits parked on this worker now. */
+  queueWaitsParked: number;
   /** Peers this worker has an up outbound link to. */
   peersUp: NodeId[];
   /** The cache homes of the shards this worker leads (src/cache/cache-home-host.ts). */

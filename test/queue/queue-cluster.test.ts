@@ -275,6 +275,18 @@ t.test('semantics over a real cluster', { timeout: SEMANTICS_TIMEOUT_MS }, async
     await sleep(500);
     t.match(counts(await qinfo(r2, 'sem:wide')), { ready: 1, inflight: 0 }, 'a push after the waiting consumer left is not delivered to it');
     t.same(await pop(r2, 'sem:wide', 'BLOCK', 1000), [[kept, 'kept', 1]], 'the next consumer gets it');
+    // No wait is left behind: withdrawn, answered or timed out, none stays parked on any leader.
+    const parkedWaits = async (): Promise<number> => {
+      let n = 0;
+      for (const r of [r1, r2, r3]) for (const m of (await r.info('raft')).matchAll(/queue_waits_parked=(\d+)/g)) n += Number(m[1]);
+      return n;
+    };
+    let parked = await parkedWaits();
+    for (let i = 0; i < 20 && parked > 0; i++) {
+      await sleep(100);
+      parked = await parkedWaits();
+    }
+    t.equal(parked, 0, 'no queue wait stays parked once its consumers are served or gone');
 
     // Q.INFO, Q.LEN, Q.LIST, Q.PURGE.
     for (let i = 0; i < 4; i++) await push(r2, 'sem:info', `i${i}`);
