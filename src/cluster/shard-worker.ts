@@ -23,8 +23,8 @@
  * Locks and queues ride the same path as internal keyspace writes/reads (src/locks/lock-entries.ts,
  * src/queue/queue-entries.ts). Two kinds of request may wait on purpose: a lock acquire with WAIT (parked in
  * `waiting` by waiter id until a LockEvent raised by a later entry settles it, on whichever replica proposed it)
- * and a queue wait (`_q.wait`, a blocking pop's "tell me when a message is ready": parked in its shard's
- * `popWaiters` on the leader, answered :1 when messages are ready there, never logged; docs/queues.md). Both
+ * and a queue wait or take (`_q.wait`, `_q.take`: a blocking pop's "tell me when a message is ready", or "pop then":
+ * parked in its shard's `popWaiters` on the leader until messages are ready there, never logged; docs/queues.md). Both
  * are tracked apart from the ordered `inflight` scan (their deadlines differ) and forwarded alone, never in a batch.
  * The leader also proposes lease expiry (locks) and visibility/delay/dedup expiry (queues) from its clock.
  *
@@ -49,7 +49,7 @@ import { PEER_LIMITS_DEFAULT, raftFlowLimits, WAL_LIMITS_DEFAULT } from '../conf
 import { encodeWrite } from './keyspace-codec.js';
 import { checkLockCommand, expiryArgs, isLockCommand, LOCK_PARKED, lockWaiterId, lockWaitMs } from '../locks/lock-entries.js';
 import type { LockEvent } from '../locks/lock-table.js';
-import { checkQueueCommand, isQueueCommand, partitionKey, popFindsNothing, queueBlockMs, queueExpiryArgs, queueWaitKind, waitIdOf } from '../queue/queue-entries.js';
+import { checkQueueCommand, isQueueCommand, partitionKey, popFindsNothing, queueBlockMs, queueExpiryArgs, queueWaitKind, takePopArgs, waitIdOf } from '../queue/queue-entries.js';
 import { recordValue } from './record-value.js';
 import { CacheHomeHost } from '../cache/cache-home-host.js';
 import { BackingStore } from '../cache/backing-store.js';
@@ -498,8 +498,8 @@ export class ShardWorker {
     if (req.kind === RequestKind.Write) {
       const wait = queueWaitKind(req.args);
       if (wait !== '') {
-        if (wait === 'wait') this.serveWait(shard, req);
-        else this.serveUnwait(shard, req);
+        if (wait === 'unwait') this.serveUnwait(shard, req);
+        else this.serveWait(shard, req);
         return;
       }
       if (shard.machine !== null && popFindsNothing(shard.machine.queues, req.args)) {
@@ -1035,8 +1035,9 @@ export class ShardWorker {
   }
 
   /**
-   * A queue wait on a shard this node leads: answered :1 at once if messages are ready in its partition, :0 at once
-   * if an unwait overtook it, else parked (FIFO) until onQueueReady wakes it or its time runs out.
+   * A queue wait or take on a shard this node leads: a wait is answered :1 (a take proposes its pop) at once if
+   * messages are ready in its partition, answered :0 (a take: an empty array) at once if an unwait overtook it, and
+   * otherwise parked (FIFO) until onQueueReady wakes it or its time runs out.
    */
   private serveWait(shard: Shard, req: Req): void {
     this.stats.queueWaits++;
@@ -1052,6 +1053,10 @@ export class ShardWorker {
       this.answerWait(req, 1);
       return;
     }
+    this.parkWait(shard, key, queue, partition, req);
+  }
+
+  private parkWait(shard: Shard, key: string, queue: Buffer, partition: number, req: Req): void {
     let list = shard.popWaiters.get(key);
     if (list === undefined) shard.popWaiters.set(key, (list = { queue: Buffer.from(queue), partition, reqs: [], lookedAt: performance.now() }));
     list.reqs.push(req);
@@ -1084,10 +1089,35 @@ export class ShardWorker {
     this.answerWait(req, found ? 1 : 0);
   }
 
+  /**
+   * Answers a wait: 1 (messages are ready) or 0 (time ran out, withdrawn). For a take, 1 proposes its pop (the pop's
+   * reply answers it; if faster consumers left nothing, it waits again while its time lasts) and 0 answers an empty
+   * array, as a pop that found nothing.
+   */
   private answerWait(req: Req, n: 0 | 1): void {
     if (n === 1) this.stats.queueWaitsReady++;
-    this.recorder.integer(n);
-    this.succeed(req, this.recorder.take());
+    if (req.args[0]![3] !== 0x74) {
+      this.recorder.integer(n);
+      this.succeed(req, this.recorder.take());
+      return;
+    }
+    if (n === 0) {
+      this.recorder.arrayHeader(0);
+      this.succeed(req, this.recorder.take());
+      return;
+    }
+    const shard = req.shard;
+    this.stats.writes++;
+    this.host.propose(shard.id, encodeWrite(takePopArgs(req.args), Date.now())).then(
+      (result) => {
+        if (req.done) return;
+        const record = result instanceof Uint8Array ? result : new Uint8Array(0);
+        if (isEmptyArray(record) && performance.now() < req.blockUntil) {
+          this.parkWait(shard, partitionKey(req.args), req.args[1]!, Number(req.args[2]!.toString('latin1')), req);
+        } else this.succeed(req, record);
+      },
+      (err: unknown) => this.onError(req, err),
+    );
   }
 
   /** Wakes the first parked waits of a partition (FIFO), as many as there are ready messages. */
@@ -1364,6 +1394,13 @@ export class ShardWorker {
 /** How long a request may wait on the server by design (a lock acquire's WAIT, a pop's BLOCK); 0 for the rest. */
 function blockMsOf(args: Buffer[]): number {
   return lockWaitMs(args) || queueBlockMs(args);
+}
+
+/** True if a reply record is an empty array (a pop that found nothing). */
+function isEmptyArray(record: Uint8Array): boolean {
+  if (record.length > 16) return false;
+  const v = recordValue(record);
+  return Array.isArray(v) && v.length === 0;
 }
 
 /** The worker thread's main loop: the first message must be `init`; answers `ready` or `fatal`. */

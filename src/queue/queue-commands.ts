@@ -10,11 +10,12 @@
  * without KEY, a push goes to a partition this node leads (rotating among them; over all when it leads none). Message ids of a multi-partition queue are "p:id".
  *
  * Pops take from partitions in turn, starting with the ones this node leads. A pop with BLOCK (or BLPOP, BRPOP)
- * first sends a wait (`_q.wait`) to every target at once: a leader answers at once for a partition with messages
- * ready, and otherwise wakes its waiting consumers in FIFO order as messages become ready. The edge takes from the
- * targets that answered ready with plain pops (in answer order, filling COUNT), withdraws the other waits
- * (`_q.unwait`), and waits again if faster consumers emptied them. A wait takes nothing, so a client that goes away
- * while it waits loses nothing (docs/queues.md).
+ * on one target sends a take (`_q.take`, a wait that carries the pop: the leader proposes it when messages are
+ * ready, in FIFO order among waiting consumers). On several targets it sends a wait (`_q.wait`) to each at once: a
+ * leader answers at once for a partition with messages ready, and otherwise wakes its waiting consumers in FIFO
+ * order as messages become ready; the edge takes from the targets that answered ready with plain pops (in answer
+ * order, filling COUNT), withdraws the other waits (`_q.unwait`), and waits again if faster consumers emptied them.
+ * Both are withdrawn when the client goes away, so nothing is taken for it (docs/queues.md).
  *
  * Lists: a Redis list is the 1-partition queue of the same name; LPOP/RPOP/BLPOP deliver and ack at once.
  * Lists and queues do not share a namespace with the string keys (no WRONGTYPE between them).
@@ -29,7 +30,7 @@ import type { ShardRuntime } from '../cluster/shard-runtime.js';
 import type { ShardReply } from '../cluster/worker-protocol.js';
 import { shardErrorText } from '../cluster/cluster-keyspace.js';
 import { QUEUE_LIMITS_DEFAULT } from './queue-state.js';
-import { Q_ACK, Q_CREATE, Q_DEAD, Q_EXTEND, Q_INFO, Q_LEN, Q_LIST, Q_LLEN, Q_LPOP, Q_LPUSH, Q_LRANGE, Q_NACK, Q_POP, Q_PURGE, Q_PUSH, Q_REDRIVE, Q_RPOP, Q_RPUSH, Q_UNWAIT, Q_WAIT, QUEUE_BLOCK_MS_MAX } from './queue-entries.js';
+import { Q_ACK, Q_CREATE, Q_DEAD, Q_EXTEND, Q_INFO, Q_LEN, Q_LIST, Q_LLEN, Q_LPOP, Q_LPUSH, Q_LRANGE, Q_NACK, Q_POP, Q_PURGE, Q_PUSH, Q_REDRIVE, Q_RPOP, Q_RPUSH, Q_TAKE, Q_UNWAIT, Q_WAIT, QUEUE_BLOCK_MS_MAX } from './queue-entries.js';
 
 /** A blocking pop whose wait failed with TRYAGAIN (its leader went away) waits this long, then waits again. */
 const WAIT_RETRY_PAUSE_MS = 50;
@@ -207,8 +208,9 @@ export function queueCommands(deps: QueueCommandDeps): CommandSpec[] {
     targets: number[],
     blockMs: number,
     where: (target: number) => WaitTarget,
-    attempt: (target: number) => Promise<RecordValue[] | string>,
+    popOf: (target: number) => Buffer[],
   ): Promise<{ target: number; items: RecordValue[]; more: number[]; done(tried: number[]): void } | string | null> => {
+    const attempt = async (t: number): Promise<RecordValue[] | string> => asItems(value(await exec(where(t).shard, 'write', popOf(t))));
     if (blockMs <= 0) {
       for (const t of targets) {
         const r = await attempt(t);
@@ -222,6 +224,30 @@ export function queueCommands(deps: QueueCommandDeps): CommandSpec[] {
     let gone = false;
     const unhook = ctx.client.onClose?.(() => (gone = true));
     try {
+      if (targets.length === 1) {
+        // One target: a take, a wait that carries its pop, which the leader proposes as soon as messages are
+        // ready (at once if they are), so a wake costs no extra round trip.
+        const t = targets[0]!;
+        const spot = spots[0]!;
+        for (;;) {
+          const left = until - Date.now();
+          if (left <= 0 || gone) return null;
+          const id = B(`${deps.nodeId}.${boot}.${(waitSeq++).toString(36)}`);
+          const unhookTake = ctx.client.onClose?.(() => unwait(spot, id));
+          const r = asItems(value(await exec(spot.shard, 'write', [B(Q_TAKE), spot.q, B(String(spot.p)), B(String(left)), id, ...popOf(t)])));
+          unhookTake?.();
+          if (typeof r === 'string') {
+            // Its leader went away. If the take had proposed its pop, the outcome is unknown either way (a Q.POP's
+            // messages come back after their visibility timeout); taking again loses nothing more.
+            if (r.startsWith('TRYAGAIN') && until - Date.now() > WAIT_RETRY_PAUSE_MS) {
+              await new Promise((res) => setTimeout(res, WAIT_RETRY_PAUSE_MS));
+              continue;
+            }
+            return r;
+          }
+          return r.length > 0 ? { target: t, items: r, more: [], done: () => undefined } : null;
+        }
+      }
       for (;;) {
         const left = until - Date.now();
         if (left <= 0 || gone) return null;
@@ -322,7 +348,7 @@ export function queueCommands(deps: QueueCommandDeps): CommandSpec[] {
       keys.map((_, i) => i),
       blockMs,
       (i) => ({ shard: homeShard(keys[i]!), q: keys[i]!, p: 0 }),
-      async (i) => asItems(value(await exec(homeShard(keys[i]!), 'write', [B(head ? Q_LPOP : Q_RPOP), keys[i]!, B('0'), B('1'), B('0')]))),
+      (i) => [B(head ? Q_LPOP : Q_RPOP), keys[i]!, B('0'), B('1'), B('0')],
     );
     if (typeof r === 'string') return ctx.reply.error(r);
     if (r === null) return ctx.reply.nilArray();
@@ -370,7 +396,7 @@ export function queueCommands(deps: QueueCommandDeps): CommandSpec[] {
         localFirst(q, parts),
         block,
         (p) => ({ shard: shardOfPart(q, p), q, p }),
-        async (p) => asItems(value(await exec(shardOfPart(q, p), 'write', [B(Q_POP), q, B(String(p)), consumer, B(String(count)), B(vis === 0 ? '' : String(vis)), B('0')]))),
+        (p) => [B(Q_POP), q, B(String(p)), consumer, B(String(count)), B(vis === 0 ? '' : String(vis)), B('0')],
       );
       if (typeof r === 'string') return ctx.reply.error(r);
       if (r === null) return ctx.reply.nilArray();

@@ -13,10 +13,12 @@
  *           _q.expire (v|d|k q p id|dedup)...               -> :n   (leader, from its clock)
  *   reads   _q.info q p | _q.len q p | _q.llen q p | _q.dead q p count | _q.lrange q p start stop | _q.list
  *   waits   _q.wait q p blockMs waitId -> :1 (messages are ready) | :0 (time ran out, or withdrawn)
+ *           _q.take q p blockMs waitId <pop...> -> the pop's reply once it found messages | *0 (time ran out, withdrawn)
  *           _q.unwait q p waitId        -> :1 (was waiting) | :0
  *
- * Waits are sent as writes (so they go to the leader) but the leader's worker serves them without Raft
- * (docs/queues.md, "Blocking pops: wait, then take"); they never reach apply. A pop's `blockMs` is always 0 from
+ * Waits and takes are sent as writes (so they go to the leader) but the leader's worker serves them without Raft
+ * (docs/queues.md, "Blocking pops: wait, then take"); they never reach apply. A take carries a pop of its own
+ * partition (`_q.pop`, `_q.lpop` or `_q.rpop` with blockMs 0), which the leader proposes when messages are ready. A pop's `blockMs` is always 0 from
  * the edge now; apply ignored it before too, so older entries that carry another value replay the same.
  *
  * Invariants:
@@ -49,6 +51,7 @@ export const Q_LRANGE = '_q.lrange';
 export const Q_LIST = '_q.list';
 export const Q_WAIT = '_q.wait';
 export const Q_UNWAIT = '_q.unwait';
+export const Q_TAKE = '_q.take';
 
 /** Longest BLOCK a pop may ask for (1 h). */
 export const QUEUE_BLOCK_MS_MAX = 3600 * 1000;
@@ -81,18 +84,24 @@ export function isQueueCommand(args: readonly Uint8Array[]): boolean {
   return n !== undefined && n.length > 3 && n[0] === 0x5f && n[1] === 0x71 && n[2] === 0x2e; // "_q."
 }
 
-/** How long a wait may stay on the server (0 for everything else). */
+/** How long a wait or take may stay on the server (0 for everything else). */
 export function queueBlockMs(args: readonly Uint8Array[]): number {
-  return args.length === 5 && text(args[0]) === Q_WAIT ? Math.max(0, int(args[3], 0, QUEUE_BLOCK_MS_MAX) || 0) : 0;
+  const kind = queueWaitKind(args);
+  return kind === 'wait' || kind === 'take' ? Math.max(0, int(args[3], 0, QUEUE_BLOCK_MS_MAX) || 0) : 0;
 }
 
-/** 'wait' or 'unwait' for the two commands a leader's worker serves without Raft; '' for the rest. */
-export function queueWaitKind(args: readonly Uint8Array[]): 'wait' | 'unwait' | '' {
+/** 'wait', 'take' or 'unwait' for the commands a leader's worker serves without Raft; '' for the rest. */
+export function queueWaitKind(args: readonly Uint8Array[]): 'wait' | 'take' | 'unwait' | '' {
   const n = args[0];
-  // "_q.wait" / "_q.unwait": cheap length and byte checks first, every write passes here.
-  if (n === undefined || (n.length !== 7 && n.length !== 9) || n[3] === undefined || (n[3] !== 0x77 && n[3] !== 0x75)) return '';
+  // "_q.wait" / "_q.take" / "_q.unwait": cheap length and byte checks first, every write passes here.
+  if (n === undefined || (n.length !== 7 && n.length !== 9) || n[3] === undefined || (n[3] !== 0x77 && n[3] !== 0x75 && n[3] !== 0x74)) return '';
   const name = text(n);
-  return name === Q_WAIT ? 'wait' : name === Q_UNWAIT ? 'unwait' : '';
+  return name === Q_WAIT ? 'wait' : name === Q_TAKE ? 'take' : name === Q_UNWAIT ? 'unwait' : '';
+}
+
+/** The pop a `_q.take` carries. */
+export function takePopArgs(args: Buffer[]): Buffer[] {
+  return args.slice(5);
 }
 
 /** The partition a queue command concerns, as a map key ("partition\0queue"). */
@@ -100,9 +109,9 @@ export function partitionKey(args: readonly Uint8Array[]): string {
   return `${text(args[2])}\u0000${text(args[1])}`;
 }
 
-/** The wait id of a `_q.wait` or `_q.unwait`. */
+/** The wait id of a `_q.wait`, `_q.take` or `_q.unwait`. */
 export function waitIdOf(args: readonly Uint8Array[]): string {
-  return text(args[args.length - 1]);
+  return text(args[args.length === 4 ? 3 : 4]);
 }
 
 const WRITE_ARITY: Record<string, number> = {
@@ -144,6 +153,17 @@ export function checkQueueCommand(kind: 'write' | 'read', args: readonly Uint8Ar
         if ((k !== 'v' && k !== 'd' && k !== 'k') || Number.isNaN(int(args[i + 2], 0, 1_000_000))) return `${Q_EXPIRE}: bad item`;
       }
       return null;
+  }
+  if (name === Q_TAKE) {
+    if (args.length < 6) return `${Q_TAKE}: no pop`;
+    if (Number.isNaN(int(args[3], 1, QUEUE_BLOCK_MS_MAX))) return 'bad block';
+    if (args[4]!.length === 0 || args[4]!.length > WAIT_ID_BYTES_MAX) return 'bad wait id';
+    const pop = args.slice(5);
+    const popName = text(pop[0]);
+    if (pop.length < 3) return `${Q_TAKE}: carries no pop`;
+    if (popName !== Q_POP && popName !== Q_LPOP && popName !== Q_RPOP) return `${Q_TAKE}: carries no pop`;
+    if (!view(pop[1]!).equals(view(args[1]!)) || text(pop[2]) !== text(args[2])) return `${Q_TAKE}: its pop is for another partition`;
+    return checkQueueCommand('write', pop);
   }
   const a = WRITE_ARITY[name];
   if (a === undefined || a !== args.length) return `not a queue write with a valid arity: ${name.slice(0, 40)}`;

@@ -1,7 +1,8 @@
-// The queue wait commands' arguments (src/queue/queue-entries.ts): `_q.wait` and `_q.unwait` are checked like any
-// queue write, told apart from the writes that are proposed, and give the worker their partition, time and id.
+// The queue wait commands' arguments (src/queue/queue-entries.ts): `_q.wait`, `_q.take` and `_q.unwait` are checked
+// like any queue write, told apart from the writes that are proposed, and give the worker their partition, time, id
+// and (a take) the pop it carries.
 import t from 'tap';
-import { checkQueueCommand, partitionKey, Q_POP, Q_UNWAIT, Q_WAIT, QUEUE_BLOCK_MS_MAX, queueBlockMs, queueWaitKind, waitIdOf } from '../../src/queue/queue-entries.js';
+import { checkQueueCommand, partitionKey, Q_LPOP, Q_POP, Q_TAKE, Q_UNWAIT, Q_WAIT, QUEUE_BLOCK_MS_MAX, queueBlockMs, queueWaitKind, takePopArgs, waitIdOf } from '../../src/queue/queue-entries.js';
 
 const A = (...xs: string[]): Buffer[] => xs.map((x) => Buffer.from(x));
 
@@ -33,4 +34,22 @@ t.test('the worker tells waits from proposed writes, and reads their fields', as
   t.equal(partitionKey(A(Q_UNWAIT, 'q', '3', 'id')), partitionKey(A(Q_POP, 'q', '3', 'c', '1', '', '0')), 'the same key as the pops of that partition');
   t.equal(waitIdOf(A(Q_WAIT, 'q', '3', '500', 'n.b.7')), 'n.b.7');
   t.equal(waitIdOf(A(Q_UNWAIT, 'q', '3', 'n.b.7')), 'n.b.7');
+});
+
+t.test('a take carries a well-formed pop of its own partition', async (t) => {
+  const pop = [Q_POP, 'q', '3', 'c1', '10', '', '0'];
+  t.equal(checkQueueCommand('write', A(Q_TAKE, 'q', '3', '500', 'id', ...pop)), null);
+  t.equal(checkQueueCommand('write', A(Q_TAKE, 'q', '0', '500', 'id', Q_LPOP, 'q', '0', '1', '0')), null, 'a list pop');
+  t.equal(queueWaitKind(A(Q_TAKE, 'q', '3', '500', 'id', ...pop)), 'take');
+  t.equal(queueBlockMs(A(Q_TAKE, 'q', '3', '500', 'id', ...pop)), 500);
+  t.equal(waitIdOf(A(Q_TAKE, 'q', '3', '500', 'n.b.9', ...pop)), 'n.b.9', 'the id, not the last argument');
+  t.same(takePopArgs(A(Q_TAKE, 'q', '3', '500', 'id', ...pop)).map(String), pop);
+  t.match(checkQueueCommand('write', A(Q_TAKE, 'q', '3', '500', 'id')), /no pop/);
+  t.match(checkQueueCommand('write', A(Q_TAKE, 'q', '3', '500', 'id', '_q.push', 'q', '3', 'x', '', '0')), /carries no pop/);
+  t.match(checkQueueCommand('write', A(Q_TAKE, 'q', '3', '500', 'id', Q_POP, 'other', '3', 'c1', '1', '', '0')), /another partition/);
+  t.match(checkQueueCommand('write', A(Q_TAKE, 'q', '3', '500', 'id', Q_POP, 'q', '4', 'c1', '1', '', '0')), /another partition/);
+  t.match(checkQueueCommand('write', A(Q_TAKE, 'q', '3', '500', 'id', Q_POP, 'q', '3', 'c1', '0', '', '0')), /bad count/, 'the pop itself is checked');
+  t.match(checkQueueCommand('write', A(Q_TAKE, 'q', '3', '0', 'id', ...pop)), /bad block/);
+  t.match(checkQueueCommand('write', A(Q_TAKE, 'q', '3', '500', '', ...pop)), /bad wait id/);
+  t.match(checkQueueCommand('write', A(Q_TAKE, 'q', '3', '500', 'id', Q_POP)), /carries no pop/);
 });
