@@ -1143,8 +1143,8 @@ export class ShardWorker {
   }
 
   /**
-   * Parked waits: answer :0 once their time ran out; re-route them when this node stopped leading; wake again when
-   * messages stayed ready WAIT_REWAKE_MS after the last wake (a wake lost with its edge). Drops old tombstones.
+   * Parked waits and takes: answered (:0, an empty array) once their time ran out; routed again when this node
+   * stopped leading; woken again when messages stayed ready WAIT_REWAKE_MS after the last wake (one lost with its edge).
    */
   private tickPopWaiters(shard: Shard, leading: boolean, t0: number): void {
     for (const [key, list] of shard.popWaiters) {

@@ -141,6 +141,17 @@ export function queueCommands(deps: QueueCommandDeps): CommandSpec[] {
   // Wait ids: unique across this node's restarts (a random boot tag) and across nodes (the node id).
   const boot = randomBytes(4).toString('hex');
   let waitSeq = 0;
+  const newWaitId = (): Buffer => B(`${deps.nodeId}.${boot}.${(waitSeq++).toString(36)}`);
+
+  /**
+   * After a wait or take failed: true (once WAIT_RETRY_PAUSE_MS has passed) if it should be made again, which is when
+   * its leader went away (TRYAGAIN) and time is left before `until`.
+   */
+  const waitAgain = async (err: string, until: number): Promise<boolean> => {
+    if (!err.startsWith('TRYAGAIN') || until - Date.now() <= WAIT_RETRY_PAUSE_MS) return false;
+    await new Promise((r) => setTimeout(r, WAIT_RETRY_PAUSE_MS));
+    return true;
+  };
 
   const unwait = (t: WaitTarget, id: Buffer): void => {
     runtime.submit(t.shard, 'write', [B(Q_UNWAIT), t.q, B(String(t.p)), id], () => undefined);
@@ -154,7 +165,7 @@ export function queueCommands(deps: QueueCommandDeps): CommandSpec[] {
    * the ready targets not tried (an unwait makes their leader wake its next waiters).
    */
   const openRound = (ctx: CommandContext, spots: WaitTarget[], ms: number): { first: Promise<number | string | null>; ready: number[]; close(tried: number[]): void } => {
-    const id = B(`${deps.nodeId}.${boot}.${(waitSeq++).toString(36)}`);
+    const id = newWaitId();
     const answered = new Array<boolean>(spots.length).fill(false);
     const ready: number[] = [];
     let left = spots.length;
@@ -232,17 +243,14 @@ export function queueCommands(deps: QueueCommandDeps): CommandSpec[] {
         for (;;) {
           const left = until - Date.now();
           if (left <= 0 || gone) return null;
-          const id = B(`${deps.nodeId}.${boot}.${(waitSeq++).toString(36)}`);
+          const id = newWaitId();
           const unhookTake = ctx.client.onClose?.(() => unwait(spot, id));
           const r = asItems(value(await exec(spot.shard, 'write', [B(Q_TAKE), spot.q, B(String(spot.p)), B(String(left)), id, ...popOf(t)])));
           unhookTake?.();
           if (typeof r === 'string') {
-            // Its leader went away. If the take had proposed its pop, the outcome is unknown either way (a Q.POP's
+            // If its leader went away after the take proposed its pop, the outcome is unknown either way (a Q.POP's
             // messages come back after their visibility timeout); taking again loses nothing more.
-            if (r.startsWith('TRYAGAIN') && until - Date.now() > WAIT_RETRY_PAUSE_MS) {
-              await new Promise((res) => setTimeout(res, WAIT_RETRY_PAUSE_MS));
-              continue;
-            }
+            if (await waitAgain(r, until)) continue;
             return r;
           }
           return r.length > 0 ? { target: t, items: r, more: [], done: () => undefined } : null;
@@ -256,10 +264,7 @@ export function queueCommands(deps: QueueCommandDeps): CommandSpec[] {
         if (w === null || typeof w === 'string') {
           round.close([]);
           // A wait changes nothing, so one lost with its leader (failover, link down) is simply made again.
-          if (typeof w === 'string' && w.startsWith('TRYAGAIN') && until - Date.now() > WAIT_RETRY_PAUSE_MS) {
-            await new Promise((r) => setTimeout(r, WAIT_RETRY_PAUSE_MS));
-            continue;
-          }
+          if (typeof w === 'string' && (await waitAgain(w, until))) continue;
           return w;
         }
         // Try the ready targets in answer order; more may answer while a take is out.
