@@ -210,6 +210,9 @@ export interface WorkerStats {
   stepDowns: number;
   /** WAL segments on disk, and deleted by compaction so far. */
   walSegments: number;
+  /** Longest blocking WAL batch write (ms), and the writes of 50 ms or more (Wal.stats). */
+  walWriteMaxMs: number;
+  walSlowWrites: number;
   walSegmentsDeleted: number;
   /** Pops that found nothing ready and went to a read barrier instead of the log (see ShardWorker.popAfterBarrier). */
   emptyPopBarriers: number;

@@ -437,7 +437,13 @@ export class RaftHost {
         if (now - this.lastStallWarnAt >= 1000) {
           this.lastStallWarnAt = now;
           this.opts.logger.warn(
-            { gapMs: Math.round(gap), electionTimeoutMs: 2 * this.stallWarnMs, lastSnapshotEncodeMs: Math.round(this.stats.snapshotEncodeMs) },
+            {
+              gapMs: Math.round(gap),
+              electionTimeoutMs: 2 * this.stallWarnMs,
+              lastSnapshotEncodeMs: Math.round(this.stats.snapshotEncodeMs),
+              walWriteMaxMs: Math.round(this.opts.wal.stats.writeMaxMs),
+              walSlowWrites: this.opts.wal.stats.slowWrites,
+            },
             'raft ticks stalled: this thread was busy elsewhere (followers of groups it leads may call an election)',
           );
         }

@@ -108,6 +108,12 @@ export interface WalStats {
   segmentsDeleted: number;
   /** Bytes cut off a torn tail during recovery. */
   tornBytesCut: number;
+  /**
+   * Longest blocking batch write into an open segment, in ms (the writev runs on the caller's thread: if the kernel
+   * throttles dirty pages, the thread waits with it), and how many took 50 ms or more.
+   */
+  writeMaxMs: number;
+  slowWrites: number;
 }
 
 export type WalErrorCode = 'WAL_INVALID' | 'WAL_RECORD_TOO_BIG' | 'WAL_FAILED' | 'WAL_CLOSED';
@@ -138,6 +144,8 @@ export class WalCorruptionError extends Error {
 const CHUNK_BYTES = 256 * 1024;
 const CHUNK_POOL_MAX = 16;
 const U32_MAX = 0xffffffff;
+/** A blocking batch write this long counts in stats.slowWrites. */
+const SLOW_WRITE_MS = 50;
 
 interface Chunk {
   buf: Uint8Array;
@@ -314,6 +322,8 @@ export class Wal {
     segments: 0,
     segmentsDeleted: 0,
     tornBytesCut: 0,
+    writeMaxMs: 0,
+    slowWrites: 0,
   };
 
   private readonly limits: WalLimits;
@@ -809,7 +819,11 @@ export class Wal {
     } else {
       const fh = this.fh;
       if (fh === null) throw new Error('no open segment');
+      const t0 = performance.now();
       written = writeAllSync(fh.fd, bufs, this.fileBytes);
+      const ms = performance.now() - t0;
+      if (ms > this.stats.writeMaxMs) this.stats.writeMaxMs = ms;
+      if (ms >= SLOW_WRITE_MS) this.stats.slowWrites++;
       this.fileBytes += written;
       if (sync) {
         await fh.datasync();
