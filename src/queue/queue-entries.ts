@@ -18,8 +18,9 @@
  *
  * Waits and takes are sent as writes (so they go to the leader) but the leader's worker serves them without Raft
  * (docs/queues.md, "Blocking pops: wait, then take"); they never reach apply. A take carries a pop of its own
- * partition (`_q.pop`, `_q.lpop` or `_q.rpop` with blockMs 0), which the leader proposes when messages are ready. A pop's `blockMs` is always 0 from
- * the edge now; apply ignored it before too, so older entries that carry another value replay the same.
+ * partition (`_q.pop`, `_q.lpop` or `_q.rpop` with blockMs 0), which the leader proposes when messages are ready.
+ * A pop's `blockMs` is always 0 from the edge now; apply ignored it before too, so older entries that carry another
+ * value replay the same.
  *
  * Invariants:
  * - checkQueueCommand() accepts only what applyQueueWrite() can decode without throwing. Range errors found by
@@ -160,8 +161,7 @@ export function checkQueueCommand(kind: 'write' | 'read', args: readonly Uint8Ar
     if (args[4]!.length === 0 || args[4]!.length > WAIT_ID_BYTES_MAX) return 'bad wait id';
     const pop = args.slice(5);
     const popName = text(pop[0]);
-    if (pop.length < 3) return `${Q_TAKE}: carries no pop`;
-    if (popName !== Q_POP && popName !== Q_LPOP && popName !== Q_RPOP) return `${Q_TAKE}: carries no pop`;
+    if (pop.length < 3 || (popName !== Q_POP && popName !== Q_LPOP && popName !== Q_RPOP)) return `${Q_TAKE}: carries no pop`;
     if (!view(pop[1]!).equals(view(args[1]!)) || text(pop[2]) !== text(args[2])) return `${Q_TAKE}: its pop is for another partition`;
     return checkQueueCommand('write', pop);
   }

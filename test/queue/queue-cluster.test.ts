@@ -1,7 +1,7 @@
 // The queue on a real 3-node cluster (child processes on loopback, plain ioredis clients on different nodes):
 //   1. semantics: push/pop/ack across nodes, FIFO, visibility redelivery, nack (with DELAY), extend, dead letters
 //      after MAXDELIVER with Q.DEAD and Q.REDRIVE, dedup, DELAY, BLOCK pops woken by a push on another node (FIFO
-//      among blocked consumers; over 16 partitions or 3 BLPOP keys at once; a consumer that leaves while it waits
+//      among blocked consumers; over 8 partitions or 3 BLPOP keys at once; a consumer that leaves while it waits
 //      takes nothing), Q.INFO/LEN/LIST/PURGE, a 3-partition queue keeping per-key order, the Redis list commands, bad
 //      input answered with errors on a connection that keeps working.
 //   2. chaos: 5 producers (5 keys each, DEDUP ids retried until acknowledged) and 5 consumers (COUNT up to 10, short
