@@ -49,7 +49,7 @@ import { PEER_LIMITS_DEFAULT, raftFlowLimits, WAL_LIMITS_DEFAULT } from '../conf
 import { encodeWrite } from './keyspace-codec.js';
 import { checkLockCommand, expiryArgs, isLockCommand, LOCK_PARKED, lockWaiterId, lockWaitMs } from '../locks/lock-entries.js';
 import type { LockEvent } from '../locks/lock-table.js';
-import { checkQueueCommand, isQueueCommand, partitionKey, popFindsNothing, queueBlockMs, queueExpiryArgs, queueWaitKind, takePopArgs, waitIdOf } from '../queue/queue-entries.js';
+import { checkQueueCommand, isQueueCommand, partitionKey, popFindsNothing, queueBlockMs, queueExpiryArgs, queueWaitKind, takePopArgs, unwaitAnswered, waitIdOf } from '../queue/queue-entries.js';
 import { recordValue } from './record-value.js';
 import { CacheHomeHost } from '../cache/cache-home-host.js';
 import { BackingStore } from '../cache/backing-store.js';
@@ -1082,8 +1082,11 @@ export class ShardWorker {
       }
     }
     if (!found) {
-      if (this.unwaited.size >= WAIT_TOMBSTONES_MAX) this.unwaited.delete(this.unwaited.keys().next().value!);
-      this.unwaited.set(`${shard.id}\u0000${key}\u0000${id}`, performance.now() + WAIT_TOMBSTONE_MS);
+      // A wait the edge saw answer ready needs no tombstone (it will not arrive again): only its wake is handed on.
+      if (!unwaitAnswered(req.args)) {
+        if (this.unwaited.size >= WAIT_TOMBSTONES_MAX) this.unwaited.delete(this.unwaited.keys().next().value!);
+        this.unwaited.set(`${shard.id}\u0000${key}\u0000${id}`, performance.now() + WAIT_TOMBSTONE_MS);
+      }
       this.wakeWaiters(shard, key);
     }
     this.answerWait(req, found ? 1 : 0);

@@ -153,8 +153,9 @@ export function queueCommands(deps: QueueCommandDeps): CommandSpec[] {
     return true;
   };
 
-  const unwait = (t: WaitTarget, id: Buffer): void => {
-    runtime.submit(t.shard, 'write', [B(Q_UNWAIT), t.q, B(String(t.p)), id], () => undefined);
+  /** Withdraws a wait or take; `answered`: it answered ready already, so this only hands its wake on. */
+  const unwait = (t: WaitTarget, id: Buffer, answered = false): void => {
+    runtime.submit(t.shard, 'write', answered ? [B(Q_UNWAIT), t.q, B(String(t.p)), id, B('1')] : [B(Q_UNWAIT), t.q, B(String(t.p)), id], () => undefined);
   };
 
   /**
@@ -201,7 +202,10 @@ export function queueCommands(deps: QueueCommandDeps): CommandSpec[] {
         closed = true;
         unhook?.();
         settle(null);
-        for (let i = 0; i < spots.length; i++) if (!answered[i] || (ready.includes(i) && !tried.includes(i))) unwait(spots[i]!, id);
+        for (let i = 0; i < spots.length; i++) {
+          if (!answered[i]) unwait(spots[i]!, id);
+          else if (ready.includes(i) && !tried.includes(i)) unwait(spots[i]!, id, true);
+        }
       },
     };
   };

@@ -14,7 +14,7 @@
  *   reads   _q.info q p | _q.len q p | _q.llen q p | _q.dead q p count | _q.lrange q p start stop | _q.list
  *   waits   _q.wait q p blockMs waitId -> :1 (messages are ready) | :0 (time ran out, or withdrawn)
  *           _q.take q p blockMs waitId <pop...> -> the pop's reply once it found messages | *0 (time ran out, withdrawn)
- *           _q.unwait q p waitId        -> :1 (was waiting) | :0
+ *           _q.unwait q p waitId [1]    -> :1 (was waiting) | :0   ("1": it answered ready already, hand that on)
  *
  * Waits and takes are sent as writes (so they go to the leader) but the leader's worker serves them without Raft
  * (docs/queues.md, "Blocking pops: wait, then take"); they never reach apply. A take carries a pop of its own
@@ -112,7 +112,12 @@ export function partitionKey(args: readonly Uint8Array[]): string {
 
 /** The wait id of a `_q.wait`, `_q.take` or `_q.unwait`. */
 export function waitIdOf(args: readonly Uint8Array[]): string {
-  return text(args[args.length === 4 ? 3 : 4]);
+  return text(args[args[0]!.length === Q_UNWAIT.length ? 3 : 4]);
+}
+
+/** True for an unwait of a wait that answered ready already (nothing to withdraw: its wake is handed on). */
+export function unwaitAnswered(args: readonly Uint8Array[]): boolean {
+  return args.length === 5 && args[4]!.length === 1 && args[4]![0] === 0x31;
 }
 
 const WRITE_ARITY: Record<string, number> = {
@@ -126,7 +131,6 @@ const WRITE_ARITY: Record<string, number> = {
   [Q_LPOP]: 5,
   [Q_RPOP]: 5,
   [Q_WAIT]: 5,
-  [Q_UNWAIT]: 4,
 };
 const READ_ARITY: Record<string, number> = { [Q_INFO]: 3, [Q_LEN]: 3, [Q_LLEN]: 3, [Q_DEAD]: 4, [Q_LRANGE]: 5, [Q_LIST]: 1 };
 
@@ -147,6 +151,9 @@ export function checkQueueCommand(kind: 'write' | 'read', args: readonly Uint8Ar
     case Q_RPUSH:
     case Q_LPUSH:
       return args.length >= 4 ? null : 'push without payloads';
+    case Q_UNWAIT:
+      if (args.length !== 4 && !(args.length === 5 && unwaitAnswered(args))) return `${Q_UNWAIT}: bad arguments`;
+      return args[3]!.length === 0 || args[3]!.length > WAIT_ID_BYTES_MAX ? 'bad wait id' : null;
     case Q_EXPIRE:
       if ((args.length - 1) % 4 !== 0 || args.length < 5) return `${Q_EXPIRE}: ${args.length} arguments`;
       for (let i = 1; i < args.length; i += 4) {
@@ -187,8 +194,6 @@ export function checkQueueCommand(kind: 'write' | 'read', args: readonly Uint8Ar
     case Q_WAIT:
       if (Number.isNaN(int(args[3], 1, QUEUE_BLOCK_MS_MAX))) return 'bad block';
       return args[4]!.length === 0 || args[4]!.length > WAIT_ID_BYTES_MAX ? 'bad wait id' : null;
-    case Q_UNWAIT:
-      return args[3]!.length === 0 || args[3]!.length > WAIT_ID_BYTES_MAX ? 'bad wait id' : null;
   }
   return null;
 }

@@ -2,7 +2,7 @@
 // like any queue write, told apart from the writes that are proposed, and give the worker their partition, time, id
 // and (a take) the pop it carries.
 import t from 'tap';
-import { checkQueueCommand, partitionKey, Q_LPOP, Q_POP, Q_TAKE, Q_UNWAIT, Q_WAIT, QUEUE_BLOCK_MS_MAX, queueBlockMs, queueWaitKind, takePopArgs, waitIdOf } from '../../src/queue/queue-entries.js';
+import { checkQueueCommand, partitionKey, Q_LPOP, Q_POP, Q_TAKE, Q_UNWAIT, Q_WAIT, QUEUE_BLOCK_MS_MAX, queueBlockMs, queueWaitKind, takePopArgs, unwaitAnswered, waitIdOf } from '../../src/queue/queue-entries.js';
 
 const A = (...xs: string[]): Buffer[] => xs.map((x) => Buffer.from(x));
 
@@ -16,7 +16,9 @@ t.test('well-formed waits pass the write check; malformed ones get a reason', as
   t.match(checkQueueCommand('write', A(Q_WAIT, 'q', '3', '500', 'x'.repeat(65))), /bad wait id/);
   t.match(checkQueueCommand('write', A(Q_UNWAIT, 'q', '3', '')), /bad wait id/);
   t.match(checkQueueCommand('write', A(Q_WAIT, 'q', '3', '500')), /arity/, 'a wait without its id');
-  t.match(checkQueueCommand('write', A(Q_UNWAIT, 'q', '3', 'id', 'extra')), /arity/);
+  t.equal(checkQueueCommand('write', A(Q_UNWAIT, 'q', '3', 'id', '1')), null, 'an unwait of a wait that answered ready');
+  t.match(checkQueueCommand('write', A(Q_UNWAIT, 'q', '3', 'id', 'extra')), /bad arguments/);
+  t.match(checkQueueCommand('write', A(Q_UNWAIT, 'q', '3')), /bad arguments/);
   t.match(checkQueueCommand('write', A(Q_WAIT, '', '3', '500', 'id')), /bad queue or partition/);
   t.match(checkQueueCommand('write', A(Q_WAIT, 'q', '-1', '500', 'id')), /bad queue or partition/);
   t.not(checkQueueCommand('read', A(Q_WAIT, 'q', '3', '500', 'id')), null, 'a wait is not a read');
@@ -34,6 +36,9 @@ t.test('the worker tells waits from proposed writes, and reads their fields', as
   t.equal(partitionKey(A(Q_UNWAIT, 'q', '3', 'id')), partitionKey(A(Q_POP, 'q', '3', 'c', '1', '', '0')), 'the same key as the pops of that partition');
   t.equal(waitIdOf(A(Q_WAIT, 'q', '3', '500', 'n.b.7')), 'n.b.7');
   t.equal(waitIdOf(A(Q_UNWAIT, 'q', '3', 'n.b.7')), 'n.b.7');
+  t.equal(waitIdOf(A(Q_UNWAIT, 'q', '3', 'n.b.7', '1')), 'n.b.7');
+  t.equal(unwaitAnswered(A(Q_UNWAIT, 'q', '3', 'n.b.7', '1')), true);
+  t.equal(unwaitAnswered(A(Q_UNWAIT, 'q', '3', 'n.b.7')), false);
 });
 
 t.test('a take carries a well-formed pop of its own partition', async (t) => {
