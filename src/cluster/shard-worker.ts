@@ -153,7 +153,10 @@ interface Shard {
 interface PopWaiters {
   queue: Buffer;
   partition: number;
-  reqs: Req[];
+  /** By wait id, in arrival order (a Map iterates in insertion order): FIFO, and O(1) to withdraw one. */
+  reqs: Map<string, Req>;
+  /** No parked request's time runs out before this (performance.now ms; may be early after removals). */
+  dueAt: number;
   /** performance.now() of the last wake or backstop look on this partition (the backstop looks every WAIT_REWAKE_MS). */
   lookedAt: number;
 }
@@ -1058,8 +1061,11 @@ export class ShardWorker {
 
   private parkWait(shard: Shard, key: string, queue: Buffer, partition: number, req: Req): void {
     let list = shard.popWaiters.get(key);
-    if (list === undefined) shard.popWaiters.set(key, (list = { queue: Buffer.from(queue), partition, reqs: [], lookedAt: performance.now() }));
-    list.reqs.push(req);
+    if (list === undefined) shard.popWaiters.set(key, (list = { queue: Buffer.from(queue), partition, reqs: new Map(), dueAt: Infinity, lookedAt: performance.now() }));
+    const id = waitIdOf(req.args);
+    list.reqs.delete(id); // a take parked again goes to the back
+    list.reqs.set(id, req);
+    if (req.blockUntil < list.dueAt) list.dueAt = req.blockUntil;
   }
 
   /**
@@ -1073,12 +1079,13 @@ export class ShardWorker {
     const id = waitIdOf(req.args);
     const list = shard.popWaiters.get(key);
     let found = false;
-    if (list !== undefined) {
-      const i = list.reqs.findIndex((w) => !w.done && waitIdOf(w.args) === id);
-      if (i >= 0) {
+    const parked = list?.reqs.get(id);
+    if (list !== undefined && parked !== undefined) {
+      list.reqs.delete(id);
+      if (list.reqs.size === 0) shard.popWaiters.delete(key);
+      if (!parked.done) {
         found = true;
-        this.answerWait(list.reqs.splice(i, 1)[0]!, 0);
-        if (list.reqs.length === 0) shard.popWaiters.delete(key);
+        this.answerWait(parked, 0);
       }
     }
     if (!found) {
@@ -1129,13 +1136,14 @@ export class ShardWorker {
     if (list === undefined) return;
     let n = shard.machine === null ? 0 : shard.machine.queues.listLen(list.queue, list.partition);
     list.lookedAt = performance.now();
-    while (n > 0 && list.reqs.length > 0) {
-      const req = list.reqs.shift()!;
+    for (const [id, req] of list.reqs) {
+      if (n <= 0) break;
+      list.reqs.delete(id);
       if (req.done) continue;
       n--;
       this.answerWait(req, 1);
     }
-    if (list.reqs.length === 0) shard.popWaiters.delete(key);
+    if (list.reqs.size === 0) shard.popWaiters.delete(key);
   }
 
   /** A queue entry made messages ready in a partition: wake its first waits, after this apply. */
@@ -1151,15 +1159,23 @@ export class ShardWorker {
    */
   private tickPopWaiters(shard: Shard, leading: boolean, t0: number): void {
     for (const [key, list] of shard.popWaiters) {
-      const keep: Req[] = [];
-      for (const req of list.reqs) {
-        if (req.done) continue;
-        if (t0 >= req.blockUntil) this.answerWait(req, 0);
-        else if (!leading) this.route(req);
-        else keep.push(req);
+      if (!leading || t0 >= list.dueAt) {
+        // Scan this partition's requests (only when one may be due, or all must move): the 10 ms tick would
+        // otherwise walk every parked request.
+        let due = Infinity;
+        for (const [id, req] of list.reqs) {
+          if (req.done) list.reqs.delete(id);
+          else if (t0 >= req.blockUntil) {
+            list.reqs.delete(id);
+            this.answerWait(req, 0);
+          } else if (!leading) {
+            list.reqs.delete(id);
+            this.route(req);
+          } else if (req.blockUntil < due) due = req.blockUntil;
+        }
+        list.dueAt = due;
       }
-      list.reqs = keep;
-      if (keep.length === 0) shard.popWaiters.delete(key);
+      if (list.reqs.size === 0) shard.popWaiters.delete(key);
       else if (leading && t0 - list.lookedAt >= WAIT_REWAKE_MS) this.wakeWaiters(shard, key);
     }
   }
@@ -1345,7 +1361,7 @@ export class ShardWorker {
   private currentStats(): WorkerStats {
     const h = this.host.stats;
     let parked = 0;
-    for (const shard of this.shards.values()) for (const list of shard.popWaiters.values()) parked += list.reqs.length;
+    for (const shard of this.shards.values()) for (const list of shard.popWaiters.values()) parked += list.reqs.size;
     return {
       ...this.stats,
       queueWaitsParked: parked,
