@@ -1,8 +1,8 @@
 // The queue on a real 3-node cluster (child processes on loopback, plain ioredis clients on different nodes):
 //   1. semantics: push/pop/ack across nodes, FIFO, visibility redelivery, nack (with DELAY), extend, dead letters
 //      after MAXDELIVER with Q.DEAD and Q.REDRIVE, dedup, DELAY, BLOCK pops woken by a push on another node (FIFO
-//      among blocked consumers; over 8 partitions or 3 BLPOP keys at once; a consumer that leaves while it waits
-//      takes nothing), Q.INFO/LEN/LIST/PURGE, a 3-partition queue keeping per-key order, the Redis list commands, bad
+//      among blocked consumers; over 8 partitions or 3 BLPOP keys at once; 150 clients blocked on one list; a
+//      consumer that leaves while it waits takes nothing), Q.INFO/LEN/LIST/PURGE, a 3-partition queue keeping per-key order, the Redis list commands, bad
 //      input answered with errors on a connection that keeps working.
 //   2. chaos: 5 producers (5 keys each, DEDUP ids retried until acknowledged) and 5 consumers (COUNT up to 10, short
 //      visibility, random ack / nack / extend / leave, and "crashes" that drop the connection with messages in
@@ -387,6 +387,26 @@ t.test('semantics over a real cluster', { timeout: SEMANTICS_TIMEOUT_MS }, async
     await r3.rpush('sem:lgone', 'kept');
     await sleep(500);
     t.same(await r2.lrange('sem:lgone', 0, -1), ['kept'], 'a value pushed after the blocked client left stays in the list');
+    // Many waiting clients on one list, spread over the nodes: each gets exactly one value; then half of them wait
+    // again and leave, and a value pushed after that stays in the list.
+    const MANY = 150;
+    const crowd = Array.from({ length: MANY }, (_, i) => c.client((i % 3) + 1));
+    await Promise.all(crowd.map((x) => x.ping()));
+    const waiting3 = crowd.map((x) => x.blpop('sem:crowd', 20));
+    await sleep(500);
+    await r2.rpush('sem:crowd', ...range(MANY).map((i) => `c${i}`));
+    const gotCrowd = (await Promise.all(waiting3)).map((x) => x?.[1]);
+    t.equal(new Set(gotCrowd).size, MANY, `${MANY} blocked clients got ${MANY} distinct values`);
+    t.equal(await r1.llen('sem:crowd'), 0);
+    const leavers = crowd.slice(0, MANY / 2);
+    const gone2 = leavers.map((x) => x.blpop('sem:crowd', 20).catch(() => 'closed'));
+    await sleep(500);
+    leavers.forEach((x) => x.disconnect());
+    await Promise.all(gone2);
+    await sleep(300);
+    await r3.rpush('sem:crowd', 'kept');
+    await sleep(500);
+    t.same(await r2.lrange('sem:crowd', 0, -1), ['kept'], `after ${MANY / 2} waiting clients left, a new value stays`);
 
     // Bad input: errors, and the connection goes on.
     await t.rejects(qcall(r1, 'Q.PUSH', 'q'), /wrong number of arguments/i, 'Q.PUSH without a payload');
