@@ -2,8 +2,8 @@
 //   1. semantics: push/pop/ack across nodes, FIFO, visibility redelivery, nack (with DELAY), extend, dead letters
 //      after MAXDELIVER with Q.DEAD and Q.REDRIVE, dedup, DELAY, BLOCK pops woken by a push on another node (FIFO
 //      among blocked consumers; over 8 partitions or 3 BLPOP keys at once; 150 clients blocked on one list; a
-//      consumer that leaves while it waits takes nothing), Q.INFO/LEN/LIST/PURGE, a 3-partition queue keeping per-key order, the Redis list commands, bad
-//      input answered with errors on a connection that keeps working.
+//      consumer that leaves while it waits takes nothing), Q.INFO/LEN/LIST/PURGE, a 3-partition queue keeping
+//      per-key order, the Redis list commands, bad input answered with errors on a connection that keeps working.
 //   2. chaos: 5 producers (5 keys each, DEDUP ids retried until acknowledged) and 5 consumers (COUNT up to 10, short
 //      visibility, random ack / nack / extend / leave, and "crashes" that drop the connection with messages in
 //      flight or a pop outstanding) on one queue with MAXDELIVER 5, while the leader of its shard is killed -9 and
