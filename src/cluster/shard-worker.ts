@@ -1096,7 +1096,8 @@ export class ShardWorker {
       }
       this.wakeWaiters(shard, key);
     }
-    this.answerWait(req, found ? 1 : 0);
+    this.recorder.integer(found ? 1 : 0);
+    this.succeed(req, this.recorder.take());
   }
 
   /**
