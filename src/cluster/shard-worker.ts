@@ -1056,12 +1056,16 @@ export class ShardWorker {
       this.answerWait(req, 1);
       return;
     }
-    this.parkWait(shard, key, queue, partition, req);
+    this.parkWait(shard, key, req);
   }
 
-  private parkWait(shard: Shard, key: string, queue: Buffer, partition: number, req: Req): void {
+  /** Parks a wait or take at the back of its partition's FIFO (`key`: partitionKey of its args). */
+  private parkWait(shard: Shard, key: string, req: Req): void {
     let list = shard.popWaiters.get(key);
-    if (list === undefined) shard.popWaiters.set(key, (list = { queue: Buffer.from(queue), partition, reqs: new Map(), dueAt: Infinity, lookedAt: performance.now() }));
+    if (list === undefined) {
+      list = { queue: Buffer.from(req.args[1]!), partition: Number(req.args[2]!.toString('latin1')), reqs: new Map(), dueAt: Infinity, lookedAt: performance.now() };
+      shard.popWaiters.set(key, list);
+    }
     const id = waitIdOf(req.args);
     list.reqs.delete(id); // a take parked again goes to the back
     list.reqs.set(id, req);
@@ -1107,7 +1111,7 @@ export class ShardWorker {
    */
   private answerWait(req: Req, n: 0 | 1): void {
     if (n === 1) this.stats.queueWaitsReady++;
-    if (req.args[0]![3] !== 0x74) {
+    if (queueWaitKind(req.args) !== 'take') {
       this.recorder.integer(n);
       this.succeed(req, this.recorder.take());
       return;
@@ -1124,7 +1128,7 @@ export class ShardWorker {
         if (req.done) return;
         const record = result instanceof Uint8Array ? result : new Uint8Array(0);
         if (isEmptyArray(record) && performance.now() < req.blockUntil) {
-          this.parkWait(shard, partitionKey(req.args), req.args[1]!, Number(req.args[2]!.toString('latin1')), req);
+          this.parkWait(shard, partitionKey(req.args), req);
         } else this.succeed(req, record);
       },
       (err: unknown) => this.onError(req, err),

@@ -400,12 +400,13 @@ export function queueCommands(deps: QueueCommandDeps): CommandSpec[] {
       const parts = await partitionsOf(q);
       if (typeof parts === 'string') return ctx.reply.error(parts);
       const consumer = B(consumerOf(ctx));
+      const popArgs = (p: number, n: number): Buffer[] => [B(Q_POP), q, B(String(p)), consumer, B(String(n)), B(vis === 0 ? '' : String(vis)), B('0')];
       const r = await takeFrom(
         ctx,
         localFirst(q, parts),
         block,
         (p) => ({ shard: shardOfPart(q, p), q, p }),
-        (p) => [B(Q_POP), q, B(String(p)), consumer, B(String(count)), B(vis === 0 ? '' : String(vis)), B('0')],
+        (p) => popArgs(p, count),
       );
       if (typeof r === 'string') return ctx.reply.error(r);
       if (r === null) return ctx.reply.nilArray();
@@ -416,7 +417,7 @@ export function queueCommands(deps: QueueCommandDeps): CommandSpec[] {
       let k = 0;
       for (; k < others.length && got.length < count; k++) {
         const p = others[k]!;
-        const more = asItems(value(await exec(shardOfPart(q, p), 'write', [B(Q_POP), q, B(String(p)), consumer, B(String(count - got.length)), B(vis === 0 ? '' : String(vis)), B('0')])));
+        const more = asItems(value(await exec(shardOfPart(q, p), 'write', popArgs(p, count - got.length))));
         if (typeof more === 'string') break; // what was taken so far is delivered; the rest waits for the next pop
         for (const it of more as RecordValue[][]) got.push([p, it]);
       }
