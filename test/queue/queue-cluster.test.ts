@@ -13,6 +13,7 @@
 //      every unacked message comes back after its visibility, no acked one does.
 //   4. a BLPOP and a Q.POP BLOCK waiting on one node while their shard's leader on another is killed -9 get the
 //      values pushed after the failover (their takes are made again).
+//   5. a wake answered to a node that is paused (SIGSTOP) is handed on by the leader to the next waiter.
 // Timings are reported with t.comment and never asserted tightly (the machine is small and shared).
 import t from 'tap';
 import type { Redis } from 'ioredis';
@@ -766,5 +767,43 @@ t.test('a blocked BLPOP and Q.POP BLOCK ride out a kill -9 of their leader', { t
     const id = await retrying(15_000, () => push(r3, q, 'after'));
     t.same(await bl, [list, 'after'], 'the BLPOP waited through the failover and got the value pushed after it');
     t.same(await qp, [[id, 'after', 1]], 'so did the Q.POP BLOCK');
+  });
+});
+
+// -----------------------------------------------------------------------------------------------------------------
+// 5. A wake lost with its edge node
+// -----------------------------------------------------------------------------------------------------------------
+
+t.test('a wake answered to a paused node is handed on to the next waiter by the leader (backstop re-wake)', { timeout: RESTART_TIMEOUT_MS }, async (t) => {
+  await withCluster(t, OPTS, async (c) => {
+    // Two partitions, so a Q.POP BLOCK waits on both (a wait, not a take). Node `away` leads neither partition: the
+    // first consumer waits there, then the node is paused (SIGSTOP), so the leader's "ready" answer to its wait sits
+    // unread and nothing hands the wake on. The second consumer, parked behind it, must still get the message while
+    // `away` is paused: the leader wakes the next waiter when messages stay ready after a wake.
+    const q = 'bk:q';
+    const r0 = c.client(1);
+    t.equal(await qcall(r0, 'Q.CREATE', q, 'PARTITIONS', 2), 'OK');
+    const detail = (await qinfo(r0, q))!['partition_detail'] as Record<string, unknown>[];
+    const leaders = await Promise.all(detail.map((d) => leaderOf(c, Number(d['shard']))));
+    t.notOk(leaders.includes(0), `both partitions have leaders (nodes ${leaders.join(', ')})`);
+    const away = c.ids.find((id) => !leaders.includes(id)) ?? c.ids.find((id) => id !== leaders[0])!;
+    const [other, pusher] = [c.ids.find((id) => id !== away && !leaders.includes(id)) ?? c.ids.find((id) => id !== away)!, c.ids.find((id) => id !== away)!];
+    const first = pop(c.client(away), q, 'BLOCK', 20_000);
+    await sleep(300);
+    const second = pop(c.client(other), q, 'BLOCK', 20_000);
+    await sleep(300);
+    c.pause(away);
+    const t0 = Date.now();
+    try {
+      const id = await push(c.client(pusher), q, 'x');
+      const got = await Promise.race([second, sleep(5_000).then(() => 'timeout' as const)]);
+      t.same(got, [[id, 'x', 1]], `the second consumer (node ${other}) got the message while node ${away} stayed paused`);
+      t.comment(`woken ${Date.now() - t0} ms after the push began (the leader looks again 200 ms after a wake)`);
+    } finally {
+      c.resume(away);
+    }
+    // The first consumer's connection lived through the pause: its wait goes on and takes the next message.
+    const id2 = await retrying(10_000, () => push(c.client(pusher), q, 'y'));
+    t.same(await first, [[id2, 'y', 1]], `the first consumer (node ${away}) takes the next message after it resumed`);
   });
 });
