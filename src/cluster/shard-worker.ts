@@ -49,7 +49,7 @@ import { PEER_LIMITS_DEFAULT, raftFlowLimits, WAL_LIMITS_DEFAULT } from '../conf
 import { encodeWrite } from './keyspace-codec.js';
 import { checkLockCommand, expiryArgs, isLockCommand, LOCK_PARKED, lockWaiterId, lockWaitMs } from '../locks/lock-entries.js';
 import type { LockEvent } from '../locks/lock-table.js';
-import { checkQueueCommand, isQueueCommand, partitionKey, popFindsNothing, queueBlockMs, queueExpiryArgs, queueWaitKind, takePopArgs, unwaitAnswered, waitIdOf } from '../queue/queue-entries.js';
+import { checkQueueCommand, isQueueCommand, partitionKey, popFindsNothing, queueBlockMs, queueExpiryArgs, queuePartitionShard, queueWaitKind, takePopArgs, unwaitAnswered, waitIdOf, waitPartitions } from '../queue/queue-entries.js';
 import { recordValue } from './record-value.js';
 import { CacheHomeHost } from '../cache/cache-home-host.js';
 import { BackingStore } from '../cache/backing-store.js';
@@ -161,6 +161,13 @@ interface PopWaiters {
   lookedAt: number;
 }
 
+/** One partition of a grouped wait: the shard holding it and its key there (partitionKey form). */
+interface GroupSpot {
+  shard: Shard;
+  key: string;
+  partition: number;
+}
+
 interface Req {
   /** Edge request id (>= 0), or a negative id for a request a peer forwarded here. */
   reqId: number;
@@ -191,7 +198,7 @@ interface Req {
 export type PostToEdge = (msg: WorkerToEdge, transfer?: ArrayBuffer[]) => void;
 
 export class ShardWorker {
-  readonly stats: WorkerStats = { requests: 0, batches: 0, writes: 0, reads: 0, errors: 0, forwarded: 0, forwardedIn: 0, fsyncs: 0, raftRounds: 0, appendsBeforeSync: 0, appliedBeforeSync: 0, snapshotsTaken: 0, snapshotsToUnpin: 0, tickGapMaxMs: 0, stalls: 0, snapshotEncodeMaxMs: 0, leaderships: 0, stepDowns: 0, walSegments: 0, walSegmentsDeleted: 0, walWriteMaxMs: 0, walSlowWrites: 0, emptyPopBarriers: 0, emptyPopsAnswered: 0, queueWaits: 0, queueWaitsReady: 0, queueUnwaits: 0, queueWaitsParked: 0, peersUp: [] };
+  readonly stats: WorkerStats = { requests: 0, batches: 0, writes: 0, reads: 0, errors: 0, forwarded: 0, forwardedIn: 0, fsyncs: 0, raftRounds: 0, appendsBeforeSync: 0, appliedBeforeSync: 0, snapshotsTaken: 0, snapshotsToUnpin: 0, tickGapMaxMs: 0, stalls: 0, snapshotEncodeMaxMs: 0, leaderships: 0, stepDowns: 0, walSegments: 0, walSegmentsDeleted: 0, walWriteMaxMs: 0, walSlowWrites: 0, emptyPopBarriers: 0, emptyPopsAnswered: 0, queueWaits: 0, queueWaitsReady: 0, queueWaitsGrouped: 0, queueUnwaits: 0, queueWaitsParked: 0, peersUp: [] };
   private readonly shards = new Map<number, Shard>();
   /** Requests not yet answered, in arrival order (for the timeout scan). */
   private readonly inflight = new Map<number, Req>();
@@ -202,6 +209,8 @@ export class ShardWorker {
    * wait that an unwait overtook answers :0 at once. Insertion order is expiry order (one lifetime for all).
    */
   private readonly unwaited = new Map<string, number>();
+  /** Grouped waits parked here: every partition list each one is parked in (its own first). */
+  private readonly groupedWaits = new Map<Req, GroupSpot[]>();
   /** Lock acquires proposed from here, by waiter id, until a reply record or a LockEvent settles them. */
   private readonly waiting = new Map<string, Req>();
   /** Peers whose outbound link is up (kept by the transport's up/down events). */
@@ -1050,6 +1059,10 @@ export class ShardWorker {
       this.answerWait(req, 0);
       return;
     }
+    if (req.args.length > 5 && queueWaitKind(req.args) === 'wait') {
+      this.serveGroupedWait(shard, key, req);
+      return;
+    }
     const queue = req.args[1]!;
     const partition = Number(req.args[2]!.toString('latin1'));
     if (shard.machine === null || shard.machine.queues.listLen(queue, partition) > 0) {
@@ -1059,11 +1072,54 @@ export class ShardWorker {
     this.parkWait(shard, key, req);
   }
 
+  /**
+   * A wait naming several partitions of one queue (the edge groups the partitions whose shards one worker leads):
+   * answered :k at once if the k-th has messages ready, else parked in each partition's FIFO until the first wake,
+   * which withdraws it from the others. If this worker does not lead every one of those shards (the edge's view of
+   * the leaders was stale), it answers TRYAGAIN at once, and the edge waits on each partition alone.
+   */
+  private serveGroupedWait(shard: Shard, key: string, req: Req): void {
+    this.stats.queueWaitsGrouped++;
+    const queue = req.args[1]!;
+    const parts = waitPartitions(req.args);
+    const spots: GroupSpot[] = [];
+    for (let k = 0; k < parts.length; k++) {
+      const p = parts[k]!;
+      const s = k === 0 ? shard : this.shards.get(queuePartitionShard(queue, p, this.init.shardCount));
+      const core = s?.hosted ? this.host.group(s.id) : undefined;
+      if (s === undefined || s.machine === null || core === undefined || core.role !== Role.Leader || core.transferee !== 0) {
+        this.fail(req, ShardErrorIndex.TryAgain, 0, `partition ${p} of this grouped wait is not led by this worker`);
+        return;
+      }
+      if (s.machine.queues.listLen(queue, p) > 0) {
+        this.answerWait(req, 1, k + 1);
+        return;
+      }
+      spots.push({ shard: s, key: k === 0 ? key : `${p}\u0000${queue.toString('latin1')}`, partition: p });
+    }
+    this.groupedWaits.set(req, spots);
+    for (const spot of spots) this.parkWait(spot.shard, spot.key, req, spot.partition);
+  }
+
+  /** Withdraws a grouped wait from the FIFOs of its partitions other than `except` (its answer is on the way). */
+  private dropGrouped(req: Req, except: PopWaiters | null): void {
+    const spots = this.groupedWaits.get(req);
+    if (spots === undefined) return;
+    this.groupedWaits.delete(req);
+    const id = waitIdOf(req.args);
+    for (const spot of spots) {
+      const list = spot.shard.popWaiters.get(spot.key);
+      if (list === undefined || list === except) continue;
+      list.reqs.delete(id);
+      if (list.reqs.size === 0) spot.shard.popWaiters.delete(spot.key);
+    }
+  }
+
   /** Parks a wait or take at the back of its partition's FIFO (`key`: partitionKey of its args). */
-  private parkWait(shard: Shard, key: string, req: Req): void {
+  private parkWait(shard: Shard, key: string, req: Req, partition = Number(req.args[2]!.toString('latin1'))): void {
     let list = shard.popWaiters.get(key);
     if (list === undefined) {
-      list = { queue: Buffer.from(req.args[1]!), partition: Number(req.args[2]!.toString('latin1')), reqs: new Map(), dueAt: Infinity, lookedAt: performance.now() };
+      list = { queue: Buffer.from(req.args[1]!), partition, reqs: new Map(), dueAt: Infinity, lookedAt: performance.now() };
       shard.popWaiters.set(key, list);
     }
     const id = waitIdOf(req.args);
@@ -1087,6 +1143,7 @@ export class ShardWorker {
     if (list !== undefined && parked !== undefined) {
       list.reqs.delete(id);
       if (list.reqs.size === 0) shard.popWaiters.delete(key);
+      this.dropGrouped(parked, list);
       if (!parked.done) {
         found = true;
         this.answerWait(parked, 0);
@@ -1099,6 +1156,8 @@ export class ShardWorker {
         this.unwaited.set(`${shard.id}\u0000${key}\u0000${id}`, performance.now() + WAIT_TOMBSTONE_MS);
       }
       this.wakeWaiters(shard, key);
+      // A grouped wait's unwait names its other partitions: which one woke it is not known here, so each is handed on.
+      if (req.args.length > 5) this.wakeGroup(req.args);
     }
     this.recorder.integer(found ? 1 : 0);
     this.succeed(req, this.recorder.take());
@@ -1109,10 +1168,10 @@ export class ShardWorker {
    * reply answers it; if faster consumers left nothing, it waits again while its time lasts) and 0 answers an empty
    * array, as a pop that found nothing.
    */
-  private answerWait(req: Req, n: 0 | 1): void {
+  private answerWait(req: Req, n: 0 | 1, k = n as number): void {
     if (n === 1) this.stats.queueWaitsReady++;
     if (queueWaitKind(req.args) !== 'take') {
-      this.recorder.integer(n);
+      this.recorder.integer(k);
       this.succeed(req, this.recorder.take());
       return;
     }
@@ -1144,11 +1203,23 @@ export class ShardWorker {
     for (const [id, req] of list.reqs) {
       if (n <= 0) break;
       list.reqs.delete(id);
+      this.dropGrouped(req, list);
       if (req.done) continue;
       n--;
-      this.answerWait(req, 1);
+      this.answerWait(req, 1, req.args.length > 5 && queueWaitKind(req.args) === 'wait' ? waitPartitions(req.args).indexOf(list.partition) + 1 : 1);
     }
     if (list.reqs.size === 0) shard.popWaiters.delete(key);
+  }
+
+  /** Hands on the wakes of the partitions an unwait of a grouped wait names beyond its first (see serveUnwait). */
+  private wakeGroup(args: readonly Buffer[]): void {
+    const queue = args[1]!;
+    const q = queue.toString('latin1');
+    const parts = waitPartitions(args);
+    for (let k = 1; k < parts.length; k++) {
+      const s = this.shards.get(queuePartitionShard(queue, parts[k]!, this.init.shardCount));
+      if (s !== undefined) this.wakeWaiters(s, `${parts[k]!}\u0000${q}`);
+    }
   }
 
   /** A queue entry made messages ready in a partition: wake its first waits, after this apply. */
@@ -1169,13 +1240,20 @@ export class ShardWorker {
         // otherwise walk every parked request.
         let due = Infinity;
         for (const [id, req] of list.reqs) {
-          if (req.done) list.reqs.delete(id);
-          else if (t0 >= req.blockUntil) {
+          if (req.done) {
             list.reqs.delete(id);
+            this.dropGrouped(req, list);
+          } else if (t0 >= req.blockUntil) {
+            list.reqs.delete(id);
+            this.dropGrouped(req, list);
             this.answerWait(req, 0);
           } else if (!leading) {
             list.reqs.delete(id);
-            this.route(req);
+            if (this.groupedWaits.has(req)) {
+              // Its partitions are no longer all led here: the edge waits on each alone.
+              this.dropGrouped(req, list);
+              this.fail(req, ShardErrorIndex.TryAgain, 0, `partition ${list.partition} of this grouped wait lost its leader here`);
+            } else this.route(req);
           } else if (req.blockUntil < due) due = req.blockUntil;
         }
         list.dueAt = due;

@@ -221,6 +221,8 @@ export interface WorkerStats {
   /** Queue waits (blocking pops, docs/queues.md): received here as leader, answered ready (at once or woken), withdrawn. */
   queueWaits: number;
   queueWaitsReady: number;
+  /** Of queueWaits, the ones that named several partitions (a grouped wait). */
+  queueWaitsGrouped: number;
   queueUnwaits: number;
   /** Queue waits parked on this worker now. */
   queueWaitsParked: number;

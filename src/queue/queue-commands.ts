@@ -30,7 +30,7 @@ import type { ShardRuntime } from '../cluster/shard-runtime.js';
 import type { ShardReply } from '../cluster/worker-protocol.js';
 import { shardErrorText } from '../cluster/cluster-keyspace.js';
 import { QUEUE_LIMITS_DEFAULT } from './queue-state.js';
-import { Q_ACK, Q_CREATE, Q_DEAD, Q_EXTEND, Q_INFO, Q_LEN, Q_LIST, Q_LLEN, Q_LPOP, Q_LPUSH, Q_LRANGE, Q_NACK, Q_POP, Q_PURGE, Q_PUSH, Q_REDRIVE, Q_RPOP, Q_RPUSH, Q_TAKE, Q_UNWAIT, Q_WAIT, QUEUE_BLOCK_MS_MAX } from './queue-entries.js';
+import { Q_ACK, Q_CREATE, Q_DEAD, Q_EXTEND, Q_INFO, Q_LEN, Q_LIST, Q_LLEN, Q_LPOP, Q_LPUSH, Q_LRANGE, Q_NACK, Q_POP, Q_PURGE, Q_PUSH, Q_REDRIVE, Q_RPOP, Q_RPUSH, Q_TAKE, Q_UNWAIT, Q_WAIT, QUEUE_BLOCK_MS_MAX, queuePartitionShard, WAIT_GROUP_MAX } from './queue-entries.js';
 
 /** A blocking pop whose wait failed with TRYAGAIN (its leader went away) waits this long, then waits again. */
 const WAIT_RETRY_PAUSE_MS = 50;
@@ -93,7 +93,7 @@ function options(args: Buffer[], from: number, allowed: readonly string[]): Map<
 export function queueCommands(deps: QueueCommandDeps): CommandSpec[] {
   const { runtime, shards } = deps;
   const homeShard = (q: Buffer): number => shardOfSlot(keySlot(q), shards);
-  const shardOfPart = (q: Buffer, p: number): number => (homeShard(q) + p) % shards;
+  const shardOfPart = (q: Buffer, p: number): number => queuePartitionShard(q, p, shards);
   const partitionsCache = new Map<string, number>();
   let rotate = 0;
 
@@ -160,16 +160,20 @@ export function queueCommands(deps: QueueCommandDeps): CommandSpec[] {
 
   /**
    * One round of waiting: a wait on every target at once (a leader answers at once for a partition with messages
-   * ready). `first` resolves with the index of the first target that answered ready, null when every wait ran out
-   * or the client went away, or an error text when a wait failed. `ready` lists, in answer order, every target that
-   * answered ready so far. close(tried) ends the round: it withdraws the waits still out and hands on the wakes of
-   * the ready targets not tried (an unwait makes their leader wake its next waiters).
+   * ready). Partitions of one queue whose shards one worker leads (as far as this node knows) share one grouped
+   * wait; a group its worker refuses (the leaders moved) is replaced by a wait per partition. `first` resolves with
+   * the index of the first target that answered ready, null when every wait ran out or the client went away, or an
+   * error text when a wait failed. `ready` lists, in answer order, every target that answered ready so far.
+   * close(tried) ends the round: it withdraws the waits still out and hands on the wakes of the ready targets not
+   * tried (an unwait makes their leader wake its next waiters).
    */
   const openRound = (ctx: CommandContext, spots: WaitTarget[], ms: number): { first: Promise<number | string | null>; ready: number[]; close(tried: number[]): void } => {
-    const id = newWaitId();
-    const answered = new Array<boolean>(spots.length).fill(false);
     const ready: number[] = [];
-    let left = spots.length;
+    /** The waits sent: the targets each names (a group when more than one) and its wait id. */
+    const waits: { targets: number[]; id: Buffer; answered: boolean }[] = [];
+    /** The wait each ready target answered in. */
+    const readyIn = new Map<number, Buffer>();
+    let left = 0;
     let closed = false;
     let settle: (v: number | string | null) => void = () => undefined;
     const first = new Promise<number | string | null>((resolve) => {
@@ -181,19 +185,50 @@ export function queueCommands(deps: QueueCommandDeps): CommandSpec[] {
       };
     });
     const unhook = ctx.client.onClose?.(() => settle(null));
-    spots.forEach((t, i) => {
-      runtime.submit(t.shard, 'write', [B(Q_WAIT), t.q, B(String(t.p)), B(String(ms)), id], (r) => {
-        answered[i] = true;
+    const send = (targets: number[]): void => {
+      const w = { targets, id: newWaitId(), answered: false };
+      waits.push(w);
+      left++;
+      const t0 = spots[targets[0]!]!;
+      const args = [B(Q_WAIT), t0.q, B(String(t0.p)), B(String(ms)), w.id];
+      for (let k = 1; k < targets.length; k++) args.push(B(String(spots[targets[k]!]!.p)));
+      runtime.submit(t0.shard, 'write', args, (r) => {
+        w.answered = true;
         left--;
         const v = r.ok ? recordValue(r.record) : { error: shardErrorText(r) };
-        if (v === 1) {
+        if (typeof v === 'number' && v >= 1 && v <= targets.length) {
+          const i = targets[v - 1]!;
           // A wake after close was withdrawn already: its unwait hands it on.
-          if (!closed) ready.push(i);
+          if (!closed) {
+            ready.push(i);
+            readyIn.set(i, w.id);
+          }
           settle(i);
-        } else if (isErrorValue(v)) settle(v.error);
-        else if (left === 0) settle(null);
+        } else if (isErrorValue(v)) {
+          // A group its worker refused (it does not lead them all): wait on each of its partitions alone.
+          if (targets.length > 1 && !closed) for (const i of targets) send([i]);
+          else settle(v.error);
+        } else if (left === 0) settle(null);
       });
+    };
+    const groups = new Map<string, number[]>();
+    const batches: number[][] = [];
+    spots.forEach((t, i) => {
+      const leader = deps.leaderOf(t.shard);
+      if (leader === 0) {
+        batches.push([i]);
+        return;
+      }
+      const key = `${leader}\u0000${runtime.workerOf(t.shard)}\u0000${t.q.toString('latin1')}`;
+      let g = groups.get(key);
+      if (g === undefined || g.length >= WAIT_GROUP_MAX) {
+        g = [];
+        groups.set(key, g);
+        batches.push(g);
+      }
+      g.push(i);
     });
+    for (const b of batches) send(b);
     return {
       first,
       ready,
@@ -202,10 +237,13 @@ export function queueCommands(deps: QueueCommandDeps): CommandSpec[] {
         closed = true;
         unhook?.();
         settle(null);
-        for (let i = 0; i < spots.length; i++) {
-          if (!answered[i]) unwait(spots[i]!, id);
-          else if (ready.includes(i) && !tried.includes(i)) unwait(spots[i]!, id, true);
+        for (const w of waits) {
+          if (w.answered) continue;
+          const t0 = spots[w.targets[0]!]!;
+          if (w.targets.length === 1) unwait(t0, w.id);
+          else runtime.submit(t0.shard, 'write', [B(Q_UNWAIT), t0.q, B(String(t0.p)), w.id, B('0'), ...w.targets.slice(1).map((i) => B(String(spots[i]!.p)))], () => undefined);
         }
+        for (const i of ready) if (!tried.includes(i)) unwait(spots[i]!, readyIn.get(i)!, true);
       },
     };
   };

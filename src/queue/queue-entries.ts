@@ -12,12 +12,15 @@
  *           _q.rpush|_q.lpush q p payload... -> :len | -ERR    _q.lpop|_q.rpop q p count blockMs -> *[payload...]
  *           _q.expire (v|d|k q p id|dedup)...               -> :n   (leader, from its clock)
  *   reads   _q.info q p | _q.len q p | _q.llen q p | _q.dead q p count | _q.lrange q p start stop | _q.list
- *   waits   _q.wait q p blockMs waitId -> :1 (messages are ready) | :0 (time ran out, or withdrawn)
+ *   waits   _q.wait q p blockMs waitId [p2 ...] -> :k (messages are ready in the k-th partition named, from 1)
+ *                                                  | :0 (time ran out, or withdrawn)
  *           _q.take q p blockMs waitId <pop...> -> the pop's reply once it found messages | *0 (time ran out, withdrawn)
- *           _q.unwait q p waitId [1]    -> :1 (was waiting) | :0   ("1": it answered ready already, hand that on)
+ *           _q.unwait q p waitId [0|1 [p2 ...]] -> :1 (was waiting) | :0   ("1": it answered ready already, hand
+ *                                                  that on; p2...: the other partitions of a grouped wait)
  *
  * Waits and takes are sent as writes (so they go to the leader) but the leader's worker serves them without Raft
- * (docs/queues.md, "Blocking pops: wait, then take"); they never reach apply. A take carries a pop of its own
+ * (docs/queues.md, "Blocking pops: wait, then take"); they never reach apply. A grouped wait (p2 ...) names several
+ * partitions of one queue whose shards one worker leads; it is routed by its first partition's shard. A take carries a pop of its own
  * partition (`_q.pop`, `_q.lpop` or `_q.rpop` with blockMs 0), which the leader proposes when messages are ready.
  * A pop's `blockMs` is always 0 from the edge now; apply ignored it before too, so older entries that carry another
  * value replay the same.
@@ -30,6 +33,8 @@
  */
 import type { ReplySink } from '../server/command.js';
 import { QueueState, QueueStateError, type ExpiryItem } from './queue-state.js';
+import { shardOfSlot } from '../cluster/ring.js';
+import { keySlot } from '../cluster/slots.js';
 
 export const Q_PUSH = '_q.push';
 export const Q_POP = '_q.pop';
@@ -79,6 +84,14 @@ const MAXI = Number.MAX_SAFE_INTEGER;
 /** Longest wait id a worker accepts (the edge makes "node.boot.seq", well under this). */
 const WAIT_ID_BYTES_MAX = 64;
 
+/** Most partitions one grouped wait (or its unwait) may name; the edge splits larger groups. */
+export const WAIT_GROUP_MAX = 64;
+
+/** The shard that holds partition p of queue q: the queue name's shard, then the next ones in turn. */
+export function queuePartitionShard(q: Uint8Array, p: number, shards: number): number {
+  return (shardOfSlot(keySlot(q), shards) + p) % shards;
+}
+
 /** True if args[0] names an internal queue command. */
 export function isQueueCommand(args: readonly Uint8Array[]): boolean {
   const n = args[0];
@@ -117,7 +130,26 @@ export function waitIdOf(args: readonly Uint8Array[]): string {
 
 /** True for an unwait of a wait that answered ready already (nothing to withdraw: its wake is handed on). */
 export function unwaitAnswered(args: readonly Uint8Array[]): boolean {
-  return args.length === 5 && args[4]!.length === 1 && args[4]![0] === 0x31;
+  return args.length >= 5 && args[4]!.length === 1 && args[4]![0] === 0x31;
+}
+
+/** The partitions a wait or unwait names (checked by checkQueueCommand): its own, then a group's others. */
+export function waitPartitions(args: readonly Uint8Array[]): number[] {
+  const out = [Number(text(args[2]))];
+  for (let i = 5; i < args.length; i++) out.push(Number(text(args[i])));
+  return out;
+}
+
+/** Null if args[from..] are distinct partition numbers other than args[2], at most WAIT_GROUP_MAX in all. */
+function checkGroup(args: readonly Uint8Array[], from: number): string | null {
+  if (args.length - from + 1 > WAIT_GROUP_MAX) return `a wait names more than ${WAIT_GROUP_MAX} partitions`;
+  const seen = new Set<number>([int(args[2], 0, 1_000_000)]);
+  for (let i = from; i < args.length; i++) {
+    const p = int(args[i], 0, 1_000_000);
+    if (Number.isNaN(p) || seen.has(p)) return 'bad or repeated partition in a grouped wait';
+    seen.add(p);
+  }
+  return null;
 }
 
 const WRITE_ARITY: Record<string, number> = {
@@ -130,7 +162,6 @@ const WRITE_ARITY: Record<string, number> = {
   [Q_PURGE]: 3,
   [Q_LPOP]: 5,
   [Q_RPOP]: 5,
-  [Q_WAIT]: 5,
 };
 const READ_ARITY: Record<string, number> = { [Q_INFO]: 3, [Q_LEN]: 3, [Q_LLEN]: 3, [Q_DEAD]: 4, [Q_LRANGE]: 5, [Q_LIST]: 1 };
 
@@ -152,8 +183,14 @@ export function checkQueueCommand(kind: 'write' | 'read', args: readonly Uint8Ar
     case Q_LPUSH:
       return args.length >= 4 ? null : 'push without payloads';
     case Q_UNWAIT:
-      if (args.length !== 4 && !(args.length === 5 && unwaitAnswered(args))) return `${Q_UNWAIT}: bad arguments`;
-      return args[3]!.length === 0 || args[3]!.length > WAIT_ID_BYTES_MAX ? 'bad wait id' : null;
+      if (args.length < 4 || (args.length >= 5 && text(args[4]) !== '0' && text(args[4]) !== '1')) return `${Q_UNWAIT}: bad arguments`;
+      if (args[3]!.length === 0 || args[3]!.length > WAIT_ID_BYTES_MAX) return 'bad wait id';
+      return checkGroup(args, 5);
+    case Q_WAIT:
+      if (args.length < 5) return `${Q_WAIT}: bad arguments`;
+      if (Number.isNaN(int(args[3], 1, QUEUE_BLOCK_MS_MAX))) return 'bad block';
+      if (args[4]!.length === 0 || args[4]!.length > WAIT_ID_BYTES_MAX) return 'bad wait id';
+      return checkGroup(args, 5);
     case Q_EXPIRE:
       if ((args.length - 1) % 4 !== 0 || args.length < 5) return `${Q_EXPIRE}: ${args.length} arguments`;
       for (let i = 1; i < args.length; i += 4) {
@@ -191,9 +228,6 @@ export function checkQueueCommand(kind: 'write' | 'read', args: readonly Uint8Ar
     case Q_LPOP:
     case Q_RPOP:
       return Number.isNaN(int(args[3], 1, MAXI)) || Number.isNaN(int(args[4], 0, QUEUE_BLOCK_MS_MAX)) ? 'bad count' : null;
-    case Q_WAIT:
-      if (Number.isNaN(int(args[3], 1, QUEUE_BLOCK_MS_MAX))) return 'bad block';
-      return args[4]!.length === 0 || args[4]!.length > WAIT_ID_BYTES_MAX ? 'bad wait id' : null;
   }
   return null;
 }

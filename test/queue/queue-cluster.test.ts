@@ -11,8 +11,8 @@
 //      id pushed before the kill and retried after the failover adds one message.
 //   3. full restart: with messages acked, in flight and never delivered, SIGTERM every node and start them again:
 //      every unacked message comes back after its visibility, no acked one does.
-//   4. a BLPOP and a Q.POP BLOCK waiting on one node while their shard's leader on another is killed -9 get the
-//      values pushed after the failover (their takes are made again).
+//   4. a BLPOP and a Q.POP BLOCK (one partition, and one partition per shard) waiting on one node while their shard's
+//      leader on another is killed -9 get the values pushed after the failover (their takes and waits are made again).
 //   5. a wake answered to a node that is paused (SIGSTOP) is handed on by the leader to the next waiter.
 // Timings are reported with t.comment and never asserted tightly (the machine is small and shared).
 import t from 'tap';
@@ -250,6 +250,16 @@ t.test('semantics over a real cluster', { timeout: SEMANTICS_TIMEOUT_MS }, async
     // BLOCK over many partitions: the consumer waits on all of them at once, so a push to any wakes it at once.
     // (Waiting on each partition in turn for 100 ms slices, as before, took up to 700 ms over 8 partitions.)
     await qcall(r1, 'Q.CREATE', 'sem:wide', 'PARTITIONS', SHARDS);
+    const waitCounts = async (): Promise<{ waits: number; grouped: number }> => {
+      const n = { waits: 0, grouped: 0 };
+      for (const r of [r1, r2, r3]) {
+        const text = await r.info('raft');
+        for (const m of text.matchAll(/queue_waits=(\d+)/g)) n.waits += Number(m[1]);
+        for (const m of text.matchAll(/queue_waits_grouped=(\d+)/g)) n.grouped += Number(m[1]);
+      }
+      return n;
+    };
+    const waitsBefore = await waitCounts();
     const wakes: number[] = [];
     for (let i = 0; i < 7; i++) {
       const w = pop(r1, 'sem:wide', 'BLOCK', 10_000);
@@ -264,6 +274,10 @@ t.test('semantics over a real cluster', { timeout: SEMANTICS_TIMEOUT_MS }, async
     wakes.sort((a, b) => a - b);
     t.comment(`${SHARDS}-partition blocked pop woken ${wakes.map((x) => Math.round(x)).join(', ')} ms after the push was acknowledged`);
     t.ok(wakes[3]! < 200, `the median wake does not wait for other partitions' slices (${Math.round(wakes[3]!)} ms)`);
+    // Partitions whose shards one worker leads share one grouped wait: fewer waits than partitions per pop.
+    const waitsAfter = await waitCounts();
+    t.ok(waitsAfter.grouped > waitsBefore.grouped, `grouped waits were used (${waitsAfter.grouped - waitsBefore.grouped})`);
+    t.ok(waitsAfter.waits - waitsBefore.waits < 7 * SHARDS, `${waitsAfter.waits - waitsBefore.waits} waits for 7 pops over ${SHARDS} partitions`);
 
     // A consumer that goes away while it waits takes nothing: the message stays ready for the next one.
     const leaving = c.client(1);
@@ -757,8 +771,14 @@ t.test('a blocked BLPOP and Q.POP BLOCK ride out a kill -9 of their leader', { t
     const [waiter, pusher] = c.ids.filter((id) => id !== victim) as [number, number];
     const r1 = c.client(waiter);
     const r1b = c.client(waiter);
+    const r1c = c.client(waiter);
+    // And a queue with a partition on every shard: its consumer's grouped waits on the victim fail with it, and it
+    // waits on those partitions one by one until their new leaders serve it.
+    const wide = 'fo:wide';
+    t.equal(await qcall(r1, 'Q.CREATE', wide, 'PARTITIONS', SHARDS), 'OK');
     const bl = r1.blpop(list, 20);
     const qp = pop(r1b, q, 'BLOCK', 20_000);
+    const wp = pop(r1c, wide, 'BLOCK', 20_000);
     await sleep(500);
     await c.kill(victim);
     t.comment(`killed node ${victim}, the leader of both shards; consumers on node ${waiter}, pushes through node ${pusher}`);
@@ -767,6 +787,8 @@ t.test('a blocked BLPOP and Q.POP BLOCK ride out a kill -9 of their leader', { t
     const id = await retrying(15_000, () => push(r3, q, 'after'));
     t.same(await bl, [list, 'after'], 'the BLPOP waited through the failover and got the value pushed after it');
     t.same(await qp, [[id, 'after', 1]], 'so did the Q.POP BLOCK');
+    const wid = await retrying(15_000, () => push(r3, wide, 'after'));
+    t.same(await wp, [[wid, 'after', 1]], `and the Q.POP BLOCK over ${SHARDS} partitions`);
   });
 });
 

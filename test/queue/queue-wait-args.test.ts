@@ -1,8 +1,10 @@
 // The queue wait commands' arguments (src/queue/queue-entries.ts): `_q.wait`, `_q.take` and `_q.unwait` are checked
 // like any queue write, told apart from the writes that are proposed, and give the worker their partition, time, id
-// and (a take) the pop it carries.
+// and (a take) the pop it carries; a grouped wait names several partitions of its queue.
 import t from 'tap';
-import { checkQueueCommand, partitionKey, Q_LPOP, Q_POP, Q_TAKE, Q_UNWAIT, Q_WAIT, QUEUE_BLOCK_MS_MAX, queueBlockMs, queueWaitKind, takePopArgs, unwaitAnswered, waitIdOf } from '../../src/queue/queue-entries.js';
+import { checkQueueCommand, partitionKey, Q_LPOP, Q_POP, Q_TAKE, Q_UNWAIT, Q_WAIT, QUEUE_BLOCK_MS_MAX, queueBlockMs, queuePartitionShard, queueWaitKind, takePopArgs, unwaitAnswered, WAIT_GROUP_MAX, waitIdOf, waitPartitions } from '../../src/queue/queue-entries.js';
+import { shardOfSlot } from '../../src/cluster/ring.js';
+import { keySlot } from '../../src/cluster/slots.js';
 
 const A = (...xs: string[]): Buffer[] => xs.map((x) => Buffer.from(x));
 
@@ -15,7 +17,7 @@ t.test('well-formed waits pass the write check; malformed ones get a reason', as
   t.match(checkQueueCommand('write', A(Q_WAIT, 'q', '3', '500', '')), /bad wait id/);
   t.match(checkQueueCommand('write', A(Q_WAIT, 'q', '3', '500', 'x'.repeat(65))), /bad wait id/);
   t.match(checkQueueCommand('write', A(Q_UNWAIT, 'q', '3', '')), /bad wait id/);
-  t.match(checkQueueCommand('write', A(Q_WAIT, 'q', '3', '500')), /arity/, 'a wait without its id');
+  t.match(checkQueueCommand('write', A(Q_WAIT, 'q', '3', '500')), /bad arguments/, 'a wait without its id');
   t.equal(checkQueueCommand('write', A(Q_UNWAIT, 'q', '3', 'id', '1')), null, 'an unwait of a wait that answered ready');
   t.match(checkQueueCommand('write', A(Q_UNWAIT, 'q', '3', 'id', 'extra')), /bad arguments/);
   t.match(checkQueueCommand('write', A(Q_UNWAIT, 'q', '3')), /bad arguments/);
@@ -57,4 +59,38 @@ t.test('a take carries a well-formed pop of its own partition', async (t) => {
   t.match(checkQueueCommand('write', A(Q_TAKE, 'q', '3', '0', 'id', ...pop)), /bad block/);
   t.match(checkQueueCommand('write', A(Q_TAKE, 'q', '3', '500', '', ...pop)), /bad wait id/);
   t.match(checkQueueCommand('write', A(Q_TAKE, 'q', '3', '500', 'id', Q_POP)), /carries no pop/);
+});
+
+t.test('a grouped wait and its unwait name further partitions of the queue', async (t) => {
+  t.equal(checkQueueCommand('write', A(Q_WAIT, 'q', '3', '500', 'id', '5', '0', '7')), null);
+  t.same(waitPartitions(A(Q_WAIT, 'q', '3', '500', 'id', '5', '0', '7')), [3, 5, 0, 7], 'its own partition first');
+  t.same(waitPartitions(A(Q_WAIT, 'q', '3', '500', 'id')), [3], 'a plain wait names one');
+  t.equal(waitIdOf(A(Q_WAIT, 'q', '3', '500', 'n.b.7', '5')), 'n.b.7');
+  t.equal(queueBlockMs(A(Q_WAIT, 'q', '3', '500', 'id', '5')), 500);
+  t.equal(queueWaitKind(A(Q_WAIT, 'q', '3', '500', 'id', '5')), 'wait');
+  t.match(checkQueueCommand('write', A(Q_WAIT, 'q', '3', '500', 'id', '5', '5')), /repeated/, 'a partition named twice');
+  t.match(checkQueueCommand('write', A(Q_WAIT, 'q', '3', '500', 'id', '3')), /repeated/, 'its own partition again');
+  t.match(checkQueueCommand('write', A(Q_WAIT, 'q', '3', '500', 'id', 'x')), /bad or repeated/);
+  t.match(checkQueueCommand('write', A(Q_WAIT, 'q', '3', '500', 'id', '-2')), /bad or repeated/);
+  const many = Array.from({ length: WAIT_GROUP_MAX }, (_, i) => String(i + 10));
+  t.equal(checkQueueCommand('write', A(Q_WAIT, 'q', '3', '500', 'id', ...many.slice(1))), null, `${WAIT_GROUP_MAX} partitions in all`);
+  t.match(checkQueueCommand('write', A(Q_WAIT, 'q', '3', '500', 'id', ...many)), /more than/, 'one more is refused');
+
+  t.equal(checkQueueCommand('write', A(Q_UNWAIT, 'q', '3', 'id', '0', '5', '7')), null, 'a grouped unwait');
+  t.equal(checkQueueCommand('write', A(Q_UNWAIT, 'q', '3', 'id', '0')), null);
+  t.same(waitPartitions(A(Q_UNWAIT, 'q', '3', 'id', '0', '5', '7')), [3, 5, 7]);
+  t.same(waitPartitions(A(Q_UNWAIT, 'q', '3', 'id', '1')), [3]);
+  t.equal(unwaitAnswered(A(Q_UNWAIT, 'q', '3', 'id', '0', '5')), false);
+  t.equal(unwaitAnswered(A(Q_UNWAIT, 'q', '3', 'id', '1', '5')), true);
+  t.equal(waitIdOf(A(Q_UNWAIT, 'q', '3', 'n.b.7', '0', '5')), 'n.b.7');
+  t.match(checkQueueCommand('write', A(Q_UNWAIT, 'q', '3', 'id', '2', '5')), /bad arguments/, 'the flag is 0 or 1');
+  t.match(checkQueueCommand('write', A(Q_UNWAIT, 'q', '3', 'id', '0', '3')), /repeated/);
+});
+
+t.test("a partition's shard: the queue name's shard, then the next ones in turn", async (t) => {
+  const q = Buffer.from('orders');
+  const home = shardOfSlot(keySlot(q), 16);
+  t.equal(queuePartitionShard(q, 0, 16), home);
+  t.equal(queuePartitionShard(q, 3, 16), (home + 3) % 16);
+  t.equal(queuePartitionShard(q, 16, 16), home, 'wraps around');
 });
