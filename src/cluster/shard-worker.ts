@@ -198,7 +198,7 @@ interface Req {
 export type PostToEdge = (msg: WorkerToEdge, transfer?: ArrayBuffer[]) => void;
 
 export class ShardWorker {
-  readonly stats: WorkerStats = { requests: 0, batches: 0, writes: 0, reads: 0, errors: 0, forwarded: 0, forwardedIn: 0, fsyncs: 0, raftRounds: 0, appendsBeforeSync: 0, appliedBeforeSync: 0, snapshotsTaken: 0, snapshotsToUnpin: 0, tickGapMaxMs: 0, stalls: 0, snapshotEncodeMaxMs: 0, leaderships: 0, stepDowns: 0, walSegments: 0, walSegmentsDeleted: 0, walWriteMaxMs: 0, walSlowWrites: 0, emptyPopBarriers: 0, emptyPopsAnswered: 0, queueWaits: 0, queueWaitsReady: 0, queueWaitsGrouped: 0, queueUnwaits: 0, queueWaitsParked: 0, peersUp: [] };
+  readonly stats: WorkerStats = { requests: 0, batches: 0, writes: 0, reads: 0, errors: 0, forwarded: 0, forwardedIn: 0, fsyncs: 0, raftRounds: 0, appendsBeforeSync: 0, appliedBeforeSync: 0, snapshotsTaken: 0, snapshotsToUnpin: 0, tickGapMaxMs: 0, stalls: 0, snapshotEncodeMaxMs: 0, leaderships: 0, stepDowns: 0, walSegments: 0, walSegmentsDeleted: 0, walWriteMaxMs: 0, walSlowWrites: 0, emptyPopBarriers: 0, emptyPopsAnswered: 0, queueWaits: 0, queueWaitsReady: 0, queueWaitsGrouped: 0, queueUnwaits: 0, queueWaitsParked: 0, queueWaitsGroupedParked: 0, peersUp: [] };
   private readonly shards = new Map<number, Shard>();
   /** Requests not yet answered, in arrival order (for the timeout scan). */
   private readonly inflight = new Map<number, Req>();
@@ -1448,6 +1448,7 @@ export class ShardWorker {
     return {
       ...this.stats,
       queueWaitsParked: parked,
+      queueWaitsGroupedParked: this.groupedWaits.size,
       fsyncs: this.wal.stats.syncs,
       raftRounds: h.rounds,
       appendsBeforeSync: h.appendsBeforeSync,

@@ -223,6 +223,8 @@ export interface WorkerStats {
   queueWaitsReady: number;
   /** Of queueWaits, the ones that named several partitions (a grouped wait). */
   queueWaitsGrouped: number;
+  /** Grouped waits parked now (each is also counted in queueWaitsParked once per partition it waits on). */
+  queueWaitsGroupedParked: number;
   queueUnwaits: number;
   /** Queue waits parked on this worker now. */
   queueWaitsParked: number;

@@ -293,7 +293,7 @@ t.test('semantics over a real cluster', { timeout: SEMANTICS_TIMEOUT_MS }, async
     // No wait is left behind: withdrawn, answered or timed out, none stays parked on any leader.
     const parkedWaits = async (): Promise<number> => {
       let n = 0;
-      for (const r of [r1, r2, r3]) for (const m of (await r.info('raft')).matchAll(/queue_waits_parked=(\d+)/g)) n += Number(m[1]);
+      for (const r of [r1, r2, r3]) for (const m of (await r.info('raft')).matchAll(/queue_waits(?:_grouped)?_parked=(\d+)/g)) n += Number(m[1]);
       return n;
     };
     let parked = await parkedWaits();
