@@ -290,6 +290,19 @@ t.test('semantics over a real cluster', { timeout: SEMANTICS_TIMEOUT_MS }, async
     await sleep(500);
     t.match(counts(await qinfo(r2, 'sem:wide')), { ready: 1, inflight: 0 }, 'a push after the waiting consumer left is not delivered to it');
     t.same(await pop(r2, 'sem:wide', 'BLOCK', 1000), [[kept, 'kept', 1]], 'the next consumer gets it');
+    // FIFO among consumers blocked on every partition (grouped waits take one place in each partition's FIFO): the
+    // one that blocked first gets the first message, whichever partition it lands in.
+    for (const [firstNode, secondNode] of [[1, 2], [3, 1]] as const) {
+      const ea = pop(c.client(firstNode), 'sem:wide', 'BLOCK', 10_000);
+      await sleep(300);
+      const eb = pop(c.client(secondNode), 'sem:wide', 'BLOCK', 10_000);
+      await sleep(300);
+      const e1 = await push(r2, 'sem:wide', 'e1', 'KEY', `k-${firstNode}`);
+      t.same(await ea, [[e1, 'e1', 1]], `the consumer on node ${firstNode} blocked first and gets the first message`);
+      const e2 = await push(r2, 'sem:wide', 'e2', 'KEY', `k-${secondNode}-b`);
+      t.same(await eb, [[e2, 'e2', 1]], `the consumer on node ${secondNode} gets the second`);
+      await qcall(r1, 'Q.ACK', 'sem:wide', e1, e2);
+    }
     // No wait is left behind: withdrawn, answered or timed out, none stays parked on any leader.
     const parkedWaits = async (): Promise<number> => {
       let n = 0;
