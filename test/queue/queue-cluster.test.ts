@@ -31,6 +31,8 @@ const SHARDS = 8;
 const OPTS = { shards: SHARDS, electionTimeoutMs: 300, leaderWaitMs: 1500, requestTimeoutMs: 5000 };
 /** Pause between retries of a failed request. */
 const RETRY_PAUSE_MS = 100;
+/** How long the leaders of some shards must stay the same to count as settled. */
+const LEADERS_STABLE_MS = 1500;
 /** Commands of clients that live through kills fail after this (above BLOCK and the request timeout). */
 const STURDY_COMMAND_TIMEOUT_MS = 12_000;
 
@@ -101,6 +103,26 @@ async function leaderOf(c: ProcCluster, shard: number, waitMs = 10_000): Promise
       }
     }
     if (Date.now() > deadline) return 0;
+    await sleep(RETRY_PAUSE_MS);
+  }
+}
+
+/**
+ * The leaders of `shards` once they stayed the same for LEADERS_STABLE_MS (leader balancing moves leaders during the
+ * first seconds after start), or the last ones seen after `waitMs`.
+ */
+async function settledLeaders(c: ProcCluster, shards: number[], waitMs = 15_000): Promise<number[]> {
+  const deadline = Date.now() + waitMs;
+  let last = '';
+  let since = Date.now();
+  for (;;) {
+    const leaders = await Promise.all(shards.map((s) => leaderOf(c, s)));
+    const key = leaders.join(',');
+    if (key !== last) {
+      last = key;
+      since = Date.now();
+    } else if (!leaders.includes(0) && Date.now() - since >= LEADERS_STABLE_MS) return leaders;
+    if (Date.now() > deadline) return leaders;
     await sleep(RETRY_PAUSE_MS);
   }
 }
@@ -291,7 +313,9 @@ t.test('semantics over a real cluster', { timeout: SEMANTICS_TIMEOUT_MS }, async
     t.match(counts(await qinfo(r2, 'sem:wide')), { ready: 1, inflight: 0 }, 'a push after the waiting consumer left is not delivered to it');
     t.same(await pop(r2, 'sem:wide', 'BLOCK', 1000), [[kept, 'kept', 1]], 'the next consumer gets it');
     // FIFO among consumers blocked on every partition (grouped waits take one place in each partition's FIFO): the
-    // one that blocked first gets the first message, whichever partition it lands in.
+    // one that blocked first gets the first message, whichever partition it lands in. (With the leaders settled: a
+    // wait that must move to a new leader joins the back of its FIFO there.)
+    await settledLeaders(c, range(SHARDS));
     for (const [firstNode, secondNode] of [[1, 2], [3, 1]] as const) {
       const ea = pop(c.client(firstNode), 'sem:wide', 'BLOCK', 10_000);
       await sleep(300);
@@ -819,7 +843,8 @@ t.test('a wake answered to a paused node is handed on to the next waiter by the 
     const r0 = c.client(1);
     t.equal(await qcall(r0, 'Q.CREATE', q, 'PARTITIONS', 2), 'OK');
     const detail = (await qinfo(r0, q))!['partition_detail'] as Record<string, unknown>[];
-    const leaders = await Promise.all(detail.map((d) => leaderOf(c, Number(d['shard']))));
+    // (Settled first: a leader moving to `away` after it was chosen would void the scenario.)
+    const leaders = await settledLeaders(c, detail.map((d) => Number(d['shard'])));
     t.notOk(leaders.includes(0), `both partitions have leaders (nodes ${leaders.join(', ')})`);
     const away = c.ids.find((id) => !leaders.includes(id)) ?? c.ids.find((id) => id !== leaders[0])!;
     const [other, pusher] = [c.ids.find((id) => id !== away && !leaders.includes(id)) ?? c.ids.find((id) => id !== away)!, c.ids.find((id) => id !== away)!];
