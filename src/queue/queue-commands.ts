@@ -11,10 +11,11 @@
  *
  * Pops take from partitions in turn, starting with the ones this node leads. A pop with BLOCK (or BLPOP, BRPOP)
  * on one target sends a take (`_q.take`, a wait that carries the pop: the leader proposes it when messages are
- * ready, in FIFO order among waiting consumers). On several targets it sends a wait (`_q.wait`) to each at once: a
- * leader answers at once for a partition with messages ready, and otherwise wakes its waiting consumers in FIFO
- * order as messages become ready; the edge takes from the targets that answered ready with plain pops (in answer
- * order, filling COUNT), withdraws the other waits (`_q.unwait`), and waits again if faster consumers emptied them.
+ * ready, in FIFO order among waiting consumers). On several targets it sends waits (`_q.wait`) to all at once, one
+ * per (node, worker) leading partitions of the queue (a grouped wait names them all): a leader answers at once for
+ * a partition with messages ready, and otherwise wakes its waiting consumers in FIFO order as messages become
+ * ready; the edge takes from the targets that answered ready with plain pops (in answer order, filling COUNT),
+ * withdraws the other waits (`_q.unwait`), and waits again if faster consumers emptied them.
  * Both are withdrawn when the client goes away, so nothing is taken for it (docs/queues.md).
  *
  * Lists: a Redis list is the 1-partition queue of the same name; LPOP/RPOP/BLPOP deliver and ack at once.

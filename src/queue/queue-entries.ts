@@ -20,8 +20,9 @@
  *
  * Waits and takes are sent as writes (so they go to the leader) but the leader's worker serves them without Raft
  * (docs/queues.md, "Blocking pops: wait, then take"); they never reach apply. A grouped wait (p2 ...) names several
- * partitions of one queue whose shards one worker leads; it is routed by its first partition's shard. A take carries a pop of its own
- * partition (`_q.pop`, `_q.lpop` or `_q.rpop` with blockMs 0), which the leader proposes when messages are ready.
+ * partitions of one queue whose shards one worker leads; it is routed by its first partition's shard. A take
+ * carries a pop of its own partition (`_q.pop`, `_q.lpop` or `_q.rpop` with blockMs 0), which the leader proposes
+ * when messages are ready.
  * A pop's `blockMs` is always 0 from the edge now; apply ignored it before too, so older entries that carry another
  * value replay the same.
  *
