@@ -462,13 +462,22 @@ export class RaftHost {
    * Snapshots the groups that keep the WAL's oldest segment alive (Wal.pinningGroups), whatever their snapshot
    * thresholds, once they have applied past the entries they hold there. Only a prefix of segments can be deleted,
    * so one quiet group with a few unsnapshotted entries would otherwise keep every segment the busy groups write
-   * after it: the WAL would grow without bound. Costs at most one snapshot per pinning group per segment written.
+   * after it: the WAL would grow without bound. A group with a large state waits until the WAL held back (the closed
+   * segments) is snapshotLogPercent of its last snapshot's size, as its own snapshots wait for its log: its snapshot
+   * costs time in proportion to its state, and holds its writes that long (they wait for the encode), so at once it
+   * would cost that stall for every segment the other groups write. The WAL then stays within about that share of
+   * the largest pinning state (as Redis' AOF within auto-aof-rewrite-percentage), and each forced snapshot frees at
+   * least as much as it encodes.
    */
   private unpinOldestSegment(): void {
     if (this.opts.snapshotEntries <= 0) return;
+    const percent = this.opts.snapshotLogPercent ?? 0;
+    const held = this.opts.wal.closedSegmentBytes();
     for (const { group, index } of this.opts.wal.pinningGroups()) {
       const g = this.groups.get(group);
-      if (g !== undefined && g.applied >= index && g.sinceSnapshot > 0 && this.maybeSnapshot(g, true)) this.stats.snapshotsToUnpin++;
+      if (g === undefined || g.applied < index || g.sinceSnapshot <= 0) continue;
+      if (percent > 0 && held * 100 < percent * g.snapshotBytes) continue;
+      if (this.maybeSnapshot(g, true)) this.stats.snapshotsToUnpin++;
     }
   }
 

@@ -12,15 +12,16 @@ import { openOneVoterHost, tempDir } from '../support/one-voter-host.js';
 
 const STATE_BYTES = 16 * 1024;
 
-/** A sum of the entries' sizes, carried in a snapshot of STATE_BYTES. */
+/** A sum of the entries' sizes, carried in a snapshot of STATE_BYTES (or `stateBytes`). */
 class Padded implements StateMachine {
   sum = 0;
+  constructor(private readonly stateBytes = STATE_BYTES) {}
   apply(e: Entry): unknown {
     this.sum += e.data.length;
     return this.sum;
   }
   snapshot(): Uint8Array {
-    const b = Buffer.alloc(STATE_BYTES);
+    const b = Buffer.alloc(this.stateBytes);
     b.writeUInt32LE(this.sum, 0);
     return b;
   }
@@ -36,11 +37,11 @@ interface Opened {
   close(): Promise<void>;
 }
 
-async function open(dir: string, percent: number | undefined, o: { groups?: number[]; segmentBytes?: number } = {}): Promise<Opened> {
+async function open(dir: string, percent: number | undefined, o: { groups?: number[]; segmentBytes?: number; otherStateBytes?: number } = {}): Promise<Opened> {
   const sm = new Padded();
   const ids = o.groups ?? [1];
   const { host, wal, close } = await openOneVoterHost(dir, {
-    groups: new Map(ids.map((id): [number, StateMachine] => [id, id === ids[0] ? sm : new Padded()])),
+    groups: new Map(ids.map((id): [number, StateMachine] => [id, id === ids[0] ? sm : new Padded(o.otherStateBytes)])),
     tickMs: 5,
     heartbeatTicks: 1,
     electionTicksMin: 3,
@@ -114,5 +115,35 @@ t.test('a quiet group that pins the oldest WAL segment is snapshotted, so the WA
   t.equal(b.sm.sum, sums[0], 'a restart recovers group 1');
   await b.host.readBarrier(2);
   t.equal(await b.host.propose(2, Buffer.alloc(1)), 3 * 64 + 1, 'and group 2 (its 3 entries came back from its snapshot)');
+  await b.close();
+});
+
+t.test('a quiet group with a large state is snapshotted to unpin the WAL only once the WAL it holds is that large', async (t) => {
+  const dir = tempDir(t, 'raft-host-snapshot-');
+  // Group 2's snapshots are 192 KiB (12 segments of 16 KiB): encoding one costs in proportion, and its writes wait
+  // for the encode, so it is forced only once the segments held back reach 100% of that (snapshotLogPercent).
+  const big = 192 * 1024;
+  const a = await open(dir, 100, { groups: [1, 2], segmentBytes: 16 * 1024, otherStateBytes: big });
+  await write(a.host, 10, 64, 2); // its first snapshot (snapshotEntries 10)
+  const deadline0 = performance.now() + 10_000;
+  while (a.host.stats.snapshotsTaken < 1 && performance.now() < deadline0) await new Promise((r) => setTimeout(r, 5));
+  t.equal(a.host.stats.snapshotsTaken, 1, 'group 2 took its own first snapshot');
+  await write(a.host, 3, 64, 2); // below its thresholds: these pin the segment they are in
+  await write(a.host, 40, 2048, 1); // about 5 segments: less than 192 KiB held back
+  await new Promise((r) => setTimeout(r, 1500)); // three pin checks (every 100 ticks of 5 ms)
+  t.equal(a.host.stats.snapshotsToUnpin, 0, `not forced while the WAL held back (${a.wal.closedSegmentBytes()} B) is below its state (${big} B)`);
+  await write(a.host, 240, 2048, 1); // about 30 more segments
+  const deadline = performance.now() + 10_000;
+  while (a.wal.stats.segments > 16 && performance.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  await new Promise((r) => setTimeout(r, 600)); // one more pin check
+  const forced = a.host.stats.snapshotsToUnpin;
+  t.ok(forced >= 1 && forced <= 4, `forced ${forced} times for ~35 segments written (once per ${big / 1024} KiB held, not per segment)`);
+  t.ok(a.wal.stats.segments <= big / (16 * 1024) + 4, `the WAL stays bounded by about that: ${a.wal.stats.segments} segments (${a.wal.stats.segmentsDeleted} deleted)`);
+  const sum = a.sm.sum;
+  await a.close();
+  const b = await open(dir, 100, { groups: [1, 2], segmentBytes: 16 * 1024, otherStateBytes: big });
+  t.equal(b.sm.sum, sum, 'a restart recovers group 1');
+  await b.host.readBarrier(2);
+  t.equal(await b.host.propose(2, Buffer.alloc(1)), 13 * 64 + 1, 'and group 2');
   await b.close();
 });
