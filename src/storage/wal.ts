@@ -547,17 +547,17 @@ export class Wal {
     return Promise.resolve();
   }
 
+  /** Bytes of the segments before the one being written, counted at segmentBytes each (what compaction could free). */
+  closedSegmentBytes(): number {
+    return Math.max(0, this.segments.length - 1) * this.limits.segmentBytes;
+  }
+
   /**
    * The groups that keep the oldest segment from being compacted: those with a live entry there above their snapshot
    * marker, with the highest such index (a snapshot at or past it frees the segment of them). Empty while only the
    * segment being written exists. A group that goes quiet below its snapshot thresholds would otherwise hold the
    * oldest segment, and with it every later one, forever.
    */
-  /** Bytes of the segments before the one being written, counted at segmentBytes each (what compaction could free). */
-  closedSegmentBytes(): number {
-    return Math.max(0, this.segments.length - 1) * this.limits.segmentBytes;
-  }
-
   pinningGroups(): { group: GroupId; index: number }[] {
     const oldest = this.segments[0];
     if (oldest === undefined || this.segments.length < 2 || oldest.seq >= this.fileSeq) return [];
