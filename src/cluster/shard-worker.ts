@@ -49,7 +49,7 @@ import { PEER_LIMITS_DEFAULT, raftFlowLimits, WAL_LIMITS_DEFAULT } from '../conf
 import { encodeWrite } from './keyspace-codec.js';
 import { checkLockCommand, expiryArgs, isLockCommand, LOCK_PARKED, lockWaiterId, lockWaitMs } from '../locks/lock-entries.js';
 import type { LockEvent } from '../locks/lock-table.js';
-import { checkQueueCommand, isQueueCommand, partitionKey, popFindsNothing, queueBlockMs, queueExpiryArgs, queuePartitionShard, queueWaitKind, takePopArgs, unwaitAnswered, waitIdOf, waitPartitions } from '../queue/queue-entries.js';
+import { checkQueueCommand, isGroupedWait, isQueueCommand, partitionKey, partitionKeyOf, popFindsNothing, queueBlockMs, queueExpiryArgs, queuePartitionShard, queueWaitKind, takePopArgs, unwaitAnswered, waitIdOf, waitPartitions } from '../queue/queue-entries.js';
 import { recordValue } from './record-value.js';
 import { CacheHomeHost } from '../cache/cache-home-host.js';
 import { BackingStore } from '../cache/backing-store.js';
@@ -1059,7 +1059,7 @@ export class ShardWorker {
       this.answerWait(req, 0);
       return;
     }
-    if (req.args.length > 5 && queueWaitKind(req.args) === 'wait') {
+    if (isGroupedWait(req.args)) {
       this.serveGroupedWait(shard, key, req);
       return;
     }
@@ -1085,7 +1085,7 @@ export class ShardWorker {
     const spots: GroupSpot[] = [];
     for (let k = 0; k < parts.length; k++) {
       const p = parts[k]!;
-      const s = k === 0 ? shard : this.shards.get(queuePartitionShard(queue, p, this.init.shardCount));
+      const s = k === 0 ? shard : this.partitionShard(queue, p);
       const core = s?.hosted ? this.host.group(s.id) : undefined;
       if (s === undefined || s.machine === null || core === undefined || core.role !== Role.Leader || core.transferee !== 0) {
         this.fail(req, ShardErrorIndex.TryAgain, 0, `partition ${p} of this grouped wait is not led by this worker`);
@@ -1095,10 +1095,15 @@ export class ShardWorker {
         this.answerWait(req, 1, k + 1);
         return;
       }
-      spots.push({ shard: s, key: k === 0 ? key : `${p}\u0000${queue.toString('latin1')}`, partition: p });
+      spots.push({ shard: s, key: k === 0 ? key : partitionKeyOf(queue, p), partition: p });
     }
     this.groupedWaits.set(req, spots);
     for (const spot of spots) this.parkWait(spot.shard, spot.key, req, spot.partition);
+  }
+
+  /** This worker's shard holding partition p of `queue` (undefined if it hosts no such shard). */
+  private partitionShard(queue: Buffer, p: number): Shard | undefined {
+    return this.shards.get(queuePartitionShard(queue, p, this.init.shardCount));
   }
 
   /** Withdraws a grouped wait from the FIFOs of its partitions other than `except` (its answer is on the way). */
@@ -1206,7 +1211,7 @@ export class ShardWorker {
       this.dropGrouped(req, list);
       if (req.done) continue;
       n--;
-      this.answerWait(req, 1, req.args.length > 5 && queueWaitKind(req.args) === 'wait' ? waitPartitions(req.args).indexOf(list.partition) + 1 : 1);
+      this.answerWait(req, 1, isGroupedWait(req.args) ? waitPartitions(req.args).indexOf(list.partition) + 1 : 1);
     }
     if (list.reqs.size === 0) shard.popWaiters.delete(key);
   }
@@ -1214,11 +1219,10 @@ export class ShardWorker {
   /** Hands on the wakes of the partitions an unwait of a grouped wait names beyond its first (see serveUnwait). */
   private wakeGroup(args: readonly Buffer[]): void {
     const queue = args[1]!;
-    const q = queue.toString('latin1');
     const parts = waitPartitions(args);
     for (let k = 1; k < parts.length; k++) {
-      const s = this.shards.get(queuePartitionShard(queue, parts[k]!, this.init.shardCount));
-      if (s !== undefined) this.wakeWaiters(s, `${parts[k]!}\u0000${q}`);
+      const s = this.partitionShard(queue, parts[k]!);
+      if (s !== undefined) this.wakeWaiters(s, partitionKeyOf(queue, parts[k]!));
     }
   }
 

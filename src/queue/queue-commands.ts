@@ -25,8 +25,6 @@ import { randomBytes } from 'node:crypto';
 import type { CommandContext, CommandSpec } from '../server/command.js';
 import { replayReply } from '../cluster/keyspace-reply.js';
 import { isErrorValue, recordValue, type RecordValue } from '../cluster/record-value.js';
-import { shardOfSlot } from '../cluster/ring.js';
-import { keySlot } from '../cluster/slots.js';
 import type { ShardRuntime } from '../cluster/shard-runtime.js';
 import type { ShardReply } from '../cluster/worker-protocol.js';
 import { shardErrorText } from '../cluster/cluster-keyspace.js';
@@ -93,8 +91,9 @@ function options(args: Buffer[], from: number, allowed: readonly string[]): Map<
 
 export function queueCommands(deps: QueueCommandDeps): CommandSpec[] {
   const { runtime, shards } = deps;
-  const homeShard = (q: Buffer): number => shardOfSlot(keySlot(q), shards);
   const shardOfPart = (q: Buffer, p: number): number => queuePartitionShard(q, p, shards);
+  /** The shard of a queue's partition 0 (and of a Redis list). */
+  const homeShard = (q: Buffer): number => shardOfPart(q, 0);
   const partitionsCache = new Map<string, number>();
   let rotate = 0;
 
@@ -154,9 +153,14 @@ export function queueCommands(deps: QueueCommandDeps): CommandSpec[] {
     return true;
   };
 
-  /** Withdraws a wait or take; `answered`: it answered ready already, so this only hands its wake on. */
-  const unwait = (t: WaitTarget, id: Buffer, answered = false): void => {
-    runtime.submit(t.shard, 'write', answered ? [B(Q_UNWAIT), t.q, B(String(t.p)), id, B('1')] : [B(Q_UNWAIT), t.q, B(String(t.p)), id], () => undefined);
+  /**
+   * Withdraws a wait or take; `answered`: it answered ready already, so this only hands its wake on; `others`: the
+   * other partitions of a grouped wait (t is its first).
+   */
+  const unwait = (t: WaitTarget, id: Buffer, answered = false, others: number[] = []): void => {
+    const args = [B(Q_UNWAIT), t.q, B(String(t.p)), id];
+    if (answered || others.length > 0) args.push(B(answered ? '1' : '0'), ...others.map((p) => B(String(p))));
+    runtime.submit(t.shard, 'write', args, () => undefined);
   };
 
   /**
@@ -240,9 +244,7 @@ export function queueCommands(deps: QueueCommandDeps): CommandSpec[] {
         settle(null);
         for (const w of waits) {
           if (w.answered) continue;
-          const t0 = spots[w.targets[0]!]!;
-          if (w.targets.length === 1) unwait(t0, w.id);
-          else runtime.submit(t0.shard, 'write', [B(Q_UNWAIT), t0.q, B(String(t0.p)), w.id, B('0'), ...w.targets.slice(1).map((i) => B(String(spots[i]!.p)))], () => undefined);
+          unwait(spots[w.targets[0]!]!, w.id, false, w.targets.slice(1).map((i) => spots[i]!.p));
         }
         for (const i of ready) if (!tried.includes(i)) unwait(spots[i]!, readyIn.get(i)!, true);
       },

@@ -119,9 +119,19 @@ export function takePopArgs(args: Buffer[]): Buffer[] {
   return args.slice(5);
 }
 
-/** The partition a queue command concerns, as a map key ("partition\0queue"). */
+/** Partition p of queue q as a map key ("partition\0queue"). */
+export function partitionKeyOf(queue: Uint8Array, partition: number): string {
+  return `${partition}\u0000${text(queue)}`;
+}
+
+/** The partition a queue command concerns, as a map key (partitionKeyOf). */
 export function partitionKey(args: readonly Uint8Array[]): string {
   return `${text(args[2])}\u0000${text(args[1])}`;
+}
+
+/** True for a wait that names several partitions (a grouped wait; a take's extra arguments are its pop). */
+export function isGroupedWait(args: readonly Uint8Array[]): boolean {
+  return args.length > 5 && queueWaitKind(args) === 'wait';
 }
 
 /** The wait id of a `_q.wait`, `_q.take` or `_q.unwait`. */
@@ -268,7 +278,7 @@ function applyChecked(state: QueueState, name: string, stamp: number, index: num
       const k = text(args[i]);
       if (k === 'k') items.push({ kind: 'dedup', queue, partition, dedup: args[i + 3]! });
       else items.push({ kind: k === 'v' ? 'visibility' : 'delay', queue, partition, id: text(args[i + 3]) });
-      if (k !== 'k') note.readyKey = `${partition}\u0000${text(queue)}`;
+      if (k !== 'k') note.readyKey = partitionKeyOf(queue, partition);
     }
     sink.integer(state.expire(stamp, index, items));
     return;
