@@ -146,12 +146,14 @@ t.test('semantics over a real cluster', { timeout: SEMANTICS_TIMEOUT_MS }, async
     t.equal(await pop(r1, 'sem:fifo'), null, 'an empty queue pops nil');
     t.equal(await qlen(r1, 'sem:fifo'), 0);
 
-    // A pop that finds nothing is answered after a read barrier, without a log entry (INFO raft: empty_pops).
-    const emptyPops = async (): Promise<number> => {
+    /** The sum over every node's workers of the INFO raft counters `re` matches (its group 1). */
+    const raftSum = async (re: RegExp): Promise<number> => {
       let n = 0;
-      for (const r of [r1, r2, r3]) for (const m of String(await r.info('raft')).matchAll(/empty_pops=(\d+)/g)) n += Number(m[1]);
+      for (const r of [r1, r2, r3]) for (const m of String(await r.info('raft')).matchAll(re)) n += Number(m[1]);
       return n;
     };
+    // A pop that finds nothing is answered after a read barrier, without a log entry (INFO raft: empty_pops).
+    const emptyPops = (): Promise<number> => raftSum(/empty_pops=(\d+)/g);
     const e0 = await emptyPops();
     for (const r of [r1, r2, r3]) t.equal(await pop(r, 'sem:fifo'), null, 'an empty pop on every node: nil');
     t.equal(await r2.call('LPOP', 'sem:no-such-list'), null, 'LPOP of a missing list: nil');
@@ -272,15 +274,7 @@ t.test('semantics over a real cluster', { timeout: SEMANTICS_TIMEOUT_MS }, async
     // BLOCK over many partitions: the consumer waits on all of them at once, so a push to any wakes it at once.
     // (Waiting on each partition in turn for 100 ms slices, as before, took up to 700 ms over 8 partitions.)
     await qcall(r1, 'Q.CREATE', 'sem:wide', 'PARTITIONS', SHARDS);
-    const waitCounts = async (): Promise<{ waits: number; grouped: number }> => {
-      const n = { waits: 0, grouped: 0 };
-      for (const r of [r1, r2, r3]) {
-        const text = await r.info('raft');
-        for (const m of text.matchAll(/queue_waits=(\d+)/g)) n.waits += Number(m[1]);
-        for (const m of text.matchAll(/queue_waits_grouped=(\d+)/g)) n.grouped += Number(m[1]);
-      }
-      return n;
-    };
+    const waitCounts = async (): Promise<{ waits: number; grouped: number }> => ({ waits: await raftSum(/queue_waits=(\d+)/g), grouped: await raftSum(/queue_waits_grouped=(\d+)/g) });
     const waitsBefore = await waitCounts();
     const wakes: number[] = [];
     for (let i = 0; i < 7; i++) {
@@ -328,11 +322,7 @@ t.test('semantics over a real cluster', { timeout: SEMANTICS_TIMEOUT_MS }, async
       await qcall(r1, 'Q.ACK', 'sem:wide', e1, e2);
     }
     // No wait is left behind: withdrawn, answered or timed out, none stays parked on any leader.
-    const parkedWaits = async (): Promise<number> => {
-      let n = 0;
-      for (const r of [r1, r2, r3]) for (const m of (await r.info('raft')).matchAll(/queue_waits(?:_grouped)?_parked=(\d+)/g)) n += Number(m[1]);
-      return n;
-    };
+    const parkedWaits = (): Promise<number> => raftSum(/queue_waits(?:_grouped)?_parked=(\d+)/g);
     let parked = await parkedWaits();
     for (let i = 0; i < 20 && parked > 0; i++) {
       await sleep(100);
